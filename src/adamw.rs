@@ -1,0 +1,229 @@
+//! AdamW on the same borrowed-slice API, the baseline CAME is compared against.
+//!
+//! The update is `torch.optim.AdamW`'s (bias correction on), operation for operation:
+//!
+//! ```text
+//! p = p * (1 - lr * weight_decay)
+//! m = lerp(m, g, 1 - beta1)
+//! v = beta2 v + (1 - beta2) g g
+//! p = p - (lr / (1 - beta1^t)) m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+//! ```
+
+use crate::config::{check_beta, check_eps, check_lr, check_weight_decay};
+use crate::error::Buffer;
+use crate::step::check_tensor_lens;
+use crate::{Error, Float};
+
+/// AdamW's hyperparameters; `Default` holds `torch.optim.AdamW`'s defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWConfig {
+    /// Learning rate; finite and > 0.
+    pub lr: f64,
+    /// (β1, β2), each in `[0, 1)`.
+    pub betas: (f64, f64),
+    /// Added to the denominator; finite and >= 0.
+    pub eps: f64,
+    /// Decoupled weight decay; finite and >= 0.
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+impl AdamWConfig {
+    /// The defaults with the given learning rate.
+    #[must_use]
+    pub fn new(lr: f64) -> Self {
+        Self {
+            lr,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the weight decay.
+    #[must_use]
+    pub fn with_weight_decay(mut self, weight_decay: f64) -> Self {
+        self.weight_decay = weight_decay;
+        self
+    }
+
+    /// Sets (β1, β2).
+    #[must_use]
+    pub fn with_betas(mut self, beta1: f64, beta2: f64) -> Self {
+        self.betas = (beta1, beta2);
+        self
+    }
+
+    /// Checks every hyperparameter.
+    ///
+    /// # Errors
+    /// The first problem found: [`Error::InvalidLearningRate`], [`Error::InvalidBeta`],
+    /// [`Error::InvalidEpsilon`] (index 0), [`Error::InvalidWeightDecay`].
+    pub fn validate(&self) -> Result<(), Error> {
+        check_lr(self.lr)?;
+        check_beta(0, self.betas.0)?;
+        check_beta(1, self.betas.1)?;
+        check_eps(0, self.eps)?;
+        check_weight_decay(self.weight_decay)
+    }
+}
+
+/// Length of the AdamW state for a tensor of `numel` elements (`exp_avg`, then `exp_avg_sq`).
+///
+/// # Panics
+/// If `2 * numel` overflows `usize` (at compile time in a const context).
+#[must_use]
+pub const fn state_len(numel: usize) -> usize {
+    match numel.checked_mul(2) {
+        Some(n) => n,
+        None => panic!("state length overflows usize"),
+    }
+}
+
+/// AdamW state for one tensor: a view over `2 * numel` caller-owned values (`exp_avg`, then
+/// `exp_avg_sq`) plus the step count. A zeroed buffer is a fresh optimizer.
+#[derive(Debug)]
+pub struct AdamWState<'a, T> {
+    data: &'a mut [T],
+    step: u64,
+}
+
+impl<'a, T: Float> AdamWState<'a, T> {
+    /// A fresh state: zeroes `data` and sets the step count to 0.
+    pub fn new(data: &'a mut [T]) -> Self {
+        data.fill(T::zero());
+        Self { data, step: 0 }
+    }
+
+    /// Resumes from a buffer that already holds state, after `step` steps.
+    pub fn from_parts(data: &'a mut [T], step: u64) -> Self {
+        Self { data, step }
+    }
+
+    /// Gives back the buffer and the step count.
+    #[must_use]
+    pub fn into_parts(self) -> (&'a mut [T], u64) {
+        (self.data, self.step)
+    }
+
+    /// Number of successful steps taken with this state.
+    #[must_use]
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// `(exp_avg, exp_avg_sq)`, the reference's names.
+    #[must_use]
+    pub fn parts(&self) -> (&[T], &[T]) {
+        self.data.split_at(self.data.len() / 2)
+    }
+
+    /// `(exp_avg, exp_avg_sq)`, writable.
+    pub fn parts_mut(&mut self) -> (&mut [T], &mut [T]) {
+        let half = self.data.len() / 2;
+        self.data.split_at_mut(half)
+    }
+}
+
+/// Applies one AdamW step to one tensor, in place, without allocating.
+///
+/// `param` and `grad` have the same length `n`; `state` views `2 n` values.
+///
+/// # Errors
+/// - a config error from [`AdamWConfig::validate`];
+/// - [`Error::LengthMismatch`] if `grad` or the state does not match `param`;
+/// - [`Error::NonFiniteGradient`] if `grad` holds a NaN or an infinity (found by a read-only
+///   pass before anything is written).
+///
+/// On every error nothing is changed.
+pub fn step<T: Float>(
+    config: &AdamWConfig,
+    param: &mut [T],
+    grad: &[T],
+    state: &mut AdamWState<'_, T>,
+) -> Result<u64, Error> {
+    config.validate()?;
+    let n = param.len();
+    check_tensor_lens(n, n, grad.len())?;
+    if state.data.len() != 2 * n {
+        return Err(Error::LengthMismatch {
+            buffer: Buffer::State,
+            expected: 2 * n,
+            actual: state.data.len(),
+        });
+    }
+    if let Some(index) = grad.iter().position(|g| !g.is_finite()) {
+        return Err(Error::NonFiniteGradient { index });
+    }
+    let t = state.step.saturating_add(1);
+    let coefficients = Coefficients::new(config, t);
+    let (m, v) = state.parts_mut();
+    apply(&coefficients, param, grad, m, v);
+    state.step = t;
+    Ok(t)
+}
+
+/// One step's coefficients in `T`, derived in `f64` like the reference's Python floats.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Coefficients<T> {
+    decay_factor: Option<T>,
+    lerp_weight: T,
+    lerp_small: bool,
+    beta2: T,
+    one_minus_beta2: T,
+    bias_correction2_sqrt: T,
+    eps: T,
+    neg_step_size: T,
+}
+
+impl<T: Float> Coefficients<T> {
+    pub(crate) fn new(config: &AdamWConfig, step: u64) -> Self {
+        let (b1, b2) = config.betas;
+        let t = step as f64;
+        let bias_correction1 = 1.0 - libm::pow(b1, t);
+        let bias_correction2 = 1.0 - libm::pow(b2, t);
+        let weight = 1.0 - b1;
+        Self {
+            decay_factor: (config.weight_decay != 0.0)
+                .then(|| T::from_f64(1.0 - config.lr * config.weight_decay)),
+            lerp_weight: T::from_f64(weight),
+            lerp_small: T::from_f64(weight).abs() < T::from_f64(0.5),
+            beta2: T::from_f64(b2),
+            one_minus_beta2: T::from_f64(1.0 - b2),
+            bias_correction2_sqrt: T::from_f64(libm::sqrt(bias_correction2)),
+            eps: T::from_f64(config.eps),
+            neg_step_size: T::from_f64(-(config.lr / bias_correction1)),
+        }
+    }
+}
+
+/// The fused element-wise update.
+#[inline]
+pub(crate) fn apply<T: Float>(k: &Coefficients<T>, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
+    let decay = k.decay_factor.unwrap_or(T::one());
+    let decays = k.decay_factor.is_some();
+    let w = k.lerp_weight;
+    let one_minus_w = T::one() - w;
+    for (((pj, &gj), mj), vj) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        // torch's lerp: the form that is exact at the end closer to the weight
+        let mn = if k.lerp_small {
+            *mj + w * (gj - *mj)
+        } else {
+            gj - (gj - *mj) * one_minus_w
+        };
+        *mj = mn;
+        let vn = *vj * k.beta2 + k.one_minus_beta2 * gj * gj;
+        *vj = vn;
+        let denom = vn.sqrt() / k.bias_correction2_sqrt + k.eps;
+        let pn = if decays { *pj * decay } else { *pj };
+        *pj = pn + k.neg_step_size * mn / denom;
+    }
+}

@@ -1,0 +1,180 @@
+//! CAME's hyperparameters.
+
+use crate::{Error, Float};
+
+/// CAME's hyperparameters, held as `f64` like the reference's Python floats.
+///
+/// `Default` holds the reference defaults of came-pytorch 0.1.3 (ε = (1e-30, 1e-16), clip
+/// threshold 1.0, betas (0.9, 0.999, 0.9999), no weight decay) and lr = 2e-4, a common choice: the
+/// authors suggest 0.5-0.9x the AdamW learning rate of the same model.
+///
+/// ```
+/// let config = came::CameConfig::default().with_lr(1e-3).with_weight_decay(0.01);
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CameConfig {
+    /// Learning rate; finite and > 0.
+    pub lr: f64,
+    /// (β1, β2, β3): decay of the momentum, of the squared-gradient statistics and of the
+    /// instability statistics. Each in `[0, 1)`, and β1 > 0.
+    pub betas: (f64, f64, f64),
+    /// (ε1, ε2): added to the squared gradient and to the squared instability; finite and >= 0.
+    pub eps: (f64, f64),
+    /// Threshold on the root mean square of the update; a larger update is scaled down to it.
+    /// Finite and > 0.
+    pub clip_threshold: f64,
+    /// Decoupled weight decay: `p -= lr * weight_decay * p` before the update. Finite and >= 0.
+    pub weight_decay: f64,
+}
+
+impl Default for CameConfig {
+    fn default() -> Self {
+        Self {
+            lr: 2e-4,
+            betas: (0.9, 0.999, 0.9999),
+            eps: (1e-30, 1e-16),
+            clip_threshold: 1.0,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+impl CameConfig {
+    /// The defaults with the given learning rate.
+    #[must_use]
+    pub fn new(lr: f64) -> Self {
+        Self::default().with_lr(lr)
+    }
+
+    /// Sets the learning rate.
+    #[must_use]
+    pub fn with_lr(mut self, lr: f64) -> Self {
+        self.lr = lr;
+        self
+    }
+
+    /// Sets (β1, β2, β3).
+    #[must_use]
+    pub fn with_betas(mut self, beta1: f64, beta2: f64, beta3: f64) -> Self {
+        self.betas = (beta1, beta2, beta3);
+        self
+    }
+
+    /// Sets (ε1, ε2).
+    #[must_use]
+    pub fn with_eps(mut self, eps1: f64, eps2: f64) -> Self {
+        self.eps = (eps1, eps2);
+        self
+    }
+
+    /// Sets the clip threshold.
+    #[must_use]
+    pub fn with_clip_threshold(mut self, clip_threshold: f64) -> Self {
+        self.clip_threshold = clip_threshold;
+        self
+    }
+
+    /// Sets the decoupled weight decay.
+    #[must_use]
+    pub fn with_weight_decay(mut self, weight_decay: f64) -> Self {
+        self.weight_decay = weight_decay;
+        self
+    }
+
+    /// Checks every hyperparameter.
+    ///
+    /// # Errors
+    /// The first problem found, in field order: [`Error::InvalidLearningRate`],
+    /// [`Error::InvalidBeta`], [`Error::ZeroBeta1`], [`Error::InvalidEpsilon`],
+    /// [`Error::InvalidClipThreshold`], [`Error::InvalidWeightDecay`].
+    pub fn validate(&self) -> Result<(), Error> {
+        check_lr(self.lr)?;
+        let (b1, b2, b3) = self.betas;
+        for (index, value) in [b1, b2, b3].into_iter().enumerate() {
+            check_beta(index, value)?;
+        }
+        if b1 == 0.0 {
+            return Err(Error::ZeroBeta1);
+        }
+        check_eps(0, self.eps.0)?;
+        check_eps(1, self.eps.1)?;
+        if !(self.clip_threshold.is_finite() && self.clip_threshold > 0.0) {
+            return Err(Error::InvalidClipThreshold(self.clip_threshold));
+        }
+        check_weight_decay(self.weight_decay)
+    }
+}
+
+pub(crate) fn check_lr(lr: f64) -> Result<(), Error> {
+    if lr.is_finite() && lr > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidLearningRate(lr))
+    }
+}
+
+pub(crate) fn check_beta(index: usize, value: f64) -> Result<(), Error> {
+    if (0.0..1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::InvalidBeta { index, value })
+    }
+}
+
+pub(crate) fn check_eps(index: usize, value: f64) -> Result<(), Error> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidEpsilon { index, value })
+    }
+}
+
+pub(crate) fn check_weight_decay(value: f64) -> Result<(), Error> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidWeightDecay(value))
+    }
+}
+
+/// The coefficients of one step, rounded to the element type once.
+///
+/// The reference takes hyperparameters as Python floats, so `1 - β` and `lr * weight_decay` are
+/// computed in `f64` and only then rounded to the tensor's dtype; doing that subtraction in `f32`
+/// moves `1 - β3` by 1.7e-4 relative, far outside the reference tolerances.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Coefficients<T> {
+    pub beta1: T,
+    pub beta2: T,
+    pub beta3: T,
+    pub one_minus_beta1: T,
+    pub one_minus_beta2: T,
+    pub one_minus_beta3: T,
+    pub eps1: T,
+    pub eps2: T,
+    pub clip_threshold: T,
+    pub lr: T,
+    /// `lr * weight_decay`, or `None` when weight decay is off (the reference skips it then).
+    pub decay: Option<T>,
+}
+
+impl<T: Float> Coefficients<T> {
+    pub(crate) fn new(config: &CameConfig) -> Self {
+        let (b1, b2, b3) = config.betas;
+        Self {
+            beta1: T::from_f64(b1),
+            beta2: T::from_f64(b2),
+            beta3: T::from_f64(b3),
+            one_minus_beta1: T::from_f64(1.0 - b1),
+            one_minus_beta2: T::from_f64(1.0 - b2),
+            one_minus_beta3: T::from_f64(1.0 - b3),
+            eps1: T::from_f64(config.eps.0),
+            eps2: T::from_f64(config.eps.1),
+            clip_threshold: T::from_f64(config.clip_threshold),
+            lr: T::from_f64(config.lr),
+            decay: (config.weight_decay != 0.0)
+                .then(|| T::from_f64(config.weight_decay * config.lr)),
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The crate's error type.
+
+use core::fmt;
+
+/// Which caller-supplied buffer a [`Error::LengthMismatch`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Buffer {
+    /// The parameter slice.
+    Param,
+    /// The gradient slice.
+    Grad,
+    /// The optimizer-state slice.
+    State,
+}
+
+impl fmt::Display for Buffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Buffer::Param => "parameter",
+            Buffer::Grad => "gradient",
+            Buffer::State => "state",
+        })
+    }
+}
+
+/// Everything that can go wrong in a step, with what it means.
+///
+/// A step that returns an error has not changed the parameters, and has not changed the state
+/// except where a variant says otherwise ([`Error::NonFiniteState`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The learning rate is not finite or not positive.
+    InvalidLearningRate(f64),
+    /// A beta is outside `[0, 1)` or not finite. `index` is its position in `betas` (0 for β1).
+    InvalidBeta {
+        /// Position in the config's `betas` (0-based).
+        index: usize,
+        /// The offending value.
+        value: f64,
+    },
+    /// β1 is 0. CAME's confidence statistics then see `u - m = 0` on every step and collapse to
+    /// ε2, so every step is multiplied by about `1 / sqrt(ε2 (1 - β3))`, roughly 1e10 with the
+    /// default ε2 = 1e-16 and β3 = 0.9999: training diverges at once. Use β1 > 0 (0.9 is the
+    /// reference default).
+    ZeroBeta1,
+    /// An epsilon is negative or not finite. `index` is its position in `eps` (0 for ε1).
+    InvalidEpsilon {
+        /// Position in the config's `eps` (0-based).
+        index: usize,
+        /// The offending value.
+        value: f64,
+    },
+    /// The clip threshold is not finite or not positive.
+    InvalidClipThreshold(f64),
+    /// The weight decay is negative or not finite.
+    InvalidWeightDecay(f64),
+    /// The shape's element count (or the state length derived from it) does not fit in `usize`.
+    ShapeOverflow,
+    /// A buffer's length does not match the shape: `expected` elements were needed.
+    LengthMismatch {
+        /// Which buffer is wrong.
+        buffer: Buffer,
+        /// The length the shape requires.
+        expected: usize,
+        /// The length that was passed.
+        actual: usize,
+    },
+    /// The gradient holds a NaN or an infinity at flat position `index`. Nothing was changed;
+    /// the usual remedy is to skip the step (mixed-precision trainers do) or lower the loss scale.
+    NonFiniteGradient {
+        /// Flat, row-major position of the first non-finite element.
+        index: usize,
+    },
+    /// The optimizer state holds a NaN or an infinity (it was corrupted before this step, for
+    /// example by writing into the buffer by hand). Parameters were not changed. A corrupt
+    /// statistic is found before anything is written; a corrupt momentum `exp_avg` of a factored
+    /// tensor only shows once the momentum and the squared-gradient statistics have been
+    /// updated, so restore the state from a checkpoint or reset it.
+    NonFiniteState,
+    /// Gradient and state are finite but the step would produce a NaN or an infinity: the square
+    /// of a gradient element overflows the float type (`|g| > 1.8e19` in `f32`), or, with
+    /// ε1 = 0, a zero gradient meets a zero statistic (0 / 0). The reference implementation
+    /// produces NaN here; this crate refuses the step and changes nothing. Scale the loss (and
+    /// so the gradients) down, run the tensor in `f64`, or keep ε1 > 0.
+    NonFiniteUpdate,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Error::InvalidLearningRate(lr) => {
+                write!(f, "learning rate must be finite and > 0, got {lr}")
+            }
+            Error::InvalidBeta { index, value } => {
+                write!(
+                    f,
+                    "beta{} must be finite and in [0, 1), got {value}",
+                    index + 1
+                )
+            }
+            Error::ZeroBeta1 => f.write_str(
+                "beta1 = 0 makes CAME's confidence statistics collapse to eps2 and scales every \
+                 step by about 1/sqrt(eps2 * (1 - beta3)); use beta1 > 0",
+            ),
+            Error::InvalidEpsilon { index, value } => {
+                write!(f, "eps{} must be finite and >= 0, got {value}", index + 1)
+            }
+            Error::InvalidClipThreshold(c) => {
+                write!(f, "clip threshold must be finite and > 0, got {c}")
+            }
+            Error::InvalidWeightDecay(wd) => {
+                write!(f, "weight decay must be finite and >= 0, got {wd}")
+            }
+            Error::ShapeOverflow => f.write_str("shape size overflows usize"),
+            Error::LengthMismatch {
+                buffer,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "{buffer} buffer has {actual} elements, the shape needs {expected}"
+            ),
+            Error::NonFiniteGradient { index } => {
+                write!(f, "gradient is not finite at flat index {index}")
+            }
+            Error::NonFiniteState => f.write_str("optimizer state holds a NaN or an infinity"),
+            Error::NonFiniteUpdate => f.write_str(
+                "the update is not finite although gradient and state are \
+                 (gradient squared overflows the float type, or eps1 = 0 with a zero gradient)",
+            ),
+        }
+    }
+}
+
+impl core::error::Error for Error {}

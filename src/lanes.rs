@@ -1,0 +1,108 @@
+//! Work lanes: how a tensor is cut into pieces that can run one after another or in parallel.
+//!
+//! Lanes are a function of the shape alone, never of the thread count, so every partial sum is
+//! formed and combined in the same order whether lanes run on one thread or on several: results
+//! are bit-identical for any thread count.
+
+/// Most work lanes a tensor is split into.
+pub(crate) const MAX_LANES: usize = 16;
+
+/// Fewest elements worth a lane of their own.
+pub(crate) const MIN_LANE_ELEMS: usize = 32 * 1024;
+
+/// Per-lane work items, at most one per lane.
+pub(crate) type LaneItems<A> = heapless::Vec<A, MAX_LANES>;
+
+/// The half-open range of `units` that lane `lane` of `lanes` covers; ranges are contiguous,
+/// in order, and differ in size by at most one.
+pub(crate) const fn lane_range(units: usize, lanes: usize, lane: usize) -> (usize, usize) {
+    let base = units / lanes;
+    let extra = units % lanes;
+    let start = lane * base + if lane < extra { lane } else { extra };
+    let len = base + if lane < extra { 1 } else { 0 };
+    (start, start + len)
+}
+
+/// Splits `slice`, made of `units` runs of `unit` elements, into the lanes' pieces.
+pub(crate) fn split<T>(slice: &[T], unit: usize, units: usize, lanes: usize) -> Split<&[T]> {
+    Split {
+        rest: slice,
+        unit,
+        units,
+        lanes,
+        lane: 0,
+    }
+}
+
+/// Splits `slice`, made of `units` runs of `unit` elements, into the lanes' writable pieces.
+pub(crate) fn split_mut<T>(
+    slice: &mut [T],
+    unit: usize,
+    units: usize,
+    lanes: usize,
+) -> Split<&mut [T]> {
+    Split {
+        rest: slice,
+        unit,
+        units,
+        lanes,
+        lane: 0,
+    }
+}
+
+/// Iterator over the lanes' pieces of a slice.
+pub(crate) struct Split<S> {
+    rest: S,
+    unit: usize,
+    units: usize,
+    lanes: usize,
+    lane: usize,
+}
+
+impl<S> Split<S> {
+    fn next_len(&mut self) -> Option<usize> {
+        if self.lane >= self.lanes {
+            return None;
+        }
+        let (start, end) = lane_range(self.units, self.lanes, self.lane);
+        self.lane += 1;
+        Some((end - start) * self.unit)
+    }
+}
+
+impl<'s, T> Iterator for Split<&'s [T]> {
+    type Item = &'s [T];
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let len = self.next_len()?;
+        let (head, tail) = self.rest.split_at_checked(len)?;
+        self.rest = tail;
+        Some(head)
+    }
+}
+
+impl<'s, T> Iterator for Split<&'s mut [T]> {
+    type Item = &'s mut [T];
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let len = self.next_len()?;
+        let (head, tail) = core::mem::take(&mut self.rest).split_at_mut_checked(len)?;
+        self.rest = tail;
+        Some(head)
+    }
+}
+
+/// Runs one function over every lane's work item.
+pub(crate) trait Executor: Sync {
+    /// Calls `f` once on every item; items may run concurrently.
+    fn for_each<A: Send, F: Fn(&mut A) + Sync>(&self, items: &mut [A], f: F);
+}
+
+/// Runs lanes one after another on the calling thread.
+pub(crate) struct Serial;
+
+impl Executor for Serial {
+    fn for_each<A: Send, F: Fn(&mut A) + Sync>(&self, items: &mut [A], f: F) {
+        items.iter_mut().for_each(f);
+    }
+}

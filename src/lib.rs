@@ -1,0 +1,75 @@
+//! CAME, the Confidence-guided Adaptive Memory Efficient optimizer (Luo et al., ACL 2023,
+//! [arXiv:2307.02047](https://arxiv.org/abs/2307.02047)), over caller-owned slices.
+//!
+//! CAME trains as well as Adam with the memory of Adafactor. For an `n x m` weight matrix it
+//! keeps one full-size momentum plus row and column statistics of the squared gradient and of
+//! the instability `(u - m)^2`: `nm + 2(n + m)` numbers instead of Adam's `2nm`. Tensors of
+//! rank 2 or more are factored over their last two dims (the leading dims are a batch); vectors
+//! and scalars keep an element-wise second moment and no confidence term, exactly like the authors'
+//! implementation (came-pytorch 0.1.3), which this crate reproduces operation for operation.
+//!
+//! The crate is `no_std` and never allocates: parameters, gradients and state are slices the
+//! trainer owns, shapes are explicit, and a step needs no memory beyond the state buffer.
+//!
+//! ```
+//! use came::{CameConfig, CameState, Shape};
+//!
+//! const DIMS: [usize; 2] = [4, 3];
+//! let shape = Shape::new(&DIMS)?;
+//! let config = CameConfig::new(1e-2);
+//!
+//! let mut weights = [0.5f32; 12];
+//! let mut state_buf = [0.0f32; came::state_len(&DIMS)];
+//! let mut state = CameState::new(&mut state_buf);
+//!
+//! for _ in 0..10 {
+//!     // gradient of 0.5 * |w|^2
+//!     let grad = weights;
+//!     came::step(&config, &shape, &mut weights, &grad, &mut state)?;
+//! }
+//! assert!(weights.iter().all(|&w| w < 0.5));
+//! # Ok::<(), came::Error>(())
+//! ```
+//!
+//! # Features
+//! - `std`: hardware float maths through the standard library (without it, `libm`).
+
+#![no_std]
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![warn(clippy::pedantic)]
+#![allow(
+    clippy::cast_precision_loss,
+    clippy::many_single_char_names,
+    clippy::similar_names,
+    clippy::module_name_repetitions,
+    clippy::missing_errors_doc,
+    clippy::must_use_candidate,
+    clippy::inline_always,
+    clippy::cast_possible_truncation
+)]
+
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod adamw;
+mod config;
+mod error;
+mod float;
+mod kernels;
+mod lanes;
+mod shape;
+mod state;
+mod step;
+
+pub use config::CameConfig;
+pub use error::{Buffer, Error};
+pub use float::Float;
+pub use shape::{Layout, Shape, state_len};
+pub use state::{CameState, FACTORED_KEYS, StateParts, VECTOR_KEYS};
+pub use step::{StepInfo, step};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

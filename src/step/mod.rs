@@ -1,0 +1,134 @@
+//! One CAME step over one tensor.
+
+mod factored;
+mod vector;
+
+use crate::config::Coefficients;
+use crate::error::Buffer;
+use crate::lanes::{Executor, Serial};
+use crate::state::check_len;
+use crate::{CameConfig, CameState, Error, Float, Layout, Shape};
+
+/// What a successful step reports.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepInfo {
+    /// The state's step count after this step (1 after the first step).
+    pub step: u64,
+    /// Root mean square of the update before clipping; above `clip_threshold` the update was
+    /// scaled down to it. 0 for an empty tensor.
+    pub update_rms: f64,
+}
+
+/// Applies one CAME step to one tensor, in place, without allocating.
+///
+/// `param` and `grad` are the tensor's elements, flat and row-major, `shape.numel()` each;
+/// `state` is this tensor's [`CameState`] over a buffer of `shape.state_len()` elements.
+/// The update is the reference's (came-pytorch 0.1.3), operation for operation: the squared-
+/// gradient statistics, the clip over the whole tensor's update RMS, the momentum, the
+/// confidence (instability) statistics for factored tensors, then decoupled weight decay
+/// `p -= lr * weight_decay * p` and `p -= lr * update`. An empty tensor (a zero dim) is a no-op
+/// that succeeds and counts the step.
+///
+/// ```
+/// use came::{CameConfig, CameState, Shape};
+/// let shape = Shape::new(&[2, 3])?;
+/// let mut param = [0.5f32, -1.0, 0.25, 2.0, 0.0, -0.75];
+/// let grad = [0.1f32, -0.2, 0.3, -0.4, 0.5, -0.6];
+/// let mut buf = [0.0f32; came::state_len(&[2, 3])];
+/// let mut state = CameState::new(&mut buf);
+/// came::step(&CameConfig::new(1e-3), &shape, &mut param, &grad, &mut state)?;
+/// assert_eq!(state.step_count(), 1);
+/// # Ok::<(), came::Error>(())
+/// ```
+///
+/// # Errors
+/// - a config error from [`CameConfig::validate`];
+/// - [`Error::LengthMismatch`] if a buffer's length does not match `shape`;
+/// - [`Error::NonFiniteGradient`] if `grad` holds a NaN or an infinity;
+/// - [`Error::NonFiniteUpdate`] if the gradient is so large that its square overflows `T`;
+/// - [`Error::NonFiniteState`] if `state` holds a NaN or an infinity.
+///
+/// On every error the parameters are unchanged and so is the state, except where
+/// [`Error::NonFiniteState`] says otherwise (the state was corrupt already).
+pub fn step<T: Float>(
+    config: &CameConfig,
+    shape: &Shape,
+    param: &mut [T],
+    grad: &[T],
+    state: &mut CameState<'_, T>,
+) -> Result<StepInfo, Error> {
+    step_on(&Serial, config, shape, param, grad, state)
+}
+
+/// [`step`] with the lanes run by `exec`.
+pub(crate) fn step_on<T: Float, E: Executor>(
+    exec: &E,
+    config: &CameConfig,
+    shape: &Shape,
+    param: &mut [T],
+    grad: &[T],
+    state: &mut CameState<'_, T>,
+) -> Result<StepInfo, Error> {
+    config.validate()?;
+    check_tensor_lens(shape.numel(), param.len(), grad.len())?;
+    check_len(shape, state.as_slice().len())?;
+    let mut update_rms = 0.0;
+    if shape.numel() > 0 {
+        let k = Coefficients::new(config);
+        let buf = state.buffer_mut();
+        update_rms = match shape.layout() {
+            Layout::Vector { .. } => vector::step(exec, &k, shape, param, grad, buf)?,
+            Layout::Factored { batch, rows, cols } => {
+                let dims = factored::Dims {
+                    batch,
+                    rows,
+                    cols,
+                    lanes: shape.lanes(),
+                };
+                factored::step(exec, &k, dims, param, grad, buf)?
+            }
+        };
+    }
+    state.advance();
+    Ok(StepInfo {
+        step: state.step_count(),
+        update_rms,
+    })
+}
+
+pub(crate) fn check_tensor_lens(numel: usize, param: usize, grad: usize) -> Result<(), Error> {
+    for (buffer, actual) in [(Buffer::Param, param), (Buffer::Grad, grad)] {
+        if actual != numel {
+            return Err(Error::LengthMismatch {
+                buffer,
+                expected: numel,
+                actual,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The clip divisor `max(1, rms / clip_threshold)` in `T`, as the reference computes it
+/// (`norm / sqrt(numel)`, each rounded to the tensor's dtype), and the RMS in `f64`.
+fn clip_divisor<T: Float>(sum_sq: f64, numel: usize, clip_threshold: T) -> (T, f64) {
+    let norm = libm::sqrt(sum_sq);
+    let sqrt_n = libm::sqrt(numel as f64);
+    let rms = T::from_f64(norm) / T::from_f64(sqrt_n);
+    let ratio = rms / clip_threshold;
+    let d = if ratio > T::one() { ratio } else { T::one() };
+    (d, norm / sqrt_n)
+}
+
+/// Which error explains a non-finite statistic: a bad gradient element, or an overflow of a
+/// update from finite inputs (the state was checked before).
+fn gradient_error<T: Float>(grad: &[T]) -> Error {
+    match grad.iter().position(|g| !g.is_finite()) {
+        Some(index) => Error::NonFiniteGradient { index },
+        None => Error::NonFiniteUpdate,
+    }
+}
+
+pub(crate) fn all_finite<T: Float>(values: &[T]) -> bool {
+    values.iter().all(|v| v.is_finite())
+}
