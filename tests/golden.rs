@@ -1,0 +1,92 @@
+//! Replays every reference trajectory in `tests/data/golden` (came-pytorch 0.1.3 for CAME,
+//! `torch.optim.AdamW` for AdamW) and checks every step and the final state against the
+//! tolerances of FORMAT.md.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use support::golden::{Case, Dtype, Optimizer, compare, json_files, replay};
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden")
+}
+
+/// Replays every file, returns (name, worst fraction of tolerance) and fails listing every
+/// case over its tolerance.
+fn replay_all(files: &[PathBuf]) -> Vec<(Case, f64)> {
+    let mut failures = Vec::new();
+    let mut results = Vec::new();
+    for path in files {
+        let case = Case::load(path).unwrap();
+        match replay(&case) {
+            Ok(got) => {
+                let verdict = compare(&case, &got);
+                if !verdict.passed() {
+                    failures.push(format!(
+                        "{}: {:.3}x tolerance at {}",
+                        case.name, verdict.worst, verdict.at
+                    ));
+                }
+                results.push((case, verdict.worst));
+            }
+            Err(e) => failures.push(format!("{}: step failed: {e}", case.name)),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "cases over tolerance:\n{}",
+        failures.join("\n")
+    );
+    results
+}
+
+#[test]
+fn came_reference_trajectories() {
+    let files = json_files(&golden_dir());
+    let results = replay_all(&files);
+    assert_eq!(results.len(), 29, "expected the 29 CAME reference cases");
+    assert!(
+        results
+            .iter()
+            .all(|(c, _)| matches!(c.optimizer, Optimizer::Came(_)))
+    );
+    // both dtypes, both layouts, N-D batches are covered
+    assert!(results.iter().any(|(c, _)| c.dtype == Dtype::F64));
+    assert!(results.iter().any(|(c, _)| c.shape.len() == 4));
+    assert!(results.iter().any(|(c, _)| c.shape.is_empty()));
+    for (case, worst) in &results {
+        println!("{:32} {:.4}x tolerance", case.name, worst);
+    }
+}
+
+#[test]
+fn adamw_reference_trajectories() {
+    let files = json_files(&golden_dir().join("adamw"));
+    let results = replay_all(&files);
+    assert_eq!(results.len(), 4, "expected the 4 AdamW reference cases");
+    assert!(
+        results
+            .iter()
+            .all(|(c, _)| matches!(c.optimizer, Optimizer::AdamW(_)))
+    );
+    for (case, worst) in &results {
+        println!("{:32} {:.4}x tolerance", case.name, worst);
+    }
+}
+
+/// The comparison itself must be able to fail: a trajectory nudged by 2x the tolerance is
+/// rejected.
+#[test]
+fn comparison_rejects_a_trajectory_off_by_twice_the_tolerance() {
+    let case = Case::load(&golden_dir().join("f32_default_4x5.json")).unwrap();
+    let mut got = replay(&case).unwrap();
+    assert!(compare(&case, &got).passed());
+    let tol = case.dtype.tolerance();
+    let r = case.params[3][7];
+    got.params[3][7] = r + 2.0 * (tol.atol + tol.rtol * r.abs());
+    let verdict = compare(&case, &got);
+    assert!(!verdict.passed());
+    assert!((verdict.worst - 2.0).abs() < 0.01, "{verdict:?}");
+    assert_eq!(verdict.at, "step 4 element 7");
+}

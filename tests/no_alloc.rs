@@ -1,0 +1,86 @@
+//! A step allocates nothing: every step below runs under a global allocator that counts the
+//! allocations made on the calling thread.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use came::adamw::{self, AdamWConfig, AdamWState};
+use came::{CameConfig, CameState, Shape};
+
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+struct Counting;
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the counter is a
+// const-initialised thread-local `Cell`, which never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, passed on as is.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` above with this `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract, passed on as is.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations_during(f: impl FnOnce()) -> usize {
+    let before = ALLOCATIONS.with(Cell::get);
+    f();
+    ALLOCATIONS.with(Cell::get) - before
+}
+
+#[test]
+fn steps_do_not_allocate() {
+    // one lane and several; matrix, batch, vector, scalar; clipped and not; with weight decay
+    let shapes: [&[usize]; 8] = [
+        &[4, 5],
+        &[300, 257],
+        &[2, 3, 4],
+        &[40, 64, 33],
+        &[7],
+        &[200_003],
+        &[],
+        &[0, 3],
+    ];
+    let configs = [
+        CameConfig::new(1e-3),
+        CameConfig::new(1e-3)
+            .with_clip_threshold(1e-3)
+            .with_weight_decay(0.1),
+    ];
+    for dims in shapes {
+        let shape = Shape::new(dims).unwrap();
+        let n = shape.numel();
+        let mut p = vec![0.5f32; n];
+        let g: Vec<f32> = (0..n).map(|i| (i as f32).sin()).collect();
+        let mut buf = vec![0.0f32; shape.state_len()];
+        let mut adam_buf = vec![0.0f32; adamw::state_len(n)];
+        let mut state = CameState::new(&mut buf);
+        let mut adam = AdamWState::new(&mut adam_buf);
+        for config in &configs {
+            let count = allocations_during(|| {
+                for _ in 0..3 {
+                    came::step(config, &shape, &mut p, &g, &mut state).unwrap();
+                    adamw::step(&AdamWConfig::default(), &mut p, &g, &mut adam).unwrap();
+                }
+            });
+            assert_eq!(count, 0, "{dims:?} allocated");
+        }
+    }
+    // the counter does count
+    assert_eq!(allocations_during(|| drop(vec![1u8; 3])), 1);
+}
