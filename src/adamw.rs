@@ -10,7 +10,11 @@
 //! ```
 
 use crate::config::{check_beta, check_eps, check_lr, check_weight_decay};
+use core::marker::PhantomData;
+
 use crate::error::Buffer;
+use crate::lanes::LaneKernel;
+use crate::simd::Ops;
 use crate::step::check_tensor_lens;
 use crate::{Error, Float};
 
@@ -114,6 +118,10 @@ impl<'a, T: Float> AdamWState<'a, T> {
         (self.data, self.step)
     }
 
+    pub(crate) fn advance(&mut self) {
+        self.step = self.step.saturating_add(1);
+    }
+
     /// Number of successful steps taken with this state.
     #[must_use]
     pub fn step_count(&self) -> u64 {
@@ -150,6 +158,20 @@ pub fn step<T: Float>(
     grad: &[T],
     state: &mut AdamWState<'_, T>,
 ) -> Result<u64, Error> {
+    let k = prepare(config, param, grad, state)?;
+    let (m, v) = state.parts_mut();
+    crate::simd::run(&Kernel(k, PhantomData), &mut (param, grad, m, v));
+    state.advance();
+    Ok(state.step)
+}
+
+/// Validates a step and returns its coefficients; nothing is changed.
+pub(crate) fn prepare<T: Float>(
+    config: &AdamWConfig,
+    param: &[T],
+    grad: &[T],
+    state: &AdamWState<'_, T>,
+) -> Result<Coefficients<T>, Error> {
     config.validate()?;
     let n = param.len();
     check_tensor_lens(n, n, grad.len())?;
@@ -163,12 +185,7 @@ pub fn step<T: Float>(
     if let Some(index) = grad.iter().position(|g| !g.is_finite()) {
         return Err(Error::NonFiniteGradient { index });
     }
-    let t = state.step.saturating_add(1);
-    let coefficients = Coefficients::new(config, t);
-    let (m, v) = state.parts_mut();
-    apply(&coefficients, param, grad, m, v);
-    state.step = t;
-    Ok(t)
+    Ok(Coefficients::new(config, state.step.saturating_add(1)))
 }
 
 /// One step's coefficients in `T`, derived in `f64` like the reference's Python floats.
@@ -205,25 +222,83 @@ impl<T: Float> Coefficients<T> {
     }
 }
 
-/// The fused element-wise update.
-#[inline]
-pub(crate) fn apply<T: Float>(k: &Coefficients<T>, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
-    let decay = k.decay_factor.unwrap_or(T::one());
-    let decays = k.decay_factor.is_some();
+/// The fused element-wise update as a lane kernel: one chunk of the tensor per item.
+pub(crate) struct Kernel<'a, T>(pub Coefficients<T>, pub PhantomData<&'a ()>);
+
+impl<'a, T: Float> LaneKernel for Kernel<'a, T> {
+    /// parameters, gradient, momentum, second moment
+    type Item = (&'a mut [T], &'a [T], &'a mut [T], &'a mut [T]);
+
+    #[inline(always)]
+    fn run<S: pulp::Simd>(&self, simd: S, (p, g, m, v): &mut Self::Item) {
+        let o = Ops::new(simd);
+        let k = &self.0;
+        let data = (&mut **p, &**g, &mut **m, &mut **v);
+        match (k.lerp_small, k.decay_factor.is_some()) {
+            (true, false) => apply::<S, T, true, false>(o, k, data),
+            (true, true) => apply::<S, T, true, true>(o, k, data),
+            (false, false) => apply::<S, T, false, false>(o, k, data),
+            (false, true) => apply::<S, T, false, true>(o, k, data),
+        }
+    }
+}
+
+/// The fused element-wise update; `SMALL`: torch's lerp form for a weight under 0.5.
+#[inline(always)]
+fn apply<S: pulp::Simd, T: Float, const SMALL: bool, const DECAY: bool>(
+    o: Ops<S, T>,
+    k: &Coefficients<T>,
+    (p, g, m, v): (&mut [T], &[T], &mut [T], &mut [T]),
+) {
+    let one = T::one();
+    let decay = k.decay_factor.unwrap_or(one);
     let w = k.lerp_weight;
-    let one_minus_w = T::one() - w;
-    for (((pj, &gj), mj), vj) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        // torch's lerp: the form that is exact at the end closer to the weight
-        let mn = if k.lerp_small {
-            *mj + w * (gj - *mj)
+    let one_minus_w = one - w;
+    // torch's lerp: the form that is exact at the end closer to the weight
+    let lerp = |m: T, g: T| {
+        if SMALL {
+            m + w * (g - m)
         } else {
-            gj - (gj - *mj) * one_minus_w
+            g - (g - m) * one_minus_w
+        }
+    };
+    let (pv, pt) = T::as_mut_simd::<S>(p);
+    let (gv, gt) = T::as_simd::<S>(g);
+    let (mv, mt) = T::as_mut_simd::<S>(m);
+    let (vv, vt) = T::as_mut_simd::<S>(v);
+    let (wv, omwv, b2, omb2) = (
+        o.splat(w),
+        o.splat(one_minus_w),
+        o.splat(k.beta2),
+        o.splat(k.one_minus_beta2),
+    );
+    let (bc2, eps, neg_step, decayv) = (
+        o.splat(k.bias_correction2_sqrt),
+        o.splat(k.eps),
+        o.splat(k.neg_step_size),
+        o.splat(decay),
+    );
+    for (((p, &g), m), v) in pv.iter_mut().zip(gv).zip(mv.iter_mut()).zip(vv.iter_mut()) {
+        let diff = o.sub(g, *m);
+        let mn = if SMALL {
+            o.add(*m, o.mul(wv, diff))
+        } else {
+            o.sub(g, o.mul(diff, omwv))
         };
-        *mj = mn;
-        let vn = *vj * k.beta2 + k.one_minus_beta2 * gj * gj;
-        *vj = vn;
+        *m = mn;
+        let vn = o.add(o.mul(*v, b2), o.mul(o.mul(omb2, g), g));
+        *v = vn;
+        let denom = o.add(o.div(o.sqrt(vn), bc2), eps);
+        let pn = if DECAY { o.mul(*p, decayv) } else { *p };
+        *p = o.add(pn, o.div(o.mul(neg_step, mn), denom));
+    }
+    for (((p, &g), m), v) in pt.iter_mut().zip(gt).zip(mt.iter_mut()).zip(vt.iter_mut()) {
+        let mn = lerp(*m, g);
+        *m = mn;
+        let vn = *v * k.beta2 + k.one_minus_beta2 * g * g;
+        *v = vn;
         let denom = vn.sqrt() / k.bias_correction2_sqrt + k.eps;
-        let pn = if decays { *pj * decay } else { *pj };
-        *pj = pn + k.neg_step_size * mn / denom;
+        let pn = if DECAY { *p * decay } else { *p };
+        *p = pn + k.neg_step_size * mn / denom;
     }
 }

@@ -1,12 +1,112 @@
-//! The sealed float trait the optimizer is generic over.
+//! The sealed float trait the optimizer is generic over, with the SIMD operations the kernels
+//! use on it.
 
 use core::fmt::{Debug, Display};
 
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for f32 {}
-    impl Sealed for f64 {}
+use pulp::Simd;
+
+pub(crate) mod sealed {
+    use pulp::Simd;
+
+    /// SIMD vectors of the element type under instruction set `S`, and the few operations the
+    /// kernels need. Every operation is IEEE-754 correctly rounded, lane by lane.
+    pub trait Sealed: Copy {
+        /// A vector of `Self` under `S`.
+        type V<S: Simd>: Copy;
+
+        /// Splits a slice into whole vectors and the remaining elements.
+        fn as_simd<S: Simd>(s: &[Self]) -> (&[Self::V<S>], &[Self]);
+        /// Splits a writable slice into whole vectors and the remaining elements.
+        fn as_mut_simd<S: Simd>(s: &mut [Self]) -> (&mut [Self::V<S>], &mut [Self]);
+        /// Every lane `x`.
+        fn v_splat<S: Simd>(simd: S, x: Self) -> Self::V<S>;
+        /// Lane-wise `a + b`.
+        fn v_add<S: Simd>(simd: S, a: Self::V<S>, b: Self::V<S>) -> Self::V<S>;
+        /// Lane-wise `a - b`.
+        fn v_sub<S: Simd>(simd: S, a: Self::V<S>, b: Self::V<S>) -> Self::V<S>;
+        /// Lane-wise `a * b`.
+        fn v_mul<S: Simd>(simd: S, a: Self::V<S>, b: Self::V<S>) -> Self::V<S>;
+        /// Lane-wise `a / b`.
+        fn v_div<S: Simd>(simd: S, a: Self::V<S>, b: Self::V<S>) -> Self::V<S>;
+        /// Lane-wise square root.
+        fn v_sqrt<S: Simd>(simd: S, a: Self::V<S>) -> Self::V<S>;
+        /// The sum of the lanes, in a fixed order.
+        fn v_sum<S: Simd>(simd: S, a: Self::V<S>) -> Self;
+    }
 }
+
+macro_rules! simd_ops {
+    ($t:ty, $v:ident, $as_simd:ident, $as_mut_simd:ident, $splat:ident, $add:ident, $sub:ident,
+     $mul:ident, $div:ident, $sqrt:ident, $sum:ident) => {
+        impl sealed::Sealed for $t {
+            type V<S: Simd> = S::$v;
+
+            #[inline(always)]
+            fn as_simd<S: Simd>(s: &[Self]) -> (&[Self::V<S>], &[Self]) {
+                S::$as_simd(s)
+            }
+            #[inline(always)]
+            fn as_mut_simd<S: Simd>(s: &mut [Self]) -> (&mut [Self::V<S>], &mut [Self]) {
+                S::$as_mut_simd(s)
+            }
+            #[inline(always)]
+            fn v_splat<S: Simd>(simd: S, x: Self) -> Self::V<S> {
+                simd.$splat(x)
+            }
+            #[inline(always)]
+            fn v_add<S: Simd>(simd: S, a: Self::V<S>, b: Self::V<S>) -> Self::V<S> {
+                simd.$add(a, b)
+            }
+            #[inline(always)]
+            fn v_sub<S: Simd>(simd: S, a: Self::V<S>, b: Self::V<S>) -> Self::V<S> {
+                simd.$sub(a, b)
+            }
+            #[inline(always)]
+            fn v_mul<S: Simd>(simd: S, a: Self::V<S>, b: Self::V<S>) -> Self::V<S> {
+                simd.$mul(a, b)
+            }
+            #[inline(always)]
+            fn v_div<S: Simd>(simd: S, a: Self::V<S>, b: Self::V<S>) -> Self::V<S> {
+                simd.$div(a, b)
+            }
+            #[inline(always)]
+            fn v_sqrt<S: Simd>(simd: S, a: Self::V<S>) -> Self::V<S> {
+                simd.$sqrt(a)
+            }
+            #[inline(always)]
+            fn v_sum<S: Simd>(simd: S, a: Self::V<S>) -> Self {
+                simd.$sum(a)
+            }
+        }
+    };
+}
+
+simd_ops!(
+    f32,
+    f32s,
+    as_simd_f32s,
+    as_mut_simd_f32s,
+    splat_f32s,
+    add_f32s,
+    sub_f32s,
+    mul_f32s,
+    div_f32s,
+    sqrt_f32s,
+    reduce_sum_f32s
+);
+simd_ops!(
+    f64,
+    f64s,
+    as_simd_f64s,
+    as_mut_simd_f64s,
+    splat_f64s,
+    add_f64s,
+    sub_f64s,
+    mul_f64s,
+    div_f64s,
+    sqrt_f64s,
+    reduce_sum_f64s
+);
 
 /// A floating-point element type the optimizer runs on: `f32` or `f64`.
 ///

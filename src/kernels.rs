@@ -1,204 +1,341 @@
-//! Row kernels: the element-wise work of a step, one row (or one block of a vector) at a time.
+//! Row kernels: the element-wise work of a step on groups of `R` rows of a matrix side by side
+//! (or on a block of a vector), in explicit SIMD vectors (see [`crate::simd`]).
 //!
-//! Every loop walks fixed-width chunks (`as_chunks::<W>`) with `W` independent accumulators, so
-//! there are no bounds checks inside and float reductions vectorise without reassociation:
-//! each accumulator sums every `W`-th element in order, and the accumulators are combined by a
-//! fixed pairwise tree. The order of every sum is a function of the row length alone.
+//! Rows of a group are walked together, vector by vector, so the per-column data (column
+//! factors, column sums) is loaded once per group rather than once per row, and the group's
+//! rows are independent streams that keep more memory requests in flight. Each row's sum has
+//! one accumulator vector, reduced in a fixed order at the end of the row, then the row's tail
+//! (`cols % lanes` elements) is added one element at a time; column terms of a group are added
+//! up row by row before they reach the column sum. The order of every sum is fixed by the shape
+//! and the instruction set.
+
+use core::array;
+
+use pulp::Simd;
 
 use crate::Float;
 use crate::config::Coefficients;
+use crate::simd::{Ops, V};
 
-/// Width of the chunks and number of independent accumulators.
-pub(crate) const W: usize = 16;
+/// Rows walked side by side.
+pub(crate) const GROUP: usize = 4;
 
+/// Splits `R * cols` elements into `R` rows.
 #[inline(always)]
-fn hsum<T: Float>(mut acc: [T; W]) -> T {
-    let mut width = W;
-    while width > 1 {
-        width /= 2;
-        for i in 0..width {
-            acc[i] = acc[i] + acc[i + width];
+pub(crate) fn rows<T, const R: usize>(data: &[T], cols: usize) -> [&[T]; R] {
+    let mut rest = data;
+    array::from_fn(|_| {
+        let (row, tail) = rest.split_at(cols);
+        rest = tail;
+        row
+    })
+}
+
+/// Splits `R * cols` elements into `R` writable rows.
+#[inline(always)]
+pub(crate) fn rows_mut<T, const R: usize>(data: &mut [T], cols: usize) -> [&mut [T]; R] {
+    let mut rest = data;
+    array::from_fn(|_| {
+        let (row, tail) = core::mem::take(&mut rest).split_at_mut(cols);
+        rest = tail;
+        row
+    })
+}
+
+/// Each row's whole vectors, cut to the same count `n`, and its tail.
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+fn vectors<S: Simd, T: Float, const R: usize>(
+    rows: [&[T]; R],
+    n: usize,
+) -> ([&[V<S, T>]; R], [&[T]; R]) {
+    let split = rows.map(|r| T::as_simd::<S>(r));
+    (split.map(|(v, _)| &v[..n]), split.map(|(_, t)| t))
+}
+
+/// Each writable row's whole vectors, cut to the same count `n`, and its tail.
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+fn vectors_mut<S: Simd, T: Float, const R: usize>(
+    rows: [&mut [T]; R],
+    n: usize,
+) -> ([&mut [V<S, T>]; R], [&mut [T]; R]) {
+    let mut split = rows.map(|r| T::as_mut_simd::<S>(r));
+    (
+        array::from_fn(|r| &mut core::mem::take(&mut split[r].0)[..n]),
+        array::from_fn(|r| core::mem::take(&mut split[r].1)),
+    )
+}
+
+/// For `R` rows: returns each row's `sum_j (g_j^2 + eps)` and adds the column terms to
+/// `col_sums`.
+#[inline(always)]
+pub(crate) fn sq_rows<S: Simd, T: Float, const R: usize>(
+    o: Ops<S, T>,
+    g: [&[T]; R],
+    eps: T,
+    col_sums: &mut [T],
+) -> [T; R] {
+    let (cv, ct) = T::as_mut_simd::<S>(col_sums);
+    let n = cv.len();
+    let (gv, gt) = vectors::<S, T, R>(g, n);
+    let e = o.splat(eps);
+    let mut acc = [o.splat(T::zero()); R];
+    for (i, c) in cv.iter_mut().enumerate() {
+        let mut col = e;
+        for r in 0..R {
+            let x = gv[r][i];
+            let u = o.add(o.mul(x, x), e);
+            acc[r] = o.add(acc[r], u);
+            col = if r == 0 { u } else { o.add(col, u) };
         }
+        *c = o.add(*c, col);
     }
-    acc[0]
-}
-
-/// Returns `sum_j (g_j^2 + eps)` and adds each term to `col_sums[j]`.
-#[inline(always)]
-pub(crate) fn sq_row<T: Float>(g: &[T], eps: T, col_sums: &mut [T]) -> T {
-    let (g_chunks, g_tail) = g.as_chunks::<W>();
-    let (c_chunks, c_tail) = col_sums.as_chunks_mut::<W>();
-    let mut acc = [T::zero(); W];
-    for (gx, cx) in g_chunks.iter().zip(c_chunks) {
-        for k in 0..W {
-            let u = gx[k] * gx[k] + eps;
-            acc[k] = acc[k] + u;
-            cx[k] = cx[k] + u;
+    let mut sums = acc.map(|a| o.sum(a));
+    for (j, c) in ct.iter_mut().enumerate() {
+        let mut col = T::zero();
+        for r in 0..R {
+            let u = gt[r][j] * gt[r][j] + eps;
+            sums[r] = sums[r] + u;
+            col = if r == 0 { u } else { col + u };
         }
+        *c = *c + col;
     }
-    let mut tail = T::zero();
-    for (&gj, cj) in g_tail.iter().zip(c_tail) {
-        let u = gj * gj + eps;
-        tail = tail + u;
-        *cj = *cj + u;
-    }
-    hsum(acc) + tail
+    sums
 }
 
-/// Returns `sum_j ((rf * cf_j) * g_j)^2`: the squared norm of one row of the unclipped update.
+/// For `R` rows: returns each row's `sum_j ((rf * cf_j) * g_j)^2`, the squared norm of the
+/// unclipped update.
 #[inline(always)]
-pub(crate) fn update_sq_row<T: Float>(g: &[T], rf: T, cf: &[T]) -> T {
-    let (g_chunks, g_tail) = g.as_chunks::<W>();
-    let (f_chunks, f_tail) = cf.as_chunks::<W>();
-    let mut acc = [T::zero(); W];
-    for (gx, fx) in g_chunks.iter().zip(f_chunks) {
-        for k in 0..W {
-            let u = (rf * fx[k]) * gx[k];
-            acc[k] = acc[k] + u * u;
-        }
-    }
-    let mut tail = T::zero();
-    for (&gj, &fj) in g_tail.iter().zip(f_tail) {
-        let u = (rf * fj) * gj;
-        tail = tail + u * u;
-    }
-    hsum(acc) + tail
-}
-
-/// The clipped update of one element: `((rf * cf) * g) / d`, or without the division when the
-/// update was not clipped (`d == 1` exactly, so dividing would change nothing).
-#[inline(always)]
-fn clipped<T: Float, const CLIP: bool>(rf: T, cf: T, g: T, d: T) -> T {
-    let u = (rf * cf) * g;
-    if CLIP { u / d } else { u }
-}
-
-/// Updates the momentum of one row, `m = beta1 m + (1 - beta1) u`, and returns
-/// `sum_j ((u_j - m_j)^2 + eps2)`, adding each term to `col_sums[j]`.
-#[inline(always)]
-pub(crate) fn momentum_row<T: Float, const CLIP: bool>(
-    g: &[T],
-    m: &mut [T],
-    rf: T,
+pub(crate) fn update_sq_rows<S: Simd, T: Float, const R: usize>(
+    o: Ops<S, T>,
+    g: [&[T]; R],
+    rf: [T; R],
     cf: &[T],
-    d: T,
+) -> [T; R] {
+    let (fv, ft) = T::as_simd::<S>(cf);
+    let n = fv.len();
+    let (gv, gt) = vectors::<S, T, R>(g, n);
+    let rfv = rf.map(|x| o.splat(x));
+    let mut acc = [o.splat(T::zero()); R];
+    for (i, &f) in fv.iter().enumerate() {
+        for r in 0..R {
+            let u = o.mul(o.mul(rfv[r], f), gv[r][i]);
+            acc[r] = o.add(acc[r], o.mul(u, u));
+        }
+    }
+    let mut sums = acc.map(|a| o.sum(a));
+    for (j, &f) in ft.iter().enumerate() {
+        for r in 0..R {
+            let u = (rf[r] * f) * gt[r][j];
+            sums[r] = sums[r] + u * u;
+        }
+    }
+    sums
+}
+
+/// For `R` rows: updates the momentum `m = beta1 m + (1 - beta1) u` with the clipped update
+/// `u = (rf_d * cf_j) * g_j` (`rf_d`: the row factor divided by the clip divisor), returns each
+/// row's `sum_j ((u_j - m_j)^2 + eps2)` and adds the column terms to `col_sums`.
+#[inline(always)]
+pub(crate) fn momentum_rows<S: Simd, T: Float, const R: usize>(
+    o: Ops<S, T>,
+    (g, m): ([&[T]; R], [&mut [T]; R]),
+    rf_d: [T; R],
+    cf: &[T],
     k: &Coefficients<T>,
     col_sums: &mut [T],
-) -> T {
+) -> [T; R] {
     let (beta1, omb1, eps2) = (k.beta1, k.one_minus_beta1, k.eps2);
-    let (g_chunks, g_tail) = g.as_chunks::<W>();
-    let (m_chunks, m_tail) = m.as_chunks_mut::<W>();
-    let (f_chunks, f_tail) = cf.as_chunks::<W>();
-    let (c_chunks, c_tail) = col_sums.as_chunks_mut::<W>();
-    let mut acc = [T::zero(); W];
-    for (((gx, mx), fx), cx) in g_chunks.iter().zip(m_chunks).zip(f_chunks).zip(c_chunks) {
-        for j in 0..W {
-            let u = clipped::<T, CLIP>(rf, fx[j], gx[j], d);
-            let mj = mx[j] * beta1 + omb1 * u;
-            mx[j] = mj;
-            let res = (u - mj) * (u - mj) + eps2;
-            acc[j] = acc[j] + res;
-            cx[j] = cx[j] + res;
+    let (fv, ft) = T::as_simd::<S>(cf);
+    let n = fv.len();
+    let (gv, gt) = vectors::<S, T, R>(g, n);
+    let (mv, mt) = vectors_mut::<S, T, R>(m, n);
+    let (cv, ct) = T::as_mut_simd::<S>(col_sums);
+    let (b1, omb1v, e2) = (o.splat(beta1), o.splat(omb1), o.splat(eps2));
+    let rfv = rf_d.map(|x| o.splat(x));
+    let mut acc = [o.splat(T::zero()); R];
+    for (i, (&f, c)) in fv.iter().zip(&mut cv[..n]).enumerate() {
+        let mut col = e2;
+        for r in 0..R {
+            let u = o.mul(o.mul(rfv[r], f), gv[r][i]);
+            let m_new = o.add(o.mul(mv[r][i], b1), o.mul(omb1v, u));
+            mv[r][i] = m_new;
+            let d = o.sub(u, m_new);
+            let res = o.add(o.mul(d, d), e2);
+            acc[r] = o.add(acc[r], res);
+            col = if r == 0 { res } else { o.add(col, res) };
         }
+        *c = o.add(*c, col);
     }
-    let mut tail = T::zero();
-    for (((&gj, mj), &fj), cj) in g_tail.iter().zip(m_tail).zip(f_tail).zip(c_tail) {
-        let u = clipped::<T, CLIP>(rf, fj, gj, d);
-        let m_new = *mj * beta1 + omb1 * u;
-        *mj = m_new;
-        let res = (u - m_new) * (u - m_new) + eps2;
-        tail = tail + res;
-        *cj = *cj + res;
+    let mut sums = acc.map(|a| o.sum(a));
+    for (j, (&f, c)) in ft.iter().zip(ct).enumerate() {
+        let mut col = T::zero();
+        for r in 0..R {
+            let u = (rf_d[r] * f) * gt[r][j];
+            let m_new = mt[r][j] * beta1 + omb1 * u;
+            mt[r][j] = m_new;
+            let res = (u - m_new) * (u - m_new) + eps2;
+            sums[r] = sums[r] + res;
+            col = if r == 0 { res } else { col + res };
+        }
+        *c = *c + col;
     }
-    hsum(acc) + tail
+    sums
 }
 
-/// Applies one row of the final update: decoupled weight decay `p -= (lr * wd) p` when on, then
+/// For `R` rows: decoupled weight decay `p -= (lr * wd) p` when on, then
 /// `p -= ((rf * cf_j) * m_j) * lr`.
 #[inline(always)]
-pub(crate) fn apply_row<T: Float>(p: &mut [T], m: &[T], rf: T, cf: &[T], k: &Coefficients<T>) {
-    let lr = k.lr;
+pub(crate) fn apply_rows<S: Simd, T: Float, const R: usize>(
+    o: Ops<S, T>,
+    (p, m): ([&mut [T]; R], [&[T]; R]),
+    rf: [T; R],
+    cf: &[T],
+    k: &Coefficients<T>,
+) {
     match k.decay {
-        Some(decay) => {
-            for ((pj, &mj), &fj) in p.iter_mut().zip(m).zip(cf) {
-                let decayed = *pj - decay * *pj;
-                *pj = decayed - ((rf * fj) * mj) * lr;
+        Some(decay) => apply_rows_with::<S, T, R, true>(o, (p, m), rf, cf, k.lr, decay),
+        None => apply_rows_with::<S, T, R, false>(o, (p, m), rf, cf, k.lr, T::zero()),
+    }
+}
+
+#[inline(always)]
+fn apply_rows_with<S: Simd, T: Float, const R: usize, const DECAY: bool>(
+    o: Ops<S, T>,
+    (p, m): ([&mut [T]; R], [&[T]; R]),
+    rf: [T; R],
+    cf: &[T],
+    lr: T,
+    decay: T,
+) {
+    let (fv, ft) = T::as_simd::<S>(cf);
+    let n = fv.len();
+    let (pv, pt) = vectors_mut::<S, T, R>(p, n);
+    let (mv, mt) = vectors::<S, T, R>(m, n);
+    let (lrv, decayv) = (o.splat(lr), o.splat(decay));
+    let rfv = rf.map(|x| o.splat(x));
+    for (i, &f) in fv.iter().enumerate() {
+        for r in 0..R {
+            let mut pr = pv[r][i];
+            if DECAY {
+                pr = o.sub(pr, o.mul(decayv, pr));
             }
+            let upd = o.mul(o.mul(o.mul(rfv[r], f), mv[r][i]), lrv);
+            pv[r][i] = o.sub(pr, upd);
         }
-        None => {
-            for ((pj, &mj), &fj) in p.iter_mut().zip(m).zip(cf) {
-                *pj = *pj - ((rf * fj) * mj) * lr;
+    }
+    for (j, &f) in ft.iter().enumerate() {
+        for r in 0..R {
+            let mut pr = pt[r][j];
+            if DECAY {
+                pr = pr - decay * pr;
             }
+            pt[r][j] = pr - ((rf[r] * f) * mt[r][j]) * lr;
         }
     }
 }
 
-/// 0 for a finite `x`, NaN for NaN and infinities: summed over a block it checks every value
-/// without a branch.
+/// 0 for a finite `x`, NaN for NaN and infinities.
 #[inline(always)]
 #[allow(clippy::eq_op)]
 fn finite_or_nan<T: Float>(x: T) -> T {
     x - x
 }
 
-/// The new second moment of one vector element: `beta2 v + (1 - beta2) (g^2 + eps1)`.
-#[inline(always)]
-fn next_sq<T: Float>(v: T, g: T, k: &Coefficients<T>) -> T {
-    v * k.beta2 + k.one_minus_beta2 * (g * g + k.eps1)
-}
-
 /// For a block of a vector: returns `(sum_j u_j^2, check)` where `u = rsqrt(v_new) g` is the
-/// unclipped update and `check` is 0 when every new second moment and every momentum value is
-/// finite, NaN otherwise.
+/// unclipped update, `v_new = beta2 v + (1 - beta2) (g^2 + eps1)`, and `check` is 0 when every
+/// new second moment and every momentum value is finite, NaN otherwise.
 #[inline(always)]
-pub(crate) fn vector_sq_block<T: Float>(g: &[T], v: &[T], m: &[T], k: &Coefficients<T>) -> (T, T) {
-    let (g_chunks, g_tail) = g.as_chunks::<W>();
-    let (v_chunks, v_tail) = v.as_chunks::<W>();
-    let (m_chunks, m_tail) = m.as_chunks::<W>();
-    let mut acc = [T::zero(); W];
-    let mut check = [T::zero(); W];
-    for ((gx, vx), mx) in g_chunks.iter().zip(v_chunks).zip(m_chunks) {
-        for j in 0..W {
-            let vn = next_sq(vx[j], gx[j], k);
-            let u = (T::one() / vn.sqrt()) * gx[j];
-            acc[j] = acc[j] + u * u;
-            check[j] = check[j] + finite_or_nan(vn) + finite_or_nan(mx[j]);
-        }
+pub(crate) fn vector_sq_block<S: Simd, T: Float>(
+    o: Ops<S, T>,
+    (g, v, m): (&[T], &[T], &[T]),
+    k: &Coefficients<T>,
+) -> (T, T) {
+    let (gv, gt) = T::as_simd::<S>(g);
+    let (vv, vt) = T::as_simd::<S>(v);
+    let (mv, mt) = T::as_simd::<S>(m);
+    let (b2, omb2, e1, one) = (
+        o.splat(k.beta2),
+        o.splat(k.one_minus_beta2),
+        o.splat(k.eps1),
+        o.splat(T::one()),
+    );
+    let zero = o.splat(T::zero());
+    let (mut acc, mut check) = (zero, zero);
+    for ((&g, &v), &m) in gv.iter().zip(vv).zip(mv) {
+        let vn = o.add(o.mul(v, b2), o.mul(omb2, o.add(o.mul(g, g), e1)));
+        let u = o.mul(o.div(one, o.sqrt(vn)), g);
+        acc = o.add(acc, o.mul(u, u));
+        // x - x is 0 for finite x and NaN for NaN and infinities
+        check = o.add(check, o.add(o.sub(vn, vn), o.sub(m, m)));
     }
-    let (mut tail, mut tail_check) = (T::zero(), T::zero());
-    for ((&gj, &vj), &mj) in g_tail.iter().zip(v_tail).zip(m_tail) {
-        let vn = next_sq(vj, gj, k);
-        let u = (T::one() / vn.sqrt()) * gj;
-        tail = tail + u * u;
-        tail_check = tail_check + finite_or_nan(vn) + finite_or_nan(mj);
+    let (mut sum, mut check) = (o.sum(acc), o.sum(check));
+    for ((&g, &v), &m) in gt.iter().zip(vt).zip(mt) {
+        let vn = v * k.beta2 + k.one_minus_beta2 * (g * g + k.eps1);
+        let u = (T::one() / vn.sqrt()) * g;
+        sum = sum + u * u;
+        check = check + finite_or_nan(vn) + finite_or_nan(m);
     }
-    (hsum(acc) + tail, hsum(check) + tail_check)
+    (sum, check)
 }
 
-/// The whole update of a vector block: second moment, clipped update, momentum, weight decay
-/// and the parameter step `p -= m * lr` (vectors have no confidence term).
+/// The whole update of a vector block: second moment, clipped update `(rsqrt(v) g) / d`,
+/// momentum, weight decay and the parameter step `p -= m * lr` (vectors have no confidence
+/// term). Without clipping (`d == 1` exactly) the division is skipped: it would change nothing.
 #[inline(always)]
-pub(crate) fn vector_apply<T: Float, const CLIP: bool>(
-    p: &mut [T],
-    g: &[T],
-    m: &mut [T],
-    v: &mut [T],
+pub(crate) fn vector_apply<S: Simd, T: Float, const CLIP: bool, const DECAY: bool>(
+    o: Ops<S, T>,
+    (p, g, m, v): (&mut [T], &[T], &mut [T], &mut [T]),
     d: T,
     k: &Coefficients<T>,
 ) {
-    let (beta1, omb1, lr) = (k.beta1, k.one_minus_beta1, k.lr);
     let decay = k.decay.unwrap_or(T::zero());
-    let decays = k.decay.is_some();
-    for (((pj, &gj), mj), vj) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        let vn = next_sq(*vj, gj, k);
-        *vj = vn;
-        let u = clipped::<T, CLIP>(T::one() / vn.sqrt(), T::one(), gj, d);
-        let m_new = *mj * beta1 + omb1 * u;
-        *mj = m_new;
-        let mut pn = *pj;
-        if decays {
+    let (pv, pt) = T::as_mut_simd::<S>(p);
+    let (gv, gt) = T::as_simd::<S>(g);
+    let (mv, mt) = T::as_mut_simd::<S>(m);
+    let (vv, vt) = T::as_mut_simd::<S>(v);
+    let (b1, omb1, b2, omb2) = (
+        o.splat(k.beta1),
+        o.splat(k.one_minus_beta1),
+        o.splat(k.beta2),
+        o.splat(k.one_minus_beta2),
+    );
+    let (e1, one, dv, lr, decayv) = (
+        o.splat(k.eps1),
+        o.splat(T::one()),
+        o.splat(d),
+        o.splat(k.lr),
+        o.splat(decay),
+    );
+    for (((p, &g), m), v) in pv.iter_mut().zip(gv).zip(mv.iter_mut()).zip(vv.iter_mut()) {
+        let vn = o.add(o.mul(*v, b2), o.mul(omb2, o.add(o.mul(g, g), e1)));
+        *v = vn;
+        let mut u = o.mul(o.div(one, o.sqrt(vn)), g);
+        if CLIP {
+            u = o.div(u, dv);
+        }
+        let m_new = o.add(o.mul(*m, b1), o.mul(omb1, u));
+        *m = m_new;
+        let mut pn = *p;
+        if DECAY {
+            pn = o.sub(pn, o.mul(decayv, pn));
+        }
+        *p = o.sub(pn, o.mul(m_new, lr));
+    }
+    for (((p, &g), m), v) in pt.iter_mut().zip(gt).zip(mt.iter_mut()).zip(vt.iter_mut()) {
+        let vn = *v * k.beta2 + k.one_minus_beta2 * (g * g + k.eps1);
+        *v = vn;
+        let mut u = (T::one() / vn.sqrt()) * g;
+        if CLIP {
+            u = u / d;
+        }
+        let m_new = *m * k.beta1 + k.one_minus_beta1 * u;
+        *m = m_new;
+        let mut pn = *p;
+        if DECAY {
             pn = pn - decay * pn;
         }
-        *pj = pn - m_new * lr;
+        *p = pn - m_new * k.lr;
     }
 }

@@ -92,17 +92,31 @@ impl<'s, T> Iterator for Split<&'s mut [T]> {
     }
 }
 
-/// Runs one function over every lane's work item.
+/// The work one lane does in one sweep, on one work item.
+///
+/// Kernels are plain structs whose `run` is `#[inline(always)]` and generic over the instruction
+/// set, so that [`crate::simd`] compiles each of them for every instruction set it dispatches to.
+pub(crate) trait LaneKernel: Sync {
+    /// One lane's inputs and outputs.
+    type Item: Send;
+
+    /// Does one lane's work with the instruction set `simd`.
+    fn run<S: pulp::Simd>(&self, simd: S, item: &mut Self::Item);
+}
+
+/// Runs a kernel over every lane's work item.
 pub(crate) trait Executor: Sync {
-    /// Calls `f` once on every item; items may run concurrently.
-    fn for_each<A: Send, F: Fn(&mut A) + Sync>(&self, items: &mut [A], f: F);
+    /// Runs `kernel` once on every item; items may run concurrently.
+    fn run<K: LaneKernel>(&self, kernel: &K, items: &mut [K::Item]);
 }
 
 /// Runs lanes one after another on the calling thread.
 pub(crate) struct Serial;
 
 impl Executor for Serial {
-    fn for_each<A: Send, F: Fn(&mut A) + Sync>(&self, items: &mut [A], f: F) {
-        items.iter_mut().for_each(f);
+    fn run<K: LaneKernel>(&self, kernel: &K, items: &mut [K::Item]) {
+        for item in items {
+            crate::simd::run(kernel, item);
+        }
     }
 }

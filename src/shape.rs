@@ -170,33 +170,18 @@ impl Shape {
         match self.layout {
             Layout::Vector { .. } => Some(0),
             Layout::Factored { batch, rows, cols } => {
-                let lanes = self.lanes();
-                if batch == 1 {
-                    // next row/col stats, row/col factors, one column partial per lane
-                    match (lanes + 2).checked_mul(cols) {
-                        Some(c) => match rows.checked_mul(2) {
-                            Some(r) => r.checked_add(c),
-                            None => None,
-                        },
+                // new statistics and their factors for every matrix (committed or used only
+                // once checked), and one column partial sum per lane
+                let per_batch = match checked_sum(rows, cols) {
+                    Some(rc) => match rc.checked_mul(batch) {
+                        Some(x) => x.checked_mul(2),
                         None => None,
-                    }
-                } else {
-                    // next stats for every matrix; per lane row/col factors and column sums
-                    let next = match checked_sum(rows, cols) {
-                        Some(rc) => rc.checked_mul(batch),
-                        None => None,
-                    };
-                    let per_lane = match cols.checked_mul(2) {
-                        Some(c2) => match c2.checked_add(rows) {
-                            Some(x) => x.checked_mul(lanes),
-                            None => None,
-                        },
-                        None => None,
-                    };
-                    match (next, per_lane) {
-                        (Some(a), Some(b)) => a.checked_add(b),
-                        _ => None,
-                    }
+                    },
+                    None => None,
+                };
+                match (per_batch, cols.checked_mul(self.lanes())) {
+                    (Some(a), Some(b)) => a.checked_add(b),
+                    _ => None,
                 }
             }
         }

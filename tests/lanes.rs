@@ -50,8 +50,13 @@ fn worst_ratio<T: Float>(
     worst
 }
 
-const SHAPES: [&[usize]; 7] = [
+const SHAPES: [&[usize]; 10] = [
     &[300, 257],
+    // rows wider than 8 KiB are walked four at a time (here with 2 rows left over per lane)
+    &[70, 3001],
+    &[2, 35, 1500],
+    // rows shorter than 16 elements take the plain loops
+    &[4000, 9, 7],
     &[1100, 130],
     &[5000, 70],
     &[40, 64, 33],
@@ -66,7 +71,7 @@ fn shapes_under_test_have_several_lanes() {
         .iter()
         .map(|d| Shape::new(d).unwrap().lanes())
         .collect();
-    assert_eq!(lanes, [2, 4, 10, 2, 3, 6, 1]);
+    assert_eq!(lanes, [2, 6, 2, 7, 4, 10, 2, 3, 6, 1]);
 }
 
 #[test]

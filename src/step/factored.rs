@@ -9,11 +9,19 @@
 //! bad gradient or an overflow leaves the state as it was. A single matrix is cut into lanes of
 //! rows (each lane keeps its own column partial sums, added up in lane order afterwards); a
 //! batch of matrices is cut into lanes of whole matrices, each lane with its own factor arrays.
+//!
+//! The update follows the reference operation for operation with one exception: when the
+//! update is clipped, the clip divisor `d` divides the row factor once per row
+//! (`((rf / d) * cf) * g`) instead of every element (`((rf * cf) * g) / d`), which saves a
+//! division per element and moves the result by at most a few units in the last place.
 
 use super::{all_finite, clip_divisor, gradient_error};
 use crate::config::Coefficients;
-use crate::kernels::{apply_row, momentum_row, sq_row, update_sq_row};
-use crate::lanes::{Executor, LaneItems, split, split_mut};
+use crate::kernels::{GROUP, apply_rows, momentum_rows, rows, rows_mut, sq_rows, update_sq_rows};
+use crate::lanes::{Executor, LaneItems, LaneKernel, split, split_mut};
+use pulp::Simd;
+
+use crate::simd::Ops;
 use crate::{Error, Float};
 
 /// A factored tensor's sizes and its number of lanes.
@@ -66,67 +74,290 @@ pub(super) fn step<T: Float, E: Executor>(
     }
 }
 
-// ---- per-matrix building blocks, shared by both ways of cutting lanes ----
+// ---- per-row-range building blocks, shared by both ways of cutting lanes ----
+//
+// Each works on a range of whole rows, `GROUP` rows side by side and the remaining rows one
+// at a time, so the same rows are always grouped the same way.
 
-/// Squared-gradient sums of some rows: `next = beta2 old + (1 - beta2) mean_j(g^2 + eps1)` per
-/// row, and the column sums added to `col_sums`.
-fn sq_stats<T: Float>(
+/// How many of `rows` rows of `cols` elements are walked `GROUP` at a time (the rest one at a
+/// time). Narrow rows are walked one after another: the tensor is then one sequential stream
+/// per array, which the hardware prefetchers follow best, and the per-column data stays in the
+/// L1 cache anyway. Wide rows are walked in groups, which loads the per-column data (too big
+/// to stay in L1 beside the streams) once per group and keeps `GROUP` long streams in flight.
+#[inline(always)]
+fn grouped<T>(cols: usize, rows: usize) -> usize {
+    if cols * size_of::<T>() > NARROW_ROW_BYTES {
+        rows / GROUP * GROUP
+    } else {
+        0
+    }
+}
+
+/// Rows of fewer elements (the 3x3 kernels of a convolution, say) are too short for vectors:
+/// they take plain loops without the vector set-up per row.
+const SMALL_COLS: usize = 16;
+
+/// Plain loops for rows too short for vectors, with the same arithmetic as the vector kernels
+/// (row sums in order, column terms added to the column sums row by row).
+mod small {
+    use super::{Coefficients, Factors, Float};
+
+    #[inline(always)]
+    pub(super) fn sq_stats<T: Float>(
+        g: &[T],
+        cols: usize,
+        old: &[T],
+        next: &mut [T],
+        sums: &mut [T],
+        k: &Coefficients<T>,
+    ) {
+        let n = T::from_f64(cols as f64);
+        for ((g, &o), nx) in g.chunks_exact(cols).zip(old).zip(next) {
+            let mut s = T::zero();
+            for (&x, c) in g.iter().zip(sums.iter_mut()) {
+                let u = x * x + k.eps1;
+                s = s + u;
+                *c = *c + u;
+            }
+            *nx = o * k.beta2 + k.one_minus_beta2 * (s / n);
+        }
+    }
+
+    #[inline(always)]
+    pub(super) fn update_sq<T: Float>(g: &[T], cols: usize, rf: &[T], cf: &[T]) -> f64 {
+        let mut sum = 0.0;
+        for (g, &r) in g.chunks_exact(cols).zip(rf) {
+            let mut s = T::zero();
+            for (&x, &c) in g.iter().zip(cf) {
+                let u = (r * c) * x;
+                s = s + u * u;
+            }
+            sum += s.as_f64();
+        }
+        sum
+    }
+
+    #[inline(always)]
+    pub(super) fn momentum<T: Float>(
+        (g, m): (&[T], &mut [T]),
+        cols: usize,
+        f: Factors<'_, T>,
+        (old, next): (&[T], &mut [T]),
+        sums: &mut [T],
+        k: &Coefficients<T>,
+    ) {
+        let n = T::from_f64(cols as f64);
+        let data = g.chunks_exact(cols).zip(m.chunks_exact_mut(cols));
+        for (((g, m), &r), (&o, nx)) in data.zip(f.rf).zip(old.iter().zip(next)) {
+            let r = r / f.d;
+            let mut s = T::zero();
+            for (((&x, mj), &c), cs) in g.iter().zip(m).zip(f.cf).zip(sums.iter_mut()) {
+                let u = (r * c) * x;
+                let m_new = *mj * k.beta1 + k.one_minus_beta1 * u;
+                *mj = m_new;
+                let res = (u - m_new) * (u - m_new) + k.eps2;
+                s = s + res;
+                *cs = *cs + res;
+            }
+            *nx = o * k.beta3 + k.one_minus_beta3 * (s / n);
+        }
+    }
+
+    #[inline(always)]
+    pub(super) fn apply<T: Float>(
+        (p, m): (&mut [T], &[T]),
+        cols: usize,
+        rf: &[T],
+        cf: &[T],
+        k: &Coefficients<T>,
+    ) {
+        let rows = p.chunks_exact_mut(cols).zip(m.chunks_exact(cols));
+        for ((p, m), &r) in rows.zip(rf) {
+            for ((pj, &mj), &c) in p.iter_mut().zip(m).zip(cf) {
+                let mut pn = *pj;
+                if let Some(decay) = k.decay {
+                    pn = pn - decay * pn;
+                }
+                *pj = pn - ((r * c) * mj) * k.lr;
+            }
+        }
+    }
+}
+
+/// Rows up to this many bytes are walked one at a time.
+const NARROW_ROW_BYTES: usize = 8192;
+
+/// `next = beta2 old + (1 - beta2) mean_j(g^2 + eps1)` per row; column terms added to `sums`.
+#[inline(always)]
+fn sq_stats<S: Simd, T: Float>(
+    o: Ops<S, T>,
     g: &[T],
     cols: usize,
     old: &[T],
     next: &mut [T],
-    col_sums: &mut [T],
+    sums: &mut [T],
+    k: &Coefficients<T>,
+) {
+    if cols < SMALL_COLS {
+        return small::sq_stats(g, cols, old, next, sums, k);
+    }
+    let split = grouped::<T>(cols, next.len());
+    let (g4, g1) = g.split_at(split * cols);
+    let (old4, old1) = old.split_at(split);
+    let (next4, next1) = next.split_at_mut(split);
+    sq_stats_by::<S, T, GROUP>(o, g4, cols, old4, next4, sums, k);
+    sq_stats_by::<S, T, 1>(o, g1, cols, old1, next1, sums, k);
+}
+
+#[inline(always)]
+fn sq_stats_by<S: Simd, T: Float, const R: usize>(
+    o: Ops<S, T>,
+    g: &[T],
+    cols: usize,
+    old: &[T],
+    next: &mut [T],
+    sums: &mut [T],
     k: &Coefficients<T>,
 ) {
     let n = T::from_f64(cols as f64);
-    for ((g_row, &o), nx) in g.chunks_exact(cols).zip(old).zip(next) {
-        let sum = sq_row(g_row, k.eps1, col_sums);
-        *nx = o * k.beta2 + k.one_minus_beta2 * (sum / n);
+    let groups = g.chunks_exact(R * cols).zip(old.chunks_exact(R));
+    for ((g, old), next) in groups.zip(next.chunks_exact_mut(R)) {
+        let s = sq_rows::<S, T, R>(o, rows(g, cols), k.eps1, sums);
+        for r in 0..R {
+            next[r] = old[r] * k.beta2 + k.one_minus_beta2 * (s[r] / n);
+        }
     }
 }
 
 /// Squared norm of the unclipped update over some rows.
-fn update_sq<T: Float>(g: &[T], cols: usize, rf: &[T], cf: &[T]) -> f64 {
-    g.chunks_exact(cols)
-        .zip(rf)
-        .map(|(g_row, &f)| update_sq_row(g_row, f, cf).as_f64())
-        .sum()
+#[inline(always)]
+fn update_sq<S: Simd, T: Float>(o: Ops<S, T>, g: &[T], cols: usize, rf: &[T], cf: &[T]) -> f64 {
+    if cols < SMALL_COLS {
+        return small::update_sq(g, cols, rf, cf);
+    }
+    let split = grouped::<T>(cols, rf.len());
+    let (g4, g1) = g.split_at(split * cols);
+    let (rf4, rf1) = rf.split_at(split);
+    update_sq_by::<S, T, GROUP>(o, g4, cols, rf4, cf)
+        + update_sq_by::<S, T, 1>(o, g1, cols, rf1, cf)
 }
 
-/// Momentum of some rows and their instability sums: `next` row statistics, column sums added
-/// to `col_sums`.
-#[allow(clippy::too_many_arguments)]
-fn momentum<T: Float>(
+#[inline(always)]
+fn update_sq_by<S: Simd, T: Float, const R: usize>(
+    o: Ops<S, T>,
     g: &[T],
-    m: &mut [T],
     cols: usize,
-    (rf, cf, d): (&[T], &[T], T),
-    old: &[T],
-    next: &mut [T],
-    col_sums: &mut [T],
+    rf: &[T],
+    cf: &[T],
+) -> f64 {
+    let mut sum = 0.0;
+    for (g, rf) in g.chunks_exact(R * cols).zip(rf.chunks_exact(R)) {
+        let rf: [T; R] = core::array::from_fn(|r| rf[r]);
+        for s in update_sq_rows::<S, T, R>(o, rows(g, cols), rf, cf) {
+            sum += s.as_f64();
+        }
+    }
+    sum
+}
+
+/// The row factors, the column factors and the clip divisor of the update.
+#[derive(Clone, Copy)]
+struct Factors<'a, T> {
+    rf: &'a [T],
+    cf: &'a [T],
+    d: T,
+}
+
+/// Momentum of some rows and their instability: `next` row statistics, column terms added to
+/// `sums`.
+#[inline(always)]
+fn momentum<S: Simd, T: Float>(
+    o: Ops<S, T>,
+    (g, m): (&[T], &mut [T]),
+    cols: usize,
+    f: Factors<'_, T>,
+    (old, next): (&[T], &mut [T]),
+    sums: &mut [T],
+    k: &Coefficients<T>,
+) {
+    if cols < SMALL_COLS {
+        return small::momentum((g, m), cols, f, (old, next), sums, k);
+    }
+    let split = grouped::<T>(cols, next.len());
+    let (g4, g1) = g.split_at(split * cols);
+    let (m4, m1) = m.split_at_mut(split * cols);
+    let (rf4, rf1) = f.rf.split_at(split);
+    let (old4, old1) = old.split_at(split);
+    let (next4, next1) = next.split_at_mut(split);
+    let f4 = Factors { rf: rf4, ..f };
+    let f1 = Factors { rf: rf1, ..f };
+    momentum_by::<S, T, GROUP>(o, (g4, m4), cols, f4, (old4, next4), sums, k);
+    momentum_by::<S, T, 1>(o, (g1, m1), cols, f1, (old1, next1), sums, k);
+}
+
+#[inline(always)]
+fn momentum_by<S: Simd, T: Float, const R: usize>(
+    o: Ops<S, T>,
+    (g, m): (&[T], &mut [T]),
+    cols: usize,
+    f: Factors<'_, T>,
+    (old, next): (&[T], &mut [T]),
+    sums: &mut [T],
     k: &Coefficients<T>,
 ) {
     let n = T::from_f64(cols as f64);
-    let rows = g.chunks_exact(cols).zip(m.chunks_exact_mut(cols));
-    for (((g_row, m_row), &f), (&o, nx)) in rows.zip(rf).zip(old.iter().zip(next)) {
-        let sum = if d == T::one() {
-            momentum_row::<T, false>(g_row, m_row, f, cf, d, k, col_sums)
-        } else {
-            momentum_row::<T, true>(g_row, m_row, f, cf, d, k, col_sums)
-        };
-        *nx = o * k.beta3 + k.one_minus_beta3 * (sum / n);
+    let data = g.chunks_exact(R * cols).zip(m.chunks_exact_mut(R * cols));
+    let row_stats = f.rf.chunks_exact(R).zip(old.chunks_exact(R));
+    for ((g, m), ((rf, old), next)) in data.zip(row_stats.zip(next.chunks_exact_mut(R))) {
+        // the clip divisor divides the row factor (exactly 1 when the update is not clipped)
+        let rf_d: [T; R] = core::array::from_fn(|r| rf[r] / f.d);
+        let data = (rows(g, cols), rows_mut(m, cols));
+        let s = momentum_rows::<S, T, R>(o, data, rf_d, f.cf, k, sums);
+        for r in 0..R {
+            next[r] = old[r] * k.beta3 + k.one_minus_beta3 * (s[r] / n);
+        }
     }
 }
 
 /// The parameter update of some rows.
-fn apply<T: Float>(p: &mut [T], m: &[T], cols: usize, rf: &[T], cf: &[T], k: &Coefficients<T>) {
-    let rows = p.chunks_exact_mut(cols).zip(m.chunks_exact(cols));
-    for ((p_row, m_row), &f) in rows.zip(rf) {
-        apply_row(p_row, m_row, f, cf, k);
+#[inline(always)]
+fn apply<S: Simd, T: Float>(
+    o: Ops<S, T>,
+    (p, m): (&mut [T], &[T]),
+    cols: usize,
+    rf: &[T],
+    cf: &[T],
+    k: &Coefficients<T>,
+) {
+    if cols < SMALL_COLS {
+        return small::apply((p, m), cols, rf, cf, k);
+    }
+    let split = grouped::<T>(cols, rf.len());
+    let (p4, p1) = p.split_at_mut(split * cols);
+    let (m4, m1) = m.split_at(split * cols);
+    let (rf4, rf1) = rf.split_at(split);
+    apply_by::<S, T, GROUP>(o, (p4, m4), cols, rf4, cf, k);
+    apply_by::<S, T, 1>(o, (p1, m1), cols, rf1, cf, k);
+}
+
+#[inline(always)]
+fn apply_by<S: Simd, T: Float, const R: usize>(
+    o: Ops<S, T>,
+    (p, m): (&mut [T], &[T]),
+    cols: usize,
+    rf: &[T],
+    cf: &[T],
+    k: &Coefficients<T>,
+) {
+    let data = p.chunks_exact_mut(R * cols).zip(m.chunks_exact(R * cols));
+    for ((p, m), rf) in data.zip(rf.chunks_exact(R)) {
+        let rf: [T; R] = core::array::from_fn(|r| rf[r]);
+        apply_rows::<S, T, R>(o, (rows_mut(p, cols), rows(m, cols)), rf, cf, k);
     }
 }
 
 /// Column statistics from column sums: `next = beta old + (1 - beta) (sums / rows)`.
+#[inline(always)]
 fn finish_cols<T: Float>(sums: &[T], rows: usize, old: &[T], next: &mut [T], beta: T, omb: T) {
     let n = T::from_f64(rows as f64);
     for ((nx, &o), &s) in next.iter_mut().zip(old).zip(sums) {
@@ -135,8 +366,13 @@ fn finish_cols<T: Float>(sums: &[T], rows: usize, old: &[T], next: &mut [T], bet
 }
 
 /// The reference's `_approx_sq_grad` factors: `rf = rsqrt(row / mean(row))`, `cf = rsqrt(col)`.
+#[inline(always)]
 fn factors<T: Float>(row: &[T], col: &[T], rf: &mut [T], cf: &mut [T]) {
-    let mean = T::from_f64(row.iter().map(|r| r.as_f64()).sum::<f64>() / row.len() as f64);
+    let mut sum = 0.0;
+    for r in row {
+        sum += r.as_f64();
+    }
+    let mean = T::from_f64(sum / row.len() as f64);
     for (f, &r) in rf.iter_mut().zip(row) {
         *f = T::one() / (r / mean).sqrt();
     }
@@ -156,6 +392,96 @@ fn combine_lanes<T: Float>(parts: &mut [T], cols: usize) {
 }
 
 // ---- one matrix, lanes of rows ----
+
+/// Sweep 1 of one matrix: squared-gradient statistics of a lane's rows.
+struct SqStats<'a, T> {
+    cols: usize,
+    k: &'a Coefficients<T>,
+}
+
+impl<'a, T: Float> LaneKernel for SqStats<'a, T> {
+    /// gradient rows, old row statistics, new row statistics, column partial sums
+    type Item = (&'a [T], &'a [T], &'a mut [T], &'a mut [T]);
+
+    #[inline(always)]
+    fn run<S: Simd>(&self, simd: S, (g, old, next, sums): &mut Self::Item) {
+        sums.fill(T::zero());
+        sq_stats(Ops::new(simd), g, self.cols, old, next, sums, self.k);
+    }
+}
+
+/// Sweep 2 of one matrix: the squared norm of a lane's rows of the update.
+struct UpdateNorm<'a, T> {
+    cols: usize,
+    cf: &'a [T],
+}
+
+impl<'a, T: Float> LaneKernel for UpdateNorm<'a, T> {
+    /// gradient rows, row factors, the squared norm
+    type Item = (&'a [T], &'a [T], f64);
+
+    #[inline(always)]
+    fn run<S: Simd>(&self, simd: S, (g, rf, sum): &mut Self::Item) {
+        *sum = update_sq(Ops::new(simd), g, self.cols, rf, self.cf);
+    }
+}
+
+/// Sweep 3 of one matrix: momentum and instability statistics of a lane's rows.
+struct Momentum<'a, T> {
+    cols: usize,
+    cf: &'a [T],
+    d: T,
+    k: &'a Coefficients<T>,
+}
+
+impl<'a, T: Float> LaneKernel for Momentum<'a, T> {
+    /// gradient rows, momentum rows, row factors, old and new instability row statistics,
+    /// column partial sums
+    type Item = (
+        &'a [T],
+        &'a mut [T],
+        &'a [T],
+        &'a [T],
+        &'a mut [T],
+        &'a mut [T],
+    );
+
+    #[inline(always)]
+    fn run<S: Simd>(&self, simd: S, (g, m, rf, old, next, sums): &mut Self::Item) {
+        sums.fill(T::zero());
+        let f = Factors {
+            rf,
+            cf: self.cf,
+            d: self.d,
+        };
+        momentum(
+            Ops::new(simd),
+            (g, m),
+            self.cols,
+            f,
+            (old, next),
+            sums,
+            self.k,
+        );
+    }
+}
+
+/// Sweep 4 of one matrix: the parameter update of a lane's rows.
+struct Apply<'a, T> {
+    cols: usize,
+    cf: &'a [T],
+    k: &'a Coefficients<T>,
+}
+
+impl<'a, T: Float> LaneKernel for Apply<'a, T> {
+    /// parameter rows, momentum rows, row factors
+    type Item = (&'a mut [T], &'a [T], &'a [T]);
+
+    #[inline(always)]
+    fn run<S: Simd>(&self, simd: S, (p, m, rf): &mut Self::Item) {
+        apply(Ops::new(simd), (p, m), self.cols, rf, self.cf, self.k);
+    }
+}
 
 #[allow(clippy::too_many_arguments)]
 fn matrix<T: Float, E: Executor>(
@@ -183,11 +509,9 @@ fn matrix<T: Float, E: Executor>(
             .zip(split(stats.sq_row, 1, rows, lanes))
             .zip(split_mut(next_row, 1, rows, lanes))
             .zip(col_parts.chunks_exact_mut(cols))
+            .map(|(((g, old), next), sums)| (g, old, next, sums))
             .collect();
-        exec.for_each(&mut items, |(((g, old), next), sums)| {
-            sums.fill(T::zero());
-            sq_stats(g, cols, old, next, sums, k);
-        });
+        exec.run(&SqStats { cols, k }, &mut items);
     }
     combine_lanes(col_parts, cols);
     finish_cols(
@@ -209,7 +533,7 @@ fn matrix<T: Float, E: Executor>(
             .zip(split(rf, 1, rows, lanes))
             .map(|(g, f)| (g, f, 0.0))
             .collect();
-        exec.for_each(&mut items, |(g, f, sum)| *sum = update_sq(g, cols, f, cf));
+        exec.run(&UpdateNorm { cols, cf }, &mut items);
         items.iter().map(|it| it.2).sum::<f64>()
     };
     if !sum_sq.is_finite() {
@@ -227,11 +551,9 @@ fn matrix<T: Float, E: Executor>(
             .zip(split(stats.res_row, 1, rows, lanes))
             .zip(split_mut(next_row, 1, rows, lanes))
             .zip(col_parts.chunks_exact_mut(cols))
+            .map(|(((((g, m), f), old), next), sums)| (g, m, f, old, next, sums))
             .collect();
-        exec.for_each(&mut items, |(((((g, m), f), old), next), sums)| {
-            sums.fill(T::zero());
-            momentum(g, m, cols, (f, cf, d), old, next, sums, k);
-        });
+        exec.run(&Momentum { cols, cf, d, k }, &mut items);
     }
     combine_lanes(col_parts, cols);
     finish_cols(
@@ -254,19 +576,150 @@ fn matrix<T: Float, E: Executor>(
         let mut items: LaneItems<_> = split_mut(param, cols, rows, lanes)
             .zip(split(m, cols, rows, lanes))
             .zip(split(rf, 1, rows, lanes))
+            .map(|((p, m), f)| (p, m, f))
             .collect();
-        exec.for_each(&mut items, |((p, m), f)| apply(p, m, cols, f, cf, k));
+        exec.run(&Apply { cols, cf, k }, &mut items);
     }
     Ok(rms)
 }
 
 // ---- a batch of matrices, lanes of whole matrices ----
+//
+// Each lane holds whole matrices. Per sweep, a lane first does its per-matrix statistics, then
+// computes the factors of all its matrices in one vectorised pass (for small matrices, such as
+// the 3x3 kernels of a convolution, the square roots and divisions of the factors cost more
+// than the sweeps themselves), then uses them.
 
-/// One lane's scratch: row factors, column factors, column sums.
-fn lane_scratch<T>(scratch: &mut [T], rows: usize, cols: usize) -> (&mut [T], &mut [T], &mut [T]) {
-    let (rf, rest) = scratch.split_at_mut(rows);
-    let (cf, sums) = rest.split_at_mut(cols);
-    (rf, cf, &mut sums[..cols])
+/// The reference's factors for every matrix of a lane: `rf = rsqrt(row / mean(row))` per
+/// matrix, `cf = rsqrt(col)`.
+#[inline(always)]
+fn batch_factors<S: Simd, T: Float>(
+    o: Ops<S, T>,
+    rows: usize,
+    (row, col): (&[T], &[T]),
+    (rf, cf): (&mut [T], &mut [T]),
+) {
+    for (row, rf) in row.chunks_exact(rows).zip(rf.chunks_exact_mut(rows)) {
+        let mut sum = 0.0;
+        for r in row {
+            sum += r.as_f64();
+        }
+        let mean = T::from_f64(sum / rows as f64);
+        for (f, &r) in rf.iter_mut().zip(row) {
+            *f = r / mean;
+        }
+    }
+    let rf: &mut [T] = rf;
+    rsqrt_in_place(o, rf);
+    cf.copy_from_slice(col);
+    rsqrt_in_place(o, cf);
+}
+
+/// `x = 1 / sqrt(x)`, as the reference rounds it: a square root, then a division.
+#[inline(always)]
+fn rsqrt_in_place<S: Simd, T: Float>(o: Ops<S, T>, x: &mut [T]) {
+    let (xv, xt) = T::as_mut_simd::<S>(x);
+    let one = o.splat(T::one());
+    for v in xv {
+        *v = o.div(one, o.sqrt(*v));
+    }
+    for v in xt {
+        *v = T::one() / v.sqrt();
+    }
+}
+
+/// One lane of a batch: its share of the matrices' data and statistics.
+struct BatchLane<'a, T> {
+    /// gradients
+    g: &'a [T],
+    /// momentum (written in sweep 3)
+    m: &'a mut [T],
+    /// parameters (written in sweep 4)
+    p: &'a mut [T],
+    /// committed statistics: squared gradient rows, columns; instability rows, columns
+    stats: [&'a [T]; 4],
+    /// new row and column statistics, checked before they are committed
+    next: (&'a mut [T], &'a mut [T]),
+    /// row and column factors of every matrix of the lane
+    factors: (&'a mut [T], &'a mut [T]),
+    /// one matrix's column sums
+    sums: &'a mut [T],
+    /// all new statistics finite
+    finite: bool,
+    /// squared norm of the unclipped update
+    sum_sq: f64,
+}
+
+/// Which sweep of a batch a lane runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BatchSweep {
+    /// sweeps 1 and 2: squared-gradient statistics, factors, the update's norm
+    Norm,
+    /// sweep 3: momentum and instability statistics, then their factors
+    Momentum,
+    /// sweep 4: the parameters
+    Apply,
+}
+
+struct Batch<'a, T> {
+    rows: usize,
+    cols: usize,
+    d: T,
+    k: &'a Coefficients<T>,
+    sweep: BatchSweep,
+}
+
+impl<'a, T: Float> LaneKernel for Batch<'a, T> {
+    type Item = BatchLane<'a, T>;
+
+    #[inline(always)]
+    fn run<S: Simd>(&self, simd: S, lane: &mut Self::Item) {
+        let (rows, cols, k, o) = (self.rows, self.cols, self.k, Ops::new(simd));
+        let size = rows * cols;
+        let (fr, fc) = (&mut *lane.factors.0, &mut *lane.factors.1);
+        let (nr, nc) = (&mut *lane.next.0, &mut *lane.next.1);
+        let [sq_row, sq_col, res_row, res_col] = lane.stats;
+        let sums = &mut *lane.sums;
+        match self.sweep {
+            BatchSweep::Norm => {
+                let mats = lane.g.chunks_exact(size);
+                let old = sq_row.chunks_exact(rows).zip(sq_col.chunks_exact(cols));
+                let next = nr.chunks_exact_mut(rows).zip(nc.chunks_exact_mut(cols));
+                for ((g, (r, c)), (nr, nc)) in mats.zip(old).zip(next) {
+                    sums.fill(T::zero());
+                    sq_stats(o, g, cols, r, nr, sums, k);
+                    finish_cols(sums, rows, c, nc, k.beta2, k.one_minus_beta2);
+                }
+                lane.finite = all_finite(nr) && all_finite(nc);
+                batch_factors(o, rows, (nr, nc), (fr, fc));
+                let mats = lane.g.chunks_exact(size).zip(fr.chunks_exact(rows));
+                for ((g, rf), cf) in mats.zip(fc.chunks_exact(cols)) {
+                    lane.sum_sq += update_sq(o, g, cols, rf, cf);
+                }
+            }
+            BatchSweep::Momentum => {
+                let mats = lane.g.chunks_exact(size).zip(lane.m.chunks_exact_mut(size));
+                let f = fr.chunks_exact(rows).zip(fc.chunks_exact(cols));
+                let old = res_row.chunks_exact(rows).zip(res_col.chunks_exact(cols));
+                let next = nr.chunks_exact_mut(rows).zip(nc.chunks_exact_mut(cols));
+                for ((((g, m), (rf, cf)), (rr, rc)), (nr, nc)) in mats.zip(f).zip(old).zip(next) {
+                    sums.fill(T::zero());
+                    let f = Factors { rf, cf, d: self.d };
+                    momentum(o, (g, m), cols, f, (rr, nr), sums, k);
+                    finish_cols(sums, rows, rc, nc, k.beta3, k.one_minus_beta3);
+                }
+                lane.finite = all_finite(nr) && all_finite(nc);
+                batch_factors(o, rows, (nr, nc), (fr, fc));
+            }
+            BatchSweep::Apply => {
+                let mats = lane.p.chunks_exact_mut(size).zip(lane.m.chunks_exact(size));
+                let f = fr.chunks_exact(rows).zip(fc.chunks_exact(cols));
+                for ((p, m), (rf, cf)) in mats.zip(f) {
+                    apply(o, (p, m), cols, rf, cf, k);
+                }
+            }
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -288,100 +741,94 @@ fn batched<T: Float, E: Executor>(
     } = dims;
     let size = rows * cols;
     let (next_row, rest) = workspace.split_at_mut(batch * rows);
-    let (next_col, scratch) = rest.split_at_mut(batch * cols);
-    let scratch = &mut scratch[..lanes * (rows + 2 * cols)];
-    let per_lane = rows + 2 * cols;
+    let (next_col, rest) = rest.split_at_mut(batch * cols);
+    let (fac_row, rest) = rest.split_at_mut(batch * rows);
+    let (fac_col, col_sums) = rest.split_at_mut(batch * cols);
+    let col_sums = &mut col_sums[..lanes * cols];
 
-    // Sweeps 1 and 2 per matrix: statistics, then the update's norm.
-    let (ok, sum_sq) = {
+    let mut run = |sweep: BatchSweep,
+                   d: T,
+                   m: &mut [T],
+                   p: &mut [T],
+                   stats: &Stats<'_, T>,
+                   next_row: &mut [T],
+                   next_col: &mut [T]|
+     -> (bool, f64) {
         let mut items: LaneItems<_> = split(grad, size, batch, lanes)
-            .zip(split(stats.sq_row, rows, batch, lanes))
-            .zip(split(stats.sq_col, cols, batch, lanes))
-            .zip(split_mut(next_row, rows, batch, lanes))
-            .zip(split_mut(next_col, cols, batch, lanes))
-            .zip(scratch.chunks_exact_mut(per_lane))
-            .map(|it| (it, true, 0.0))
+            .zip(split_mut(m, size, batch, lanes))
+            .zip(split_mut(p, size, batch, lanes))
+            .zip(split(stats.sq_row, rows, batch, lanes).zip(split(
+                stats.sq_col,
+                cols,
+                batch,
+                lanes,
+            )))
+            .zip(split(stats.res_row, rows, batch, lanes).zip(split(
+                stats.res_col,
+                cols,
+                batch,
+                lanes,
+            )))
+            .zip(
+                split_mut(next_row, rows, batch, lanes)
+                    .zip(split_mut(next_col, cols, batch, lanes)),
+            )
+            .zip(split_mut(fac_row, rows, batch, lanes).zip(split_mut(fac_col, cols, batch, lanes)))
+            .zip(col_sums.chunks_exact_mut(cols))
+            .map(
+                |(((((((g, m), p), (sr, sc)), (rr, rc)), next), factors), sums)| BatchLane {
+                    g,
+                    m,
+                    p,
+                    stats: [sr, sc, rr, rc],
+                    next,
+                    factors,
+                    sums,
+                    finite: true,
+                    sum_sq: 0.0,
+                },
+            )
             .collect();
-        exec.for_each(
-            &mut items,
-            |((((((g, r), c), nr), nc), scratch), ok, sum)| {
-                let (rf, cf, sums) = lane_scratch(scratch, rows, cols);
-                let mats = g.chunks_exact(size).zip(r.chunks_exact(rows));
-                let mats = mats.zip(c.chunks_exact(cols));
-                let next = nr.chunks_exact_mut(rows).zip(nc.chunks_exact_mut(cols));
-                for (((g, r), c), (nr, nc)) in mats.zip(next) {
-                    sums.fill(T::zero());
-                    sq_stats(g, cols, r, nr, sums, k);
-                    finish_cols(sums, rows, c, nc, k.beta2, k.one_minus_beta2);
-                    *ok &= all_finite(nr) && all_finite(nc);
-                    factors(nr, nc, rf, cf);
-                    *sum += update_sq(g, cols, rf, cf);
-                }
+        exec.run(
+            &Batch {
+                rows,
+                cols,
+                d,
+                k,
+                sweep,
             },
+            &mut items,
         );
-        let ok = items.iter().all(|it| it.1);
-        (ok, items.iter().map(|it| it.2).sum::<f64>())
+        let finite = items.iter().all(|it| it.finite);
+        (finite, items.iter().map(|it| it.sum_sq).sum::<f64>())
     };
-    if !ok || !sum_sq.is_finite() {
+
+    // Sweeps 1 and 2 per lane: statistics, factors, then the update's norm.
+    let (finite, sum_sq) = run(
+        BatchSweep::Norm,
+        T::one(),
+        m,
+        param,
+        stats,
+        next_row,
+        next_col,
+    );
+    if !finite || !sum_sq.is_finite() {
         return Err(gradient_error(grad));
     }
     let (d, rms) = clip_divisor(sum_sq, param.len(), k.clip_threshold);
     stats.sq_row.copy_from_slice(next_row);
     stats.sq_col.copy_from_slice(next_col);
 
-    // Sweep 3 per matrix: momentum and instability statistics.
-    let ok = {
-        let mut items: LaneItems<_> = split(grad, size, batch, lanes)
-            .zip(split_mut(m, size, batch, lanes))
-            .zip(split(stats.sq_row, rows, batch, lanes))
-            .zip(split(stats.sq_col, cols, batch, lanes))
-            .zip(split(stats.res_row, rows, batch, lanes))
-            .zip(split(stats.res_col, cols, batch, lanes))
-            .zip(split_mut(next_row, rows, batch, lanes))
-            .zip(split_mut(next_col, cols, batch, lanes))
-            .zip(scratch.chunks_exact_mut(per_lane))
-            .map(|it| (it, true))
-            .collect();
-        exec.for_each(&mut items, |(lane, ok)| {
-            let ((((((((g, m), r), c), rr), rc), nr), nc), scratch) = lane;
-            let (rf, cf, sums) = lane_scratch(scratch, rows, cols);
-            let mats = g.chunks_exact(size).zip(m.chunks_exact_mut(size));
-            let sq = r.chunks_exact(rows).zip(c.chunks_exact(cols));
-            let res = rr.chunks_exact(rows).zip(rc.chunks_exact(cols));
-            let next = nr.chunks_exact_mut(rows).zip(nc.chunks_exact_mut(cols));
-            for ((((g, m), (r, c)), (rr, rc)), (nr, nc)) in mats.zip(sq).zip(res).zip(next) {
-                factors(r, c, rf, cf);
-                sums.fill(T::zero());
-                momentum(g, m, cols, (rf, cf, d), rr, nr, sums, k);
-                finish_cols(sums, rows, rc, nc, k.beta3, k.one_minus_beta3);
-                *ok &= all_finite(nr) && all_finite(nc);
-            }
-        });
-        items.iter().all(|it| it.1)
-    };
-    if !ok {
+    // Sweep 3 per lane: momentum and instability statistics, then their factors.
+    let (finite, _) = run(BatchSweep::Momentum, d, m, param, stats, next_row, next_col);
+    if !finite {
         return Err(Error::NonFiniteState);
     }
     stats.res_row.copy_from_slice(next_row);
     stats.res_col.copy_from_slice(next_col);
 
-    // Sweep 4 per matrix: the parameters.
-    {
-        let mut items: LaneItems<_> = split_mut(param, size, batch, lanes)
-            .zip(split(m, size, batch, lanes))
-            .zip(split(stats.res_row, rows, batch, lanes))
-            .zip(split(stats.res_col, cols, batch, lanes))
-            .zip(scratch.chunks_exact_mut(per_lane))
-            .collect();
-        exec.for_each(&mut items, |((((p, m), rr), rc), scratch)| {
-            let (rf, cf, _) = lane_scratch(scratch, rows, cols);
-            let mats = p.chunks_exact_mut(size).zip(m.chunks_exact(size));
-            let res = rr.chunks_exact(rows).zip(rc.chunks_exact(cols));
-            for ((p, m), (rr, rc)) in mats.zip(res) {
-                factors(rr, rc, rf, cf);
-                apply(p, m, cols, rf, cf, k);
-            }
-        });
-    }
+    // Sweep 4 per lane: the parameters.
+    run(BatchSweep::Apply, d, m, param, stats, next_row, next_col);
     Ok(rms)
 }

@@ -9,11 +9,58 @@
 use super::{all_finite, clip_divisor, gradient_error};
 use crate::config::Coefficients;
 use crate::kernels::{vector_apply, vector_sq_block};
-use crate::lanes::{Executor, LaneItems, split, split_mut};
+use crate::lanes::{Executor, LaneItems, LaneKernel, split, split_mut};
+use pulp::Simd;
+
+use crate::simd::Ops;
 use crate::{Error, Float, Shape};
 
 /// Elements summed in `T` before the block's sum is added up in `f64`.
 const BLOCK: usize = 1024;
+
+/// Sweep 1: the update's norm and the finiteness check of a lane's elements.
+struct Norm<'a, T> {
+    k: &'a Coefficients<T>,
+}
+
+impl<'a, T: Float> LaneKernel for Norm<'a, T> {
+    /// gradient, second moment, momentum, squared norm, check (0 when all finite)
+    type Item = (&'a [T], &'a [T], &'a [T], f64, f64);
+
+    #[inline(always)]
+    fn run<S: Simd>(&self, simd: S, (g, v, m, sum, check): &mut Self::Item) {
+        let o = Ops::new(simd);
+        let blocks = g.chunks(BLOCK).zip(v.chunks(BLOCK)).zip(m.chunks(BLOCK));
+        for ((g, v), m) in blocks {
+            let (s, c) = vector_sq_block(o, (g, v, m), self.k);
+            *sum += s.as_f64();
+            *check += c.as_f64();
+        }
+    }
+}
+
+/// Sweep 2: the whole update of a lane's elements.
+struct Update<'a, T> {
+    d: T,
+    k: &'a Coefficients<T>,
+}
+
+impl<'a, T: Float> LaneKernel for Update<'a, T> {
+    /// parameters, gradient, momentum, second moment
+    type Item = (&'a mut [T], &'a [T], &'a mut [T], &'a mut [T]);
+
+    #[inline(always)]
+    fn run<S: Simd>(&self, simd: S, (p, g, m, v): &mut Self::Item) {
+        let (o, d, k) = (Ops::new(simd), self.d, self.k);
+        let data = (&mut **p, &**g, &mut **m, &mut **v);
+        match (d == T::one(), k.decay.is_some()) {
+            (true, false) => vector_apply::<S, T, false, false>(o, data, d, k),
+            (true, true) => vector_apply::<S, T, false, true>(o, data, d, k),
+            (false, false) => vector_apply::<S, T, true, false>(o, data, d, k),
+            (false, true) => vector_apply::<S, T, true, true>(o, data, d, k),
+        }
+    }
+}
 
 pub(super) fn step<T: Float, E: Executor>(
     exec: &E,
@@ -32,17 +79,11 @@ pub(super) fn step<T: Float, E: Executor>(
         let mut items: LaneItems<_> = split(grad, 1, n, lanes)
             .zip(split(v, 1, n, lanes))
             .zip(split(m, 1, n, lanes))
-            .map(|it| (it, 0.0, 0.0))
+            .map(|((g, v), m)| (g, v, m, 0.0, 0.0))
             .collect();
-        exec.for_each(&mut items, |(((g, v), m), sum, check)| {
-            for ((g, v), m) in g.chunks(BLOCK).zip(v.chunks(BLOCK)).zip(m.chunks(BLOCK)) {
-                let (s, c) = vector_sq_block(g, v, m, k);
-                *sum += s.as_f64();
-                *check += c.as_f64();
-            }
-        });
-        let sum = items.iter().map(|it| it.1).sum::<f64>();
-        (sum, items.iter().map(|it| it.2).sum::<f64>())
+        exec.run(&Norm { k }, &mut items);
+        let sum = items.iter().map(|it| it.3).sum::<f64>();
+        (sum, items.iter().map(|it| it.4).sum::<f64>())
     };
     if !(sum_sq.is_finite() && check == 0.0) {
         return Err(match gradient_error(grad) {
@@ -56,13 +97,8 @@ pub(super) fn step<T: Float, E: Executor>(
         .zip(split(grad, 1, n, lanes))
         .zip(split_mut(m, 1, n, lanes))
         .zip(split_mut(v, 1, n, lanes))
+        .map(|(((p, g), m), v)| (p, g, m, v))
         .collect();
-    exec.for_each(&mut items, |(((p, g), m), v)| {
-        if d == T::one() {
-            vector_apply::<T, false>(p, g, m, v, d, k);
-        } else {
-            vector_apply::<T, true>(p, g, m, v, d, k);
-        }
-    });
+    exec.run(&Update { d, k }, &mut items);
     Ok(rms)
 }
