@@ -32,7 +32,8 @@
 //! ```
 //!
 //! # Features
-//! - `std`: hardware float maths through the standard library (without it, `libm`).
+//! - `std`: hardware float maths through the standard library (without it, `libm`), the widest
+//!   vector instructions of the CPU picked at run time, and [`Pool`] for multi-threaded steps.
 
 #![no_std]
 #![deny(missing_docs)]
@@ -58,13 +59,20 @@ mod error;
 mod float;
 mod kernels;
 mod lanes;
+mod multi;
+#[cfg(feature = "std")]
+mod parallel;
 mod shape;
+mod simd;
 mod state;
 mod step;
 
 pub use config::CameConfig;
 pub use error::{Buffer, Error};
 pub use float::Float;
+pub use multi::{TensorError, TensorStep, step_all};
+#[cfg(feature = "std")]
+pub use parallel::Pool;
 pub use shape::{Layout, Shape, state_len};
 pub use state::{CameState, FACTORED_KEYS, StateParts, VECTOR_KEYS};
 pub use step::{StepInfo, step};

@@ -1,0 +1,159 @@
+//! Threads: stepping one tensor's lanes, or many tensors, on a pool of worker threads.
+//!
+//! The pool is rayon's: workers persist between steps (a step of a model with hundreds of
+//! tensors has four lane barriers per tensor, far too many to spawn threads for each), and work
+//! stealing balances tensors of very different sizes while lanes of one large tensor run in
+//! parallel too. Results do not depend on the thread count: lanes are cut by the shape alone and
+//! their partial sums are combined in lane order (see [`Shape::lanes`]).
+
+use core::marker::PhantomData;
+
+use rayon::prelude::*;
+
+use crate::adamw::{self, AdamWConfig, AdamWState};
+use crate::lanes::{Executor, LaneKernel, Serial};
+use crate::multi::{TensorError, TensorStep, first_error, step_one, validate_all};
+use crate::simd;
+use crate::{CameConfig, CameState, Error, Float, Shape, StepInfo};
+
+/// Elements per parallel AdamW chunk.
+const ADAMW_CHUNK: usize = 64 * 1024;
+
+/// Runs lanes on the rayon pool the caller is installed in.
+pub(crate) struct Rayon;
+
+impl Executor for Rayon {
+    fn run<K: LaneKernel>(&self, kernel: &K, items: &mut [K::Item]) {
+        items
+            .par_iter_mut()
+            .with_max_len(1)
+            .for_each(|item| simd::run(kernel, item));
+    }
+}
+
+/// A pool of worker threads for parallel steps.
+///
+/// ```
+/// use came::{CameConfig, CameState, Pool, Shape};
+/// let pool = Pool::new(2)?;
+/// let shape = Shape::new(&[512, 256])?;
+/// let mut p = vec![0.1f32; shape.numel()];
+/// let g = vec![0.01f32; shape.numel()];
+/// let mut buf = vec![0.0f32; shape.state_len()];
+/// let mut state = CameState::new(&mut buf);
+/// pool.step(&CameConfig::new(1e-3), &shape, &mut p, &g, &mut state)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Pool {
+    pool: Option<rayon::ThreadPool>,
+    threads: usize,
+}
+
+impl Pool {
+    /// A pool of `threads` workers; 0 means one per available CPU. With one thread, steps run
+    /// on the calling thread and no worker is started.
+    ///
+    /// # Errors
+    /// If the operating system refuses to start the worker threads.
+    pub fn new(threads: usize) -> std::io::Result<Self> {
+        let threads = match threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let pool = if threads == 1 {
+            None
+        } else {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| std::format!("came-{i}"))
+                .build()
+                .map_err(std::io::Error::other)?;
+            Some(pool)
+        };
+        Ok(Self { pool, threads })
+    }
+
+    /// Number of threads steps run on.
+    #[must_use]
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// [`crate::step`], with the tensor's lanes spread over the pool's threads. The result is
+    /// bit-identical to [`crate::step`]'s.
+    ///
+    /// # Errors
+    /// As [`crate::step`].
+    pub fn step<T: Float>(
+        &self,
+        config: &CameConfig,
+        shape: &Shape,
+        param: &mut [T],
+        grad: &[T],
+        state: &mut CameState<'_, T>,
+    ) -> Result<StepInfo, Error> {
+        match &self.pool {
+            None => crate::step::step_on(&Serial, config, shape, param, grad, state),
+            Some(pool) => {
+                pool.install(|| crate::step::step_on(&Rayon, config, shape, param, grad, state))
+            }
+        }
+    }
+
+    /// [`crate::step_all`] on the pool: tensors run in parallel, and so do the lanes of each
+    /// large tensor. The result is bit-identical to [`crate::step_all`]'s.
+    ///
+    /// # Errors
+    /// As [`crate::step_all`].
+    pub fn step_all<T: Float>(
+        &self,
+        config: &CameConfig,
+        tensors: &mut [TensorStep<'_, '_, T>],
+    ) -> Result<(), TensorError> {
+        validate_all(config, tensors)?;
+        let first = match &self.pool {
+            None => tensors.iter_mut().enumerate().fold(None, |first, (i, t)| {
+                first_error(first, step_one(&Serial, config, i, t))
+            }),
+            Some(pool) => pool.install(|| {
+                tensors
+                    .par_iter_mut()
+                    .enumerate()
+                    .with_max_len(1)
+                    .map(|(i, t)| step_one(&Rayon, config, i, t))
+                    .reduce(|| None, first_error)
+            }),
+        };
+        first.map_or(Ok(()), Err)
+    }
+
+    /// [`crate::adamw::step`] with the tensor cut into chunks that run in parallel; the
+    /// result is bit-identical to [`crate::adamw::step`]'s.
+    ///
+    /// # Errors
+    /// As [`crate::adamw::step`].
+    pub fn adamw_step<T: Float>(
+        &self,
+        config: &AdamWConfig,
+        param: &mut [T],
+        grad: &[T],
+        state: &mut AdamWState<'_, T>,
+    ) -> Result<u64, Error> {
+        let Some(pool) = &self.pool else {
+            return adamw::step(config, param, grad, state);
+        };
+        let kernel = adamw::Kernel(adamw::prepare(config, param, grad, state)?, PhantomData);
+        let (m, v) = state.parts_mut();
+        pool.install(|| {
+            param
+                .par_chunks_mut(ADAMW_CHUNK)
+                .zip(grad.par_chunks(ADAMW_CHUNK))
+                .zip(m.par_chunks_mut(ADAMW_CHUNK))
+                .zip(v.par_chunks_mut(ADAMW_CHUNK))
+                .for_each(|(((p, g), m), v)| simd::run(&kernel, &mut (p, g, m, v)));
+        });
+        state.advance();
+        Ok(state.step_count())
+    }
+}
