@@ -13,10 +13,51 @@ use crate::config::{check_beta, check_eps, check_lr, check_weight_decay};
 use core::marker::PhantomData;
 
 use crate::error::Buffer;
-use crate::lanes::LaneKernel;
+use crate::lanes::{Executor, LaneItems, LaneKernel, Serial, split, split_mut};
 use crate::simd::Ops;
 use crate::step::check_tensor_lens;
-use crate::{Error, Float};
+use crate::{Error, Float, Shape};
+
+pub(crate) use coefficients::Coefficients;
+
+mod coefficients {
+    use super::AdamWConfig;
+    use crate::Float;
+
+    /// One step's coefficients in `T`, derived in `f64` like the reference's Python floats.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Coefficients<T> {
+        pub(super) decay_factor: Option<T>,
+        pub(super) lerp_weight: T,
+        pub(super) lerp_small: bool,
+        pub(super) beta2: T,
+        pub(super) one_minus_beta2: T,
+        pub(super) bias_correction2_sqrt: T,
+        pub(super) eps: T,
+        pub(super) neg_step_size: T,
+    }
+
+    impl<T: Float> Coefficients<T> {
+        pub(crate) fn new(config: &AdamWConfig, step: u64) -> Self {
+            let (b1, b2) = config.betas;
+            let t = step as f64;
+            let bias_correction1 = 1.0 - libm::pow(b1, t);
+            let bias_correction2 = 1.0 - libm::pow(b2, t);
+            let weight = 1.0 - b1;
+            Self {
+                decay_factor: (config.weight_decay != 0.0)
+                    .then(|| T::from_f64(1.0 - config.lr * config.weight_decay)),
+                lerp_weight: T::from_f64(weight),
+                lerp_small: T::from_f64(weight).abs() < T::from_f64(0.5),
+                beta2: T::from_f64(b2),
+                one_minus_beta2: T::from_f64(1.0 - b2),
+                bias_correction2_sqrt: T::from_f64(libm::sqrt(bias_correction2)),
+                eps: T::from_f64(config.eps),
+                neg_step_size: T::from_f64(-(config.lr / bias_correction1)),
+            }
+        }
+    }
+}
 
 /// AdamW's hyperparameters; `Default` holds `torch.optim.AdamW`'s defaults.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -158,68 +199,64 @@ pub fn step<T: Float>(
     grad: &[T],
     state: &mut AdamWState<'_, T>,
 ) -> Result<u64, Error> {
-    let k = prepare(config, param, grad, state)?;
-    let (m, v) = state.parts_mut();
-    crate::simd::run(&Kernel(k, PhantomData), &mut (param, grad, m, v));
+    step_on(&Serial, config, param, grad, state)
+}
+
+/// [`step`] with the lanes run by `exec`.
+pub(crate) fn step_on<T: Float, E: Executor>(
+    exec: &E,
+    config: &AdamWConfig,
+    param: &mut [T],
+    grad: &[T],
+    state: &mut AdamWState<'_, T>,
+) -> Result<u64, Error> {
+    let k = prepare(config, state.step, param, grad, state.data)?;
+    finish(exec, &k, param, grad, state.data);
     state.advance();
     Ok(state.step)
 }
 
-/// Validates a step and returns its coefficients; nothing is changed.
+/// Validates a step, checks the gradient and returns the step's coefficients; nothing is
+/// changed. `step` is the number of steps taken before this one.
 pub(crate) fn prepare<T: Float>(
     config: &AdamWConfig,
+    step: u64,
     param: &[T],
     grad: &[T],
-    state: &AdamWState<'_, T>,
+    state: &[T],
 ) -> Result<Coefficients<T>, Error> {
     config.validate()?;
     let n = param.len();
     check_tensor_lens(n, n, grad.len())?;
-    if state.data.len() != 2 * n {
+    if state.len() != 2 * n {
         return Err(Error::LengthMismatch {
             buffer: Buffer::State,
             expected: 2 * n,
-            actual: state.data.len(),
+            actual: state.len(),
         });
     }
-    if let Some(index) = grad.iter().position(|g| !g.is_finite()) {
-        return Err(Error::NonFiniteGradient { index });
-    }
-    Ok(Coefficients::new(config, state.step.saturating_add(1)))
+    crate::check_gradient(grad)?;
+    Ok(Coefficients::new(config, step.saturating_add(1)))
 }
 
-/// One step's coefficients in `T`, derived in `f64` like the reference's Python floats.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Coefficients<T> {
-    decay_factor: Option<T>,
-    lerp_weight: T,
-    lerp_small: bool,
-    beta2: T,
-    one_minus_beta2: T,
-    bias_correction2_sqrt: T,
-    eps: T,
-    neg_step_size: T,
-}
-
-impl<T: Float> Coefficients<T> {
-    pub(crate) fn new(config: &AdamWConfig, step: u64) -> Self {
-        let (b1, b2) = config.betas;
-        let t = step as f64;
-        let bias_correction1 = 1.0 - libm::pow(b1, t);
-        let bias_correction2 = 1.0 - libm::pow(b2, t);
-        let weight = 1.0 - b1;
-        Self {
-            decay_factor: (config.weight_decay != 0.0)
-                .then(|| T::from_f64(1.0 - config.lr * config.weight_decay)),
-            lerp_weight: T::from_f64(weight),
-            lerp_small: T::from_f64(weight).abs() < T::from_f64(0.5),
-            beta2: T::from_f64(b2),
-            one_minus_beta2: T::from_f64(1.0 - b2),
-            bias_correction2_sqrt: T::from_f64(libm::sqrt(bias_correction2)),
-            eps: T::from_f64(config.eps),
-            neg_step_size: T::from_f64(-(config.lr / bias_correction1)),
-        }
-    }
+/// The update, on lanes of elements run by `exec`.
+pub(crate) fn finish<T: Float, E: Executor>(
+    exec: &E,
+    k: &Coefficients<T>,
+    param: &mut [T],
+    grad: &[T],
+    state: &mut [T],
+) {
+    let n = param.len();
+    let lanes = Shape::vector(n).map_or(1, |s| s.lanes());
+    let (m, v) = state.split_at_mut(n);
+    let mut items: LaneItems<_> = split_mut(param, 1, n, lanes)
+        .zip(split(grad, 1, n, lanes))
+        .zip(split_mut(m, 1, n, lanes))
+        .zip(split_mut(v, 1, n, lanes))
+        .map(|(((p, g), m), v)| (p, g, m, v))
+        .collect();
+    exec.run(&Kernel(*k, PhantomData), &mut items);
 }
 
 /// The fused element-wise update as a lane kernel: one chunk of the tensor per item.

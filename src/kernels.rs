@@ -239,7 +239,7 @@ fn apply_rows_with<S: Simd, T: Float, const R: usize, const DECAY: bool>(
 /// 0 for a finite `x`, NaN for NaN and infinities.
 #[inline(always)]
 #[allow(clippy::eq_op)]
-fn finite_or_nan<T: Float>(x: T) -> T {
+pub(crate) fn finite_or_nan<T: Float>(x: T) -> T {
     x - x
 }
 

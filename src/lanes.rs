@@ -96,7 +96,7 @@ impl<'s, T> Iterator for Split<&'s mut [T]> {
 ///
 /// Kernels are plain structs whose `run` is `#[inline(always)]` and generic over the instruction
 /// set, so that [`crate::simd`] compiles each of them for every instruction set it dispatches to.
-pub(crate) trait LaneKernel: Sync {
+pub trait LaneKernel: Sync {
     /// One lane's inputs and outputs.
     type Item: Send;
 
@@ -105,9 +105,14 @@ pub(crate) trait LaneKernel: Sync {
 }
 
 /// Runs a kernel over every lane's work item.
-pub(crate) trait Executor: Sync {
+pub trait Executor: Sync {
     /// Runs `kernel` once on every item; items may run concurrently.
     fn run<K: LaneKernel>(&self, kernel: &K, items: &mut [K::Item]);
+
+    /// Whether work given to this executor may run on several threads.
+    fn parallel(&self) -> bool {
+        false
+    }
 }
 
 /// Runs lanes one after another on the calling thread.

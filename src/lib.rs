@@ -61,6 +61,8 @@ mod kernels;
 mod lanes;
 mod multi;
 #[cfg(feature = "std")]
+pub mod optim;
+#[cfg(feature = "std")]
 mod parallel;
 mod shape;
 mod simd;
@@ -70,7 +72,9 @@ mod step;
 pub use config::CameConfig;
 pub use error::{Buffer, Error};
 pub use float::Float;
-pub use multi::{TensorError, TensorStep, step_all};
+pub use multi::{TensorError, TensorStep, check_gradient, step_all};
+#[cfg(feature = "std")]
+pub use optim::{AdamW, Came, CheckpointError, Optimizer, OptimizerError};
 #[cfg(feature = "std")]
 pub use parallel::Pool;
 pub use shape::{Layout, Shape, state_len};

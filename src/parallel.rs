@@ -6,18 +6,13 @@
 //! parallel too. Results do not depend on the thread count: lanes are cut by the shape alone and
 //! their partial sums are combined in lane order (see [`Shape::lanes`]).
 
-use core::marker::PhantomData;
-
 use rayon::prelude::*;
 
 use crate::adamw::{self, AdamWConfig, AdamWState};
 use crate::lanes::{Executor, LaneKernel, Serial};
-use crate::multi::{TensorError, TensorStep, first_error, step_one, validate_all};
+use crate::multi::{TensorError, TensorStep, finish_one, first_error, prepare_one, validate_all};
 use crate::simd;
 use crate::{CameConfig, CameState, Error, Float, Shape, StepInfo};
-
-/// Elements per parallel AdamW chunk.
-const ADAMW_CHUNK: usize = 64 * 1024;
 
 /// Runs lanes on the rayon pool the caller is installed in.
 pub(crate) struct Rayon;
@@ -28,6 +23,10 @@ impl Executor for Rayon {
             .par_iter_mut()
             .with_max_len(1)
             .for_each(|item| simd::run(kernel, item));
+    }
+
+    fn parallel(&self) -> bool {
+        true
     }
 }
 
@@ -74,6 +73,14 @@ impl Pool {
         Ok(Self { pool, threads })
     }
 
+    /// A pool that runs everything on the calling thread.
+    pub(crate) fn serial() -> Self {
+        Self {
+            pool: None,
+            threads: 1,
+        }
+    }
+
     /// Number of threads steps run on.
     #[must_use]
     pub fn threads(&self) -> usize {
@@ -111,21 +118,28 @@ impl Pool {
         config: &CameConfig,
         tensors: &mut [TensorStep<'_, '_, T>],
     ) -> Result<(), TensorError> {
-        validate_all(config, tensors)?;
-        let first = match &self.pool {
-            None => tensors.iter_mut().enumerate().fold(None, |first, (i, t)| {
-                first_error(first, step_one(&Serial, config, i, t))
-            }),
-            Some(pool) => pool.install(|| {
-                tensors
-                    .par_iter_mut()
-                    .enumerate()
-                    .with_max_len(1)
-                    .map(|(i, t)| step_one(&Rayon, config, i, t))
-                    .reduce(|| None, first_error)
-            }),
+        let Some(pool) = &self.pool else {
+            return crate::step_all(config, tensors);
         };
-        first.map_or(Ok(()), Err)
+        validate_all(config, tensors)?;
+        pool.install(|| {
+            let prepared = tensors
+                .par_iter_mut()
+                .enumerate()
+                .with_max_len(1)
+                .map(|(i, t)| prepare_one(&Rayon, config, i, t))
+                .reduce(|| None, first_error);
+            if let Some(e) = prepared {
+                return Err(e);
+            }
+            let finished = tensors
+                .par_iter_mut()
+                .enumerate()
+                .with_max_len(1)
+                .map(|(i, t)| finish_one(&Rayon, config, i, t))
+                .reduce(|| None, first_error);
+            finished.map_or(Ok(()), Err)
+        })
     }
 
     /// [`crate::adamw::step`] with the tensor cut into chunks that run in parallel; the
@@ -140,20 +154,14 @@ impl Pool {
         grad: &[T],
         state: &mut AdamWState<'_, T>,
     ) -> Result<u64, Error> {
-        let Some(pool) = &self.pool else {
-            return adamw::step(config, param, grad, state);
-        };
-        let kernel = adamw::Kernel(adamw::prepare(config, param, grad, state)?, PhantomData);
-        let (m, v) = state.parts_mut();
-        pool.install(|| {
-            param
-                .par_chunks_mut(ADAMW_CHUNK)
-                .zip(grad.par_chunks(ADAMW_CHUNK))
-                .zip(m.par_chunks_mut(ADAMW_CHUNK))
-                .zip(v.par_chunks_mut(ADAMW_CHUNK))
-                .for_each(|(((p, g), m), v)| simd::run(&kernel, &mut (p, g, m, v)));
-        });
-        state.advance();
-        Ok(state.step_count())
+        match &self.pool {
+            None => adamw::step(config, param, grad, state),
+            Some(pool) => pool.install(|| adamw::step_on(&Rayon, config, param, grad, state)),
+        }
+    }
+
+    /// The rayon pool, if steps run on more than the calling thread.
+    pub(crate) fn rayon(&self) -> Option<&rayon::ThreadPool> {
+        self.pool.as_ref()
     }
 }

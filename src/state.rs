@@ -1,5 +1,6 @@
 //! Borrowed views over caller-owned optimizer state.
 
+use crate::step::Clip;
 use crate::{Error, Float, Layout, Shape, error::Buffer};
 
 /// CAME state for one tensor: a view over one caller-owned buffer plus the step count.
@@ -16,18 +17,24 @@ use crate::{Error, Float, Layout, Shape, error::Buffer};
 pub struct CameState<'a, T> {
     data: &'a mut [T],
     step: u64,
+    /// The clip of a step over many tensors, between its two halves.
+    pending: Option<Clip<T>>,
 }
 
 impl<'a, T: Float> CameState<'a, T> {
     /// A fresh state: zeroes `data` and sets the step count to 0.
     pub fn new(data: &'a mut [T]) -> Self {
         data.fill(T::zero());
-        Self { data, step: 0 }
+        Self::from_parts(data, 0)
     }
 
     /// Resumes from a buffer that already holds state, after `step` steps.
     pub fn from_parts(data: &'a mut [T], step: u64) -> Self {
-        Self { data, step }
+        Self {
+            data,
+            step,
+            pending: None,
+        }
     }
 
     /// Gives back the buffer and the step count.
@@ -112,8 +119,16 @@ impl<'a, T: Float> CameState<'a, T> {
         })
     }
 
-    pub(crate) fn buffer_mut(&mut self) -> &mut [T] {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [T] {
         self.data
+    }
+
+    pub(crate) fn set_pending(&mut self, clip: Clip<T>) {
+        self.pending = Some(clip);
+    }
+
+    pub(crate) fn take_pending(&mut self) -> Option<Clip<T>> {
+        self.pending.take()
     }
 
     pub(crate) fn advance(&mut self) {

@@ -75,6 +75,24 @@ fn adamw_reference_trajectories() {
     }
 }
 
+#[test]
+#[cfg(feature = "std")]
+fn resume_cases_continue_the_official_run_from_its_checkpoint() {
+    let files = json_files(&golden_dir().join("resume"));
+    let results = replay_all(&files);
+    assert_eq!(results.len(), 3, "expected the 3 resume cases");
+    for (case, worst) in &results {
+        let after = case.resume_after_step.unwrap();
+        assert!(after > 0 && after < case.params.len(), "{}", case.name);
+        println!(
+            "{:32} {:.4}x tolerance over steps {}..",
+            case.name,
+            worst,
+            after + 1
+        );
+    }
+}
+
 /// The comparison itself must be able to fail: a trajectory nudged by 2x the tolerance is
 /// rejected.
 #[test]

@@ -15,7 +15,7 @@
 //! (`((rf / d) * cf) * g`) instead of every element (`((rf * cf) * g) / d`), which saves a
 //! division per element and moves the result by at most a few units in the last place.
 
-use super::{all_finite, clip_divisor, gradient_error};
+use super::{Clip, all_finite, clip_divisor, gradient_error};
 use crate::config::Coefficients;
 use crate::kernels::{GROUP, apply_rows, momentum_rows, rows, rows_mut, sq_rows, update_sq_rows};
 use crate::lanes::{Executor, LaneItems, LaneKernel, split, split_mut};
@@ -41,36 +41,116 @@ struct Stats<'s, T> {
     res_col: &'s mut [T],
 }
 
-pub(super) fn step<T: Float, E: Executor>(
+/// The state buffer cut into its pieces.
+struct Parts<'s, T> {
+    m: &'s mut [T],
+    stats: Stats<'s, T>,
+    workspace: &'s mut [T],
+}
+
+fn parts<T: Float>(dims: Dims, numel: usize, state: &mut [T]) -> Parts<'_, T> {
+    let (r, c) = (dims.batch * dims.rows, dims.batch * dims.cols);
+    let (m, rest) = state.split_at_mut(numel);
+    let (sq_row, rest) = rest.split_at_mut(r);
+    let (sq_col, rest) = rest.split_at_mut(c);
+    let (res_row, rest) = rest.split_at_mut(r);
+    let (res_col, workspace) = rest.split_at_mut(c);
+    Parts {
+        m,
+        stats: Stats {
+            sq_row,
+            sq_col,
+            res_row,
+            res_col,
+        },
+        workspace,
+    }
+}
+
+/// Sweeps 1 and 2: the new squared-gradient statistics and their factors (kept in the
+/// workspace) and the clip. Writes nothing but the workspace.
+pub(super) fn prepare<T: Float, E: Executor>(
     exec: &E,
     k: &Coefficients<T>,
     dims: Dims,
     param: &mut [T],
     grad: &[T],
     state: &mut [T],
-) -> Result<f64, Error> {
-    let (r, c) = (dims.batch * dims.rows, dims.batch * dims.cols);
-    let (m, rest) = state.split_at_mut(param.len());
-    let (sq_row, rest) = rest.split_at_mut(r);
-    let (sq_col, rest) = rest.split_at_mut(c);
-    let (res_row, rest) = rest.split_at_mut(r);
-    let (res_col, workspace) = rest.split_at_mut(c);
-    let mut stats = Stats {
-        sq_row,
-        sq_col,
-        res_row,
-        res_col,
-    };
-    let finite = [&stats.sq_row, &stats.sq_col, &stats.res_row, &stats.res_col]
+) -> Result<Clip<T>, Error> {
+    let mut parts = parts(dims, grad.len(), state);
+    let s = &parts.stats;
+    let finite = [&s.sq_row, &s.sq_col, &s.res_row, &s.res_col]
         .into_iter()
         .all(|s| all_finite(s));
     if !finite {
         return Err(Error::NonFiniteState);
     }
-    if dims.batch == 1 {
-        matrix(exec, k, dims, param, grad, m, &mut stats, workspace)
+    let sum_sq = if dims.batch == 1 {
+        matrix_norm(exec, k, dims, grad, &parts.stats, parts.workspace)?
     } else {
-        batched(exec, k, dims, param, grad, m, &mut stats, workspace)
+        let lanes = batch_run(
+            exec,
+            k,
+            dims,
+            BatchSweep::Norm,
+            T::one(),
+            param,
+            grad,
+            &mut parts,
+        )?;
+        lanes.1
+    };
+    if !sum_sq.is_finite() {
+        return Err(gradient_error(grad));
+    }
+    Ok(clip_divisor(sum_sq, grad.len(), k.clip_threshold))
+}
+
+/// Commits what [`prepare`] computed, then sweeps 3 and 4.
+pub(super) fn finish<T: Float, E: Executor>(
+    exec: &E,
+    k: &Coefficients<T>,
+    dims: Dims,
+    clip: Clip<T>,
+    param: &mut [T],
+    grad: &[T],
+    state: &mut [T],
+) -> Result<(), Error> {
+    let mut parts = parts(dims, grad.len(), state);
+    if dims.batch == 1 {
+        matrix_update(exec, k, dims, clip.d, param, grad, &mut parts)
+    } else {
+        let (r, c) = (dims.batch * dims.rows, dims.batch * dims.cols);
+        let (next_row, rest) = parts.workspace.split_at(r);
+        parts.stats.sq_row.copy_from_slice(next_row);
+        parts.stats.sq_col.copy_from_slice(&rest[..c]);
+        let (finite, _) = batch_run(
+            exec,
+            k,
+            dims,
+            BatchSweep::Momentum,
+            clip.d,
+            param,
+            grad,
+            &mut parts,
+        )?;
+        if !finite {
+            return Err(Error::NonFiniteState);
+        }
+        let (next_row, rest) = parts.workspace.split_at(r);
+        parts.stats.res_row.copy_from_slice(next_row);
+        parts.stats.res_col.copy_from_slice(&rest[..c]);
+        batch_run(
+            exec,
+            k,
+            dims,
+            BatchSweep::Apply,
+            clip.d,
+            param,
+            grad,
+            &mut parts,
+        )?;
+        Ok(())
     }
 }
 
@@ -483,17 +563,9 @@ impl<'a, T: Float> LaneKernel for Apply<'a, T> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn matrix<T: Float, E: Executor>(
-    exec: &E,
-    k: &Coefficients<T>,
-    dims: Dims,
-    param: &mut [T],
-    grad: &[T],
-    m: &mut [T],
-    stats: &mut Stats<'_, T>,
-    workspace: &mut [T],
-) -> Result<f64, Error> {
+/// The workspace of one matrix: new row and column statistics, row and column factors, and
+/// one column partial sum per lane.
+fn matrix_workspace<T>(dims: Dims, workspace: &mut [T]) -> [&mut [T]; 5] {
     let Dims {
         rows, cols, lanes, ..
     } = dims;
@@ -501,7 +573,23 @@ fn matrix<T: Float, E: Executor>(
     let (next_col, rest) = rest.split_at_mut(cols);
     let (rf, rest) = rest.split_at_mut(rows);
     let (cf, col_parts) = rest.split_at_mut(cols);
-    let col_parts = &mut col_parts[..lanes * cols];
+    [next_row, next_col, rf, cf, &mut col_parts[..lanes * cols]]
+}
+
+/// Sweeps 1 and 2 of one matrix: returns the squared norm of the unclipped update, with the new
+/// statistics and their factors in the workspace.
+fn matrix_norm<T: Float, E: Executor>(
+    exec: &E,
+    k: &Coefficients<T>,
+    dims: Dims,
+    grad: &[T],
+    stats: &Stats<'_, T>,
+    workspace: &mut [T],
+) -> Result<f64, Error> {
+    let Dims {
+        rows, cols, lanes, ..
+    } = dims;
+    let [next_row, next_col, rf, cf, col_parts] = matrix_workspace(dims, workspace);
 
     // Sweep 1: squared-gradient statistics.
     {
@@ -528,18 +616,30 @@ fn matrix<T: Float, E: Executor>(
     factors(next_row, next_col, rf, cf);
 
     // Sweep 2: the update's norm, for the clip.
-    let sum_sq = {
-        let mut items: LaneItems<_> = split(grad, cols, rows, lanes)
-            .zip(split(rf, 1, rows, lanes))
-            .map(|(g, f)| (g, f, 0.0))
-            .collect();
-        exec.run(&UpdateNorm { cols, cf }, &mut items);
-        items.iter().map(|it| it.2).sum::<f64>()
-    };
-    if !sum_sq.is_finite() {
-        return Err(gradient_error(grad));
-    }
-    let (d, rms) = clip_divisor(sum_sq, param.len(), k.clip_threshold);
+    let mut items: LaneItems<_> = split(grad, cols, rows, lanes)
+        .zip(split(rf, 1, rows, lanes))
+        .map(|(g, f)| (g, f, 0.0))
+        .collect();
+    exec.run(&UpdateNorm { cols, cf }, &mut items);
+    Ok(items.iter().map(|it| it.2).sum::<f64>())
+}
+
+/// Commits the squared-gradient statistics, then sweeps 3 and 4 of one matrix.
+fn matrix_update<T: Float, E: Executor>(
+    exec: &E,
+    k: &Coefficients<T>,
+    dims: Dims,
+    d: T,
+    param: &mut [T],
+    grad: &[T],
+    parts: &mut Parts<'_, T>,
+) -> Result<(), Error> {
+    let Dims {
+        rows, cols, lanes, ..
+    } = dims;
+    let stats = &mut parts.stats;
+    let m = &mut *parts.m;
+    let [next_row, next_col, rf, cf, col_parts] = matrix_workspace(dims, parts.workspace);
     stats.sq_row.copy_from_slice(next_row);
     stats.sq_col.copy_from_slice(next_col);
 
@@ -572,15 +672,13 @@ fn matrix<T: Float, E: Executor>(
     factors(stats.res_row, stats.res_col, rf, cf);
 
     // Sweep 4: the parameters.
-    {
-        let mut items: LaneItems<_> = split_mut(param, cols, rows, lanes)
-            .zip(split(m, cols, rows, lanes))
-            .zip(split(rf, 1, rows, lanes))
-            .map(|((p, m), f)| (p, m, f))
-            .collect();
-        exec.run(&Apply { cols, cf, k }, &mut items);
-    }
-    Ok(rms)
+    let mut items: LaneItems<_> = split_mut(param, cols, rows, lanes)
+        .zip(split(m, cols, rows, lanes))
+        .zip(split(rf, 1, rows, lanes))
+        .map(|((p, m), f)| (p, m, f))
+        .collect();
+    exec.run(&Apply { cols, cf, k }, &mut items);
+    Ok(())
 }
 
 // ---- a batch of matrices, lanes of whole matrices ----
@@ -722,17 +820,19 @@ impl<'a, T: Float> LaneKernel for Batch<'a, T> {
     }
 }
 
+/// Runs one sweep of a batch over all lanes; returns whether all new statistics are finite and
+/// the squared norm of the update (sweep [`BatchSweep::Norm`]).
 #[allow(clippy::too_many_arguments)]
-fn batched<T: Float, E: Executor>(
+fn batch_run<T: Float, E: Executor>(
     exec: &E,
     k: &Coefficients<T>,
     dims: Dims,
+    sweep: BatchSweep,
+    d: T,
     param: &mut [T],
     grad: &[T],
-    m: &mut [T],
-    stats: &mut Stats<'_, T>,
-    workspace: &mut [T],
-) -> Result<f64, Error> {
+    parts: &mut Parts<'_, T>,
+) -> Result<(bool, f64), Error> {
     let Dims {
         batch,
         rows,
@@ -740,95 +840,47 @@ fn batched<T: Float, E: Executor>(
         lanes,
     } = dims;
     let size = rows * cols;
-    let (next_row, rest) = workspace.split_at_mut(batch * rows);
+    let (next_row, rest) = parts.workspace.split_at_mut(batch * rows);
     let (next_col, rest) = rest.split_at_mut(batch * cols);
     let (fac_row, rest) = rest.split_at_mut(batch * rows);
     let (fac_col, col_sums) = rest.split_at_mut(batch * cols);
     let col_sums = &mut col_sums[..lanes * cols];
-
-    let mut run = |sweep: BatchSweep,
-                   d: T,
-                   m: &mut [T],
-                   p: &mut [T],
-                   stats: &Stats<'_, T>,
-                   next_row: &mut [T],
-                   next_col: &mut [T]|
-     -> (bool, f64) {
-        let mut items: LaneItems<_> = split(grad, size, batch, lanes)
-            .zip(split_mut(m, size, batch, lanes))
-            .zip(split_mut(p, size, batch, lanes))
-            .zip(split(stats.sq_row, rows, batch, lanes).zip(split(
-                stats.sq_col,
-                cols,
-                batch,
-                lanes,
-            )))
-            .zip(split(stats.res_row, rows, batch, lanes).zip(split(
-                stats.res_col,
-                cols,
-                batch,
-                lanes,
-            )))
-            .zip(
-                split_mut(next_row, rows, batch, lanes)
-                    .zip(split_mut(next_col, cols, batch, lanes)),
-            )
-            .zip(split_mut(fac_row, rows, batch, lanes).zip(split_mut(fac_col, cols, batch, lanes)))
-            .zip(col_sums.chunks_exact_mut(cols))
-            .map(
-                |(((((((g, m), p), (sr, sc)), (rr, rc)), next), factors), sums)| BatchLane {
-                    g,
-                    m,
-                    p,
-                    stats: [sr, sc, rr, rc],
-                    next,
-                    factors,
-                    sums,
-                    finite: true,
-                    sum_sq: 0.0,
-                },
-            )
-            .collect();
-        exec.run(
-            &Batch {
-                rows,
-                cols,
-                d,
-                k,
-                sweep,
+    let stats = &parts.stats;
+    let mut items: LaneItems<_> = split(grad, size, batch, lanes)
+        .zip(split_mut(parts.m, size, batch, lanes))
+        .zip(split_mut(param, size, batch, lanes))
+        .zip(split(stats.sq_row, rows, batch, lanes).zip(split(stats.sq_col, cols, batch, lanes)))
+        .zip(split(stats.res_row, rows, batch, lanes).zip(split(stats.res_col, cols, batch, lanes)))
+        .zip(split_mut(next_row, rows, batch, lanes).zip(split_mut(next_col, cols, batch, lanes)))
+        .zip(split_mut(fac_row, rows, batch, lanes).zip(split_mut(fac_col, cols, batch, lanes)))
+        .zip(col_sums.chunks_exact_mut(cols))
+        .map(
+            |(((((((g, m), p), (sr, sc)), (rr, rc)), next), factors), sums)| BatchLane {
+                g,
+                m,
+                p,
+                stats: [sr, sc, rr, rc],
+                next,
+                factors,
+                sums,
+                finite: true,
+                sum_sq: 0.0,
             },
-            &mut items,
-        );
-        let finite = items.iter().all(|it| it.finite);
-        (finite, items.iter().map(|it| it.sum_sq).sum::<f64>())
-    };
-
-    // Sweeps 1 and 2 per lane: statistics, factors, then the update's norm.
-    let (finite, sum_sq) = run(
-        BatchSweep::Norm,
-        T::one(),
-        m,
-        param,
-        stats,
-        next_row,
-        next_col,
+        )
+        .collect();
+    exec.run(
+        &Batch {
+            rows,
+            cols,
+            d,
+            k,
+            sweep,
+        },
+        &mut items,
     );
-    if !finite || !sum_sq.is_finite() {
+    let finite = items.iter().all(|it| it.finite);
+    if sweep == BatchSweep::Norm && !finite {
         return Err(gradient_error(grad));
     }
-    let (d, rms) = clip_divisor(sum_sq, param.len(), k.clip_threshold);
-    stats.sq_row.copy_from_slice(next_row);
-    stats.sq_col.copy_from_slice(next_col);
-
-    // Sweep 3 per lane: momentum and instability statistics, then their factors.
-    let (finite, _) = run(BatchSweep::Momentum, d, m, param, stats, next_row, next_col);
-    if !finite {
-        return Err(Error::NonFiniteState);
-    }
-    stats.res_row.copy_from_slice(next_row);
-    stats.res_col.copy_from_slice(next_col);
-
-    // Sweep 4 per lane: the parameters.
-    run(BatchSweep::Apply, d, m, param, stats, next_row, next_col);
-    Ok(rms)
+    Ok((finite, items.iter().map(|it| it.sum_sq).sum::<f64>()))
 }

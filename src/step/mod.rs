@@ -69,31 +69,81 @@ pub(crate) fn step_on<T: Float, E: Executor>(
     grad: &[T],
     state: &mut CameState<'_, T>,
 ) -> Result<StepInfo, Error> {
-    config.validate()?;
-    check_tensor_lens(shape.numel(), param.len(), grad.len())?;
-    check_len(shape, state.as_slice().len())?;
-    let mut update_rms = 0.0;
-    if shape.numel() > 0 {
-        let k = Coefficients::new(config);
-        let buf = state.buffer_mut();
-        update_rms = match shape.layout() {
-            Layout::Vector { .. } => vector::step(exec, &k, shape, param, grad, buf)?,
-            Layout::Factored { batch, rows, cols } => {
-                let dims = factored::Dims {
-                    batch,
-                    rows,
-                    cols,
-                    lanes: shape.lanes(),
-                };
-                factored::step(exec, &k, dims, param, grad, buf)?
-            }
-        };
-    }
+    let clip = prepare(exec, config, shape, param, grad, state.as_mut_slice())?;
+    finish(exec, config, shape, clip, param, grad, state.as_mut_slice())?;
     state.advance();
     Ok(StepInfo {
         step: state.step_count(),
-        update_rms,
+        update_rms: clip.rms,
     })
+}
+
+/// The first half of a step, done for every tensor before any tensor is changed when a step
+/// over many tensors must be all or nothing: validation, the new squared-gradient statistics
+/// (kept in the state's workspace), the update's norm and the clip. Changes nothing but the
+/// workspace; every error a step can report on a healthy state is found here.
+pub(crate) fn prepare<T: Float, E: Executor>(
+    exec: &E,
+    config: &CameConfig,
+    shape: &Shape,
+    param: &mut [T],
+    grad: &[T],
+    state: &mut [T],
+) -> Result<Clip<T>, Error> {
+    config.validate()?;
+    check_tensor_lens(shape.numel(), param.len(), grad.len())?;
+    check_len(shape, state.len())?;
+    if shape.numel() == 0 {
+        return Ok(Clip {
+            d: T::one(),
+            rms: 0.0,
+        });
+    }
+    let k = Coefficients::new(config);
+    match shape.layout() {
+        Layout::Vector { .. } => vector::prepare(exec, &k, shape, grad, state),
+        Layout::Factored { batch, rows, cols } => {
+            let dims = factored_dims(shape, batch, rows, cols);
+            factored::prepare(exec, &k, dims, param, grad, state)
+        }
+    }
+}
+
+/// The second half of a step, after [`prepare`] on the same tensor and state: commits the
+/// statistics left in the workspace and updates momentum, instability statistics and
+/// parameters. Does not count the step.
+pub(crate) fn finish<T: Float, E: Executor>(
+    exec: &E,
+    config: &CameConfig,
+    shape: &Shape,
+    clip: Clip<T>,
+    param: &mut [T],
+    grad: &[T],
+    state: &mut [T],
+) -> Result<(), Error> {
+    if shape.numel() == 0 {
+        return Ok(());
+    }
+    let k = Coefficients::new(config);
+    match shape.layout() {
+        Layout::Vector { .. } => {
+            vector::finish(exec, &k, shape, clip, param, grad, state);
+            Ok(())
+        }
+        Layout::Factored { batch, rows, cols } => {
+            let dims = factored_dims(shape, batch, rows, cols);
+            factored::finish(exec, &k, dims, clip, param, grad, state)
+        }
+    }
+}
+
+fn factored_dims(shape: &Shape, batch: usize, rows: usize, cols: usize) -> factored::Dims {
+    factored::Dims {
+        batch,
+        rows,
+        cols,
+        lanes: shape.lanes(),
+    }
 }
 
 pub(crate) fn check_tensor_lens(numel: usize, param: usize, grad: usize) -> Result<(), Error> {
@@ -109,15 +159,25 @@ pub(crate) fn check_tensor_lens(numel: usize, param: usize, grad: usize) -> Resu
     Ok(())
 }
 
+/// The clip of one step: the divisor `d = max(1, rms / clip_threshold)` and the update's RMS.
+#[derive(Clone, Copy, Debug)]
+pub struct Clip<T> {
+    pub(crate) d: T,
+    pub(crate) rms: f64,
+}
+
 /// The clip divisor `max(1, rms / clip_threshold)` in `T`, as the reference computes it
 /// (`norm / sqrt(numel)`, each rounded to the tensor's dtype), and the RMS in `f64`.
-fn clip_divisor<T: Float>(sum_sq: f64, numel: usize, clip_threshold: T) -> (T, f64) {
+fn clip_divisor<T: Float>(sum_sq: f64, numel: usize, clip_threshold: T) -> Clip<T> {
     let norm = libm::sqrt(sum_sq);
     let sqrt_n = libm::sqrt(numel as f64);
     let rms = T::from_f64(norm) / T::from_f64(sqrt_n);
     let ratio = rms / clip_threshold;
     let d = if ratio > T::one() { ratio } else { T::one() };
-    (d, norm / sqrt_n)
+    Clip {
+        d,
+        rms: norm / sqrt_n,
+    }
 }
 
 /// Which error explains a non-finite statistic: a bad gradient element, or an overflow of a

@@ -6,7 +6,7 @@
 //!
 //! Nothing is written before the check passes, so every error leaves the state as it was.
 
-use super::{all_finite, clip_divisor, gradient_error};
+use super::{Clip, all_finite, clip_divisor, gradient_error};
 use crate::config::Coefficients;
 use crate::kernels::{vector_apply, vector_sq_block};
 use crate::lanes::{Executor, LaneItems, LaneKernel, split, split_mut};
@@ -62,43 +62,54 @@ impl<'a, T: Float> LaneKernel for Update<'a, T> {
     }
 }
 
-pub(super) fn step<T: Float, E: Executor>(
+/// Sweep 1: the update's norm and the clip; writes nothing.
+pub(super) fn prepare<T: Float, E: Executor>(
     exec: &E,
     k: &Coefficients<T>,
     shape: &Shape,
-    param: &mut [T],
     grad: &[T],
-    state: &mut [T],
-) -> Result<f64, Error> {
-    let n = param.len();
+    state: &[T],
+) -> Result<Clip<T>, Error> {
+    let n = grad.len();
     let lanes = shape.lanes();
-    let (m, rest) = state.split_at_mut(n);
-    let v = &mut rest[..n];
-
-    let (sum_sq, check) = {
-        let mut items: LaneItems<_> = split(grad, 1, n, lanes)
-            .zip(split(v, 1, n, lanes))
-            .zip(split(m, 1, n, lanes))
-            .map(|((g, v), m)| (g, v, m, 0.0, 0.0))
-            .collect();
-        exec.run(&Norm { k }, &mut items);
-        let sum = items.iter().map(|it| it.3).sum::<f64>();
-        (sum, items.iter().map(|it| it.4).sum::<f64>())
-    };
+    let (m, rest) = state.split_at(n);
+    let v = &rest[..n];
+    let mut items: LaneItems<_> = split(grad, 1, n, lanes)
+        .zip(split(v, 1, n, lanes))
+        .zip(split(m, 1, n, lanes))
+        .map(|((g, v), m)| (g, v, m, 0.0, 0.0))
+        .collect();
+    exec.run(&Norm { k }, &mut items);
+    let sum_sq = items.iter().map(|it| it.3).sum::<f64>();
+    let check = items.iter().map(|it| it.4).sum::<f64>();
     if !(sum_sq.is_finite() && check == 0.0) {
         return Err(match gradient_error(grad) {
             Error::NonFiniteUpdate if !(all_finite(v) && all_finite(m)) => Error::NonFiniteState,
             e => e,
         });
     }
-    let (d, rms) = clip_divisor(sum_sq, n, k.clip_threshold);
+    Ok(clip_divisor(sum_sq, n, k.clip_threshold))
+}
 
+/// Sweep 2: the whole update.
+pub(super) fn finish<T: Float, E: Executor>(
+    exec: &E,
+    k: &Coefficients<T>,
+    shape: &Shape,
+    clip: Clip<T>,
+    param: &mut [T],
+    grad: &[T],
+    state: &mut [T],
+) {
+    let n = param.len();
+    let lanes = shape.lanes();
+    let (m, rest) = state.split_at_mut(n);
+    let v = &mut rest[..n];
     let mut items: LaneItems<_> = split_mut(param, 1, n, lanes)
         .zip(split(grad, 1, n, lanes))
         .zip(split_mut(m, 1, n, lanes))
         .zip(split_mut(v, 1, n, lanes))
         .map(|(((p, g), m), v)| (p, g, m, v))
         .collect();
-    exec.run(&Update { d, k }, &mut items);
-    Ok(rms)
+    exec.run(&Update { d: clip.d, k }, &mut items);
 }

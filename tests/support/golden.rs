@@ -38,6 +38,8 @@ pub struct Case {
     pub params: Vec<Vec<f64>>,
     pub state: BTreeMap<String, Vec<f64>>,
     pub resume_after_step: Option<usize>,
+    /// Where the case was read from: a resume case's state is the `.safetensors` file beside it.
+    pub path: Option<std::path::PathBuf>,
 }
 
 /// FORMAT.md's tolerances.
@@ -112,7 +114,9 @@ fn pair(v: &Value) -> Result<(f64, f64), String> {
 impl Case {
     pub fn load(path: &Path) -> Result<Case, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+        let mut case = Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        case.path = Some(path.to_path_buf());
+        Ok(case)
     }
 
     pub fn parse(text: &str) -> Result<Case, String> {
@@ -180,6 +184,7 @@ impl Case {
                 .get("resume_after_step")
                 .and_then(Value::as_u64)
                 .map(|s| s as usize),
+            path: None,
         })
     }
 }
@@ -211,6 +216,9 @@ fn replay_as<T: Float>(case: &Case) -> Result<Trajectory, String> {
     let mut param: Vec<T> = to_t(&case.param0);
     let mut out = Trajectory::default();
     match case.optimizer {
+        Optimizer::Came(config) if case.resume_after_step.is_some() => {
+            return resume::<T>(case, config);
+        }
         Optimizer::Came(config) => {
             let shape = Shape::new(&case.shape).map_err(|e| e.to_string())?;
             let mut buf = vec![T::zero(); shape.state_len()];
@@ -240,6 +248,40 @@ fn replay_as<T: Float>(case: &Case) -> Result<Trajectory, String> {
         }
     }
     Ok(out)
+}
+
+/// A resume case: loads the reference's mid-run `.safetensors` (state and parameters after
+/// `resume_after_step` steps) into the owned optimizer and runs the remaining steps.
+#[cfg(feature = "std")]
+fn resume<T: Float>(case: &Case, config: CameConfig) -> Result<Trajectory, String> {
+    let after = case.resume_after_step.unwrap_or(0);
+    let path = case
+        .path
+        .as_ref()
+        .ok_or("a resume case needs the path it was read from")?
+        .with_extension("safetensors");
+    let mut opt = came::Came::<T>::new(config).map_err(|e| e.to_string())?;
+    opt.register("0", &case.shape).map_err(|e| e.to_string())?;
+    let mut param = vec![T::zero(); case.param0.len()];
+    opt.load_with_params(&path, &mut [&mut param])
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = Trajectory::default();
+    for grad in case.grads.get(after..).unwrap_or_default() {
+        let grad: Vec<T> = to_t(grad);
+        opt.step(&mut [(&mut param, &grad)])
+            .map_err(|e| e.to_string())?;
+        out.params.push(to_f64(&param));
+    }
+    for piece in opt.state(came::optim::TensorId(0)).unwrap_or_default() {
+        out.state
+            .insert(piece.name.to_owned(), to_f64(piece.values));
+    }
+    Ok(out)
+}
+
+#[cfg(not(feature = "std"))]
+fn resume<T: Float>(_: &Case, _: CameConfig) -> Result<Trajectory, String> {
+    Err("resume cases load a checkpoint: build with --features std".into())
 }
 
 /// The worst error of a replay, as a fraction of its tolerance (<= 1 passes), with where.

@@ -1,0 +1,267 @@
+//! What the owned optimizer needs of an update rule: CAME's and AdamW's configs implement it.
+
+use std::ops::Range;
+use std::vec;
+use std::vec::Vec;
+
+use serde_json::{Value, json};
+
+use crate::adamw::{self, AdamWConfig};
+use crate::lanes::Executor;
+use crate::step::{Clip, finish, prepare};
+use crate::{CameConfig, Error, Float, Layout, Shape};
+
+/// An update rule the owned [`Optimizer`](super::Optimizer) can run: [`CameConfig`] for CAME,
+/// [`AdamWConfig`] for AdamW. The config of a parameter group is the rule's hyperparameters.
+///
+/// Sealed: the optimizer relies on each rule's state layout and checkpoint keys.
+pub trait Rule:
+    sealed::RuleImpl + Copy + core::fmt::Debug + PartialEq + Send + Sync + 'static
+{
+}
+
+impl Rule for CameConfig {}
+impl Rule for AdamWConfig {}
+
+/// One named piece of a tensor's state: its place in the state buffer and its shape.
+pub struct Piece {
+    pub key: &'static str,
+    pub range: Range<usize>,
+    pub dims: Vec<usize>,
+}
+
+pub mod sealed {
+    use super::{Executor, Float, Piece, Shape, Value, Vec};
+    use crate::Error;
+
+    pub trait RuleImpl: Sized {
+        /// The `optimizer` value of a checkpoint.
+        const NAME: &'static str;
+
+        /// What the first half of a step leaves for the second.
+        type Pending<T: Float>: Copy + Send + Sync + core::fmt::Debug;
+
+        fn validate(&self) -> Result<(), Error>;
+        fn lr(&self) -> f64;
+        fn set_lr(&mut self, lr: f64);
+
+        /// State elements of a tensor of this shape.
+        fn state_len(shape: &Shape) -> usize;
+
+        /// The named pieces of the state, as the reference names and shapes them.
+        fn pieces(dims: &[usize], shape: &Shape) -> Vec<Piece>;
+
+        /// The first half of a step: checks and statistics that change nothing but scratch
+        /// space. `step` counts the steps taken before this one.
+        fn prepare<T: Float, E: Executor>(
+            &self,
+            exec: &E,
+            shape: &Shape,
+            data: (&mut [T], &[T]),
+            state: &mut [T],
+            step: u64,
+        ) -> Result<Self::Pending<T>, Error>;
+
+        /// The second half: the update.
+        fn finish<T: Float, E: Executor>(
+            &self,
+            exec: &E,
+            shape: &Shape,
+            pending: Self::Pending<T>,
+            data: (&mut [T], &[T]),
+            state: &mut [T],
+        ) -> Result<(), Error>;
+
+        fn to_json(&self) -> Value;
+        fn from_json(value: &Value) -> Option<Self>;
+    }
+}
+
+fn number(v: &Value, key: &str) -> Option<f64> {
+    v.get(key)?.as_f64()
+}
+
+fn numbers<const N: usize>(v: &Value, key: &str) -> Option<[f64; N]> {
+    let a = v.get(key)?.as_array()?;
+    if a.len() != N {
+        return None;
+    }
+    let mut out = [0.0; N];
+    for (o, x) in out.iter_mut().zip(a) {
+        *o = x.as_f64()?;
+    }
+    Some(out)
+}
+
+impl sealed::RuleImpl for CameConfig {
+    const NAME: &'static str = "came";
+    type Pending<T: Float> = Clip<T>;
+
+    fn validate(&self) -> Result<(), Error> {
+        CameConfig::validate(self)
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    fn state_len(shape: &Shape) -> usize {
+        shape.state_len()
+    }
+
+    fn pieces(dims: &[usize], shape: &Shape) -> Vec<Piece> {
+        let n = shape.numel();
+        let piece = |key, start, len, dims: Vec<usize>| Piece {
+            key,
+            range: start..start + len,
+            dims,
+        };
+        match shape.layout() {
+            Layout::Vector { .. } => vec![
+                piece("exp_avg", 0, n, dims.to_vec()),
+                piece("exp_avg_sq", n, n, dims.to_vec()),
+            ],
+            Layout::Factored { batch, rows, cols } => {
+                let rank = dims.len();
+                let row_dims = dims[..rank - 1].to_vec();
+                let mut col_dims = dims[..rank - 2].to_vec();
+                col_dims.push(dims[rank - 1]);
+                let (r, c) = (batch * rows, batch * cols);
+                vec![
+                    piece("exp_avg", 0, n, dims.to_vec()),
+                    piece("exp_avg_sq_row", n, r, row_dims.clone()),
+                    piece("exp_avg_sq_col", n + r, c, col_dims.clone()),
+                    piece("exp_avg_res_row", n + r + c, r, row_dims),
+                    piece("exp_avg_res_col", n + 2 * r + c, c, col_dims),
+                ]
+            }
+        }
+    }
+
+    fn prepare<T: Float, E: Executor>(
+        &self,
+        exec: &E,
+        shape: &Shape,
+        (param, grad): (&mut [T], &[T]),
+        state: &mut [T],
+        _step: u64,
+    ) -> Result<Clip<T>, Error> {
+        prepare(exec, self, shape, param, grad, state)
+    }
+
+    fn finish<T: Float, E: Executor>(
+        &self,
+        exec: &E,
+        shape: &Shape,
+        clip: Clip<T>,
+        (param, grad): (&mut [T], &[T]),
+        state: &mut [T],
+    ) -> Result<(), Error> {
+        finish(exec, self, shape, clip, param, grad, state)
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "lr": self.lr,
+            "eps": [self.eps.0, self.eps.1],
+            "clip_threshold": self.clip_threshold,
+            "betas": [self.betas.0, self.betas.1, self.betas.2],
+            "weight_decay": self.weight_decay,
+        })
+    }
+
+    fn from_json(v: &Value) -> Option<Self> {
+        let [e1, e2] = numbers::<2>(v, "eps")?;
+        let [b1, b2, b3] = numbers::<3>(v, "betas")?;
+        Some(CameConfig {
+            lr: number(v, "lr")?,
+            betas: (b1, b2, b3),
+            eps: (e1, e2),
+            clip_threshold: number(v, "clip_threshold")?,
+            weight_decay: number(v, "weight_decay")?,
+        })
+    }
+}
+
+impl sealed::RuleImpl for AdamWConfig {
+    const NAME: &'static str = "adamw";
+    type Pending<T: Float> = adamw::Coefficients<T>;
+
+    fn validate(&self) -> Result<(), Error> {
+        AdamWConfig::validate(self)
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    fn state_len(shape: &Shape) -> usize {
+        2 * shape.numel()
+    }
+
+    fn pieces(dims: &[usize], shape: &Shape) -> Vec<Piece> {
+        let n = shape.numel();
+        vec![
+            Piece {
+                key: "exp_avg",
+                range: 0..n,
+                dims: dims.to_vec(),
+            },
+            Piece {
+                key: "exp_avg_sq",
+                range: n..2 * n,
+                dims: dims.to_vec(),
+            },
+        ]
+    }
+
+    fn prepare<T: Float, E: Executor>(
+        &self,
+        _exec: &E,
+        _shape: &Shape,
+        (param, grad): (&mut [T], &[T]),
+        state: &mut [T],
+        step: u64,
+    ) -> Result<adamw::Coefficients<T>, Error> {
+        adamw::prepare(self, step, param, grad, state)
+    }
+
+    fn finish<T: Float, E: Executor>(
+        &self,
+        exec: &E,
+        _shape: &Shape,
+        k: adamw::Coefficients<T>,
+        (param, grad): (&mut [T], &[T]),
+        state: &mut [T],
+    ) -> Result<(), Error> {
+        adamw::finish(exec, &k, param, grad, state);
+        Ok(())
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "lr": self.lr,
+            "betas": [self.betas.0, self.betas.1],
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+        })
+    }
+
+    fn from_json(v: &Value) -> Option<Self> {
+        let [b1, b2] = numbers::<2>(v, "betas")?;
+        Some(AdamWConfig {
+            lr: number(v, "lr")?,
+            betas: (b1, b2),
+            eps: number(v, "eps")?,
+            weight_decay: number(v, "weight_decay")?,
+        })
+    }
+}
