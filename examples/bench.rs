@@ -25,7 +25,7 @@
 use std::time::Instant;
 
 use came::adamw::{AdamWConfig, AdamWState};
-use came::{CameConfig, CameState, Float, Pool, Shape, TensorStep};
+use came::{AdamW, Came, CameConfig, CameState, Float, Pool, Shape};
 use rayon::prelude::*;
 
 struct Args {
@@ -357,6 +357,11 @@ fn run_shape<T: Float>(a: &Args, pool: &Pool) {
 fn print_ratios(results: &[(&str, f64)]) {
     let get = |k: &str| results.iter().find(|r| r.0 == k).map(|r| r.1);
     let mut parts = Vec::new();
+    for opt in ["came", "adamw"] {
+        if let (Some(g), Some(u)) = (get(opt), get(&format!("{opt}_unguarded"))) {
+            parts.push(format!("{opt}_guard_cost={:+.1}%", 100.0 * (g / u - 1.0)));
+        }
+    }
     if let (Some(c), Some(f)) = (get("came"), get("floor")) {
         parts.push(format!("came/floor={:.3}", c / f));
     }
@@ -367,6 +372,9 @@ fn print_ratios(results: &[(&str, f64)]) {
         println!("ratios {}", parts.join(" "));
     }
 }
+
+/// A tensor's parameters and gradient, as the owned optimizers take them.
+type Pair<'a, T> = (&'a mut [T], &'a [T]);
 
 fn run_model<T: Float>(a: &Args, pool: &Pool, name: &str) {
     let dims = gpt2_small();
@@ -379,22 +387,36 @@ fn run_model<T: Float>(a: &Args, pool: &Pool, name: &str) {
         fill(p, 2 * i as u64 + 1, 0.02);
         fill(g, 2 * i as u64 + 2, 1e-3);
     }
-    let came_config = CameConfig::new(1e-4);
-    let adamw_config = AdamWConfig::new(1e-4);
-    let state_len = |s: &Shape| if a.came { s.state_len() } else { 0 };
-    let mut came_bufs: Vec<Vec<T>> = shapes
-        .iter()
-        .map(|s| vec![T::zero(); state_len(s)])
-        .collect();
-    let adamw_len = |s: &Shape| if a.adamw { 2 * s.numel() } else { 0 };
-    let mut adamw_bufs: Vec<Vec<T>> = shapes
-        .iter()
-        .map(|s| vec![T::zero(); adamw_len(s)])
-        .collect();
-    let mut came_states: Vec<CameState<'_, T>> =
-        came_bufs.iter_mut().map(|b| CameState::new(b)).collect();
-    let mut adamw_states: Vec<AdamWState<'_, T>> =
-        adamw_bufs.iter_mut().map(|b| AdamWState::new(b)).collect();
+    // the owned optimizers a trainer would use, with the non-finite guard on (the default)
+    // and off, to measure what the guard costs
+    let came = |guard: bool| {
+        let mut opt = Came::<T>::new(CameConfig::new(1e-4)).expect("config");
+        for (i, d) in dims.iter().enumerate() {
+            opt.register(&format!("t{i}"), d).expect("register");
+        }
+        opt.set_threads(pool.threads()).expect("threads");
+        opt.set_nonfinite_guard(guard);
+        opt
+    };
+    let adamw = |guard: bool| {
+        let mut opt = AdamW::<T>::new(AdamWConfig::new(1e-4)).expect("config");
+        for (i, d) in dims.iter().enumerate() {
+            opt.register(&format!("t{i}"), d).expect("register");
+        }
+        opt.set_threads(pool.threads()).expect("threads");
+        opt.set_nonfinite_guard(guard);
+        opt
+    };
+    let mut came_opts = if a.came {
+        vec![came(true), came(false)]
+    } else {
+        vec![]
+    };
+    let mut adamw_opts = if a.adamw {
+        vec![adamw(true), adamw(false)]
+    } else {
+        vec![]
+    };
     // the floor over the same number of elements, as one flat run of each array
     let floor_len = if a.floor { total } else { 0 };
     let (mut fp, mut fm) = (vec![T::zero(); floor_len], vec![T::zero(); floor_len]);
@@ -403,47 +425,49 @@ fn run_model<T: Float>(a: &Args, pool: &Pool, name: &str) {
     let chunk = total.div_ceil(pool.threads() * 4).max(4096);
     let fpool = floor_pool(pool.threads());
     let params = std::cell::RefCell::new(&mut params);
+    let step = |opt: &mut dyn FnMut(&mut [Pair<'_, T>])| {
+        let mut params = params.borrow_mut();
+        let mut pairs: Vec<Pair<'_, T>> = params
+            .iter_mut()
+            .zip(&grads)
+            .map(|(p, g)| (p.as_mut_slice(), g.as_slice()))
+            .collect();
+        opt(&mut pairs);
+    };
     let mut floor = || {
         std::hint::black_box(floor_sweeps(fpool.as_ref(), chunk, &mut fp, &fg, &mut fm));
     };
-    let mut came = || {
-        let mut params = params.borrow_mut();
-        let mut tensors: Vec<TensorStep<'_, '_, T>> = shapes
-            .iter()
-            .zip(params.iter_mut())
-            .zip(&grads)
-            .zip(came_states.iter_mut())
-            .map(|(((s, p), g), st)| TensorStep {
-                shape: *s,
-                param: p,
-                grad: g,
-                state: st,
-            })
-            .collect();
-        pool.step_all(&came_config, &mut tensors)
-            .expect("came step");
-    };
-    let mut adamw = || {
-        let mut params = params.borrow_mut();
-        for ((p, g), s) in params.iter_mut().zip(&grads).zip(adamw_states.iter_mut()) {
-            pool.adamw_step(&adamw_config, p, g, s).expect("adamw step");
-        }
-    };
     let mut names = Vec::new();
-    let mut cases: Vec<&mut dyn FnMut()> = Vec::new();
+    let mut cases: Vec<Box<dyn FnMut() + '_>> = Vec::new();
     if a.floor {
         names.push(("floor", "floor_model"));
-        cases.push(&mut floor);
+        cases.push(Box::new(&mut floor));
     }
-    if a.came {
-        names.push(("came", "came_model"));
-        cases.push(&mut came);
+    let labels = [
+        ("came", "came_model"),
+        ("came_unguarded", "came_model_unguarded"),
+    ];
+    for (opt, label) in came_opts.iter_mut().zip(labels) {
+        names.push(label);
+        cases.push(Box::new(move || {
+            step(&mut |p| opt.step(p).expect("came step"))
+        }));
     }
-    if a.adamw {
-        names.push(("adamw", "adamw_model"));
-        cases.push(&mut adamw);
+    let labels = [
+        ("adamw", "adamw_model"),
+        ("adamw_unguarded", "adamw_model_unguarded"),
+    ];
+    for (opt, label) in adamw_opts.iter_mut().zip(labels) {
+        names.push(label);
+        cases.push(Box::new(move || {
+            step(&mut |p| opt.step(p).expect("adamw step"))
+        }));
     }
-    let timings = time_interleaved(a.steps, &mut cases);
+    let mut refs: Vec<&mut dyn FnMut()> = cases
+        .iter_mut()
+        .map(|c| &mut **c as &mut dyn FnMut())
+        .collect();
+    let timings = time_interleaved(a.steps, &mut refs);
     let mut results = Vec::new();
     for ((key, kind), t) in names.iter().zip(&timings) {
         println!(

@@ -9,6 +9,11 @@
 //! tolerance (at most 1 passes) and `ok` or `FAIL`; the exit status is 1 if any file fails.
 //! With `--out DIR`, writes `DIR/NAME.json` with the parameters after each step and the final
 //! state under the reference's names.
+//!
+//! A resume case (a file with `resume_after_step`) starts from the reference's checkpoint, the
+//! `.safetensors` file of the same name beside it, and runs the steps after it; with `--out`
+//! the optimizer's own checkpoint after the last step is written too, as
+//! `DIR/NAME.safetensors` (convert it back to PyTorch with `scripts/convert_checkpoint.py`).
 
 #[path = "../tests/support/golden.rs"]
 mod golden;
@@ -77,6 +82,13 @@ fn main() -> ExitCode {
             if let Err(e) = std::fs::write(&file, golden::trajectory_json(&case, &got)) {
                 eprintln!("cannot write {}: {e}", file.display());
                 failed += 1;
+            }
+            if let Some(checkpoint) = &got.checkpoint {
+                let file = dir.join(format!("{}.safetensors", case.name));
+                if let Err(e) = std::fs::write(&file, checkpoint) {
+                    eprintln!("cannot write {}: {e}", file.display());
+                    failed += 1;
+                }
             }
         }
     }

@@ -12,7 +12,8 @@ use crate::{Error, Float, Layout, Shape, error::Buffer};
 ///
 /// A zeroed buffer is a fresh optimizer, exactly like the reference's lazy initialisation.
 /// The workspace holds nothing between steps: checkpoints need only the named pieces
-/// ([`CameState::parts`]) and the step count.
+/// ([`CameState::parts`]) and the step count. A step uses it as scratch space even when it
+/// fails; "the state is unchanged" always means the named pieces and the step count.
 #[derive(Debug)]
 pub struct CameState<'a, T> {
     data: &'a mut [T],

@@ -85,6 +85,19 @@ fn steps_do_not_allocate() {
             assert_eq!(count, 0, "{dims:?} allocated");
         }
     }
+    // the owned optimizer steps without allocating too
+    #[cfg(feature = "std")]
+    {
+        let mut opt = came::Came::<f32>::new(CameConfig::new(1e-3)).unwrap();
+        opt.register("w", &[300, 257]).unwrap();
+        opt.register("b", &[257]).unwrap();
+        let (mut w, mut b) = (vec![0.5f32; 300 * 257], vec![0.0f32; 257]);
+        let (gw, gb) = (vec![0.1f32; 300 * 257], vec![0.2f32; 257]);
+        let mut pairs: [(&mut [f32], &[f32]); 2] = [(&mut w, &gw), (&mut b, &gb)];
+        opt.step(&mut pairs).unwrap();
+        let count = allocations_during(&mut || opt.step(&mut pairs).unwrap());
+        assert_eq!(count, 0, "the owned optimizer allocated");
+    }
     // the counter does count
     assert_eq!(
         allocations_during(&mut || drop(std::hint::black_box(vec![1u8; 3]))),

@@ -194,6 +194,8 @@ impl Case {
 pub struct Trajectory {
     pub params: Vec<Vec<f64>>,
     pub state: BTreeMap<String, Vec<f64>>,
+    /// For a resume case, the optimizer's checkpoint after the last step (with parameters).
+    pub checkpoint: Option<Vec<u8>>,
 }
 
 fn to_t<T: Float>(v: &[f64]) -> Vec<T> {
@@ -276,6 +278,8 @@ fn resume<T: Float>(case: &Case, config: CameConfig) -> Result<Trajectory, Strin
         out.state
             .insert(piece.name.to_owned(), to_f64(piece.values));
     }
+    let checkpoint = opt.to_safetensors(Some(&[&param]));
+    out.checkpoint = Some(checkpoint.map_err(|e| e.to_string())?);
     Ok(out)
 }
 

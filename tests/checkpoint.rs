@@ -1,0 +1,409 @@
+//! Checkpoints: round trips, the reference's mid-run files, and every kind of bad file, each
+//! refused with a clear error and no change to the optimizer or the parameters.
+#![cfg(feature = "std")]
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use came::adamw::AdamWConfig;
+use came::optim::{GroupId, TensorId};
+use came::{AdamW, Came, CameConfig, CheckpointError};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use support::reference::Rng;
+
+fn golden(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/golden/resume")
+        .join(name)
+}
+
+const DIMS: [&[usize]; 3] = [&[6, 5], &[5], &[2, 3, 4]];
+
+fn model() -> Came<f32> {
+    let mut opt = Came::<f32>::new(CameConfig::new(1e-2)).unwrap();
+    let g = opt
+        .add_group(CameConfig::new(5e-3).with_weight_decay(0.1))
+        .unwrap();
+    opt.register("w", DIMS[0]).unwrap();
+    opt.register_in(g, "b", DIMS[1]).unwrap();
+    opt.register("conv", DIMS[2]).unwrap();
+    opt
+}
+
+fn params(seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = Rng(seed);
+    DIMS.iter()
+        .map(|d| {
+            rng.vec(d.iter().product(), 1.0)
+                .into_iter()
+                .map(|x| x as f32)
+                .collect()
+        })
+        .collect()
+}
+
+fn step(opt: &mut Came<f32>, p: &mut [Vec<f32>], seed: u64) {
+    let g = params(seed);
+    let mut pairs: Vec<(&mut [f32], &[f32])> = p
+        .iter_mut()
+        .zip(&g)
+        .map(|(p, g)| (p.as_mut_slice(), g.as_slice()))
+        .collect();
+    opt.step(&mut pairs).unwrap();
+}
+
+fn fingerprint(opt: &Came<f32>) -> (Vec<u64>, Vec<u32>, Vec<CameConfig>) {
+    let steps = (0..opt.len())
+        .map(|i| opt.tensor(TensorId(i)).unwrap().step)
+        .collect();
+    let state = (0..opt.len())
+        .flat_map(|i| opt.state(TensorId(i)).unwrap())
+        .flat_map(|p| p.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+        .collect();
+    (steps, state, opt.groups().to_vec())
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("came-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[test]
+fn save_load_and_continue_is_bit_identical_to_not_stopping() {
+    let mut straight = model();
+    let mut p = params(1);
+    for s in 0..6 {
+        step(&mut straight, &mut p, 10 + s);
+    }
+
+    let mut first = model();
+    let mut q = params(1);
+    for s in 0..3 {
+        step(&mut first, &mut q, 10 + s);
+    }
+    let path = temp("roundtrip.safetensors");
+    let views: Vec<&[f32]> = q.iter().map(Vec::as_slice).collect();
+    first.save_with_params(&path, &views).unwrap();
+
+    let mut resumed = model();
+    let mut r: Vec<Vec<f32>> = DIMS.iter().map(|d| vec![0.0; d.iter().product()]).collect();
+    let mut slots: Vec<&mut [f32]> = r.iter_mut().map(Vec::as_mut_slice).collect();
+    resumed.load_with_params(&path, &mut slots).unwrap();
+    assert_eq!(fingerprint(&resumed), fingerprint(&first));
+    for s in 3..6 {
+        step(&mut resumed, &mut r, 10 + s);
+    }
+    assert_eq!(r, p);
+    assert_eq!(fingerprint(&resumed), fingerprint(&straight));
+    assert_eq!(resumed.tensor(TensorId(2)).unwrap().step, 6);
+}
+
+#[test]
+fn reference_checkpoints_load_with_their_step_and_config() {
+    let mut opt = Came::<f32>::new(CameConfig::default()).unwrap();
+    opt.register("w", &[16, 12]).unwrap();
+    let mut w = vec![0.0f32; 192];
+    opt.load_with_params(golden("came_resume_16x12.safetensors"), &mut [&mut w])
+        .unwrap();
+    assert_eq!(opt.tensor(TensorId(0)).unwrap().step, 6);
+    assert_eq!(
+        opt.groups()[0],
+        CameConfig::new(1e-3).with_weight_decay(0.02)
+    );
+    assert!(w.iter().any(|&x| x != 0.0));
+    let names: Vec<&str> = opt
+        .state(TensorId(0))
+        .unwrap()
+        .iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "exp_avg",
+            "exp_avg_sq_row",
+            "exp_avg_sq_col",
+            "exp_avg_res_row",
+            "exp_avg_res_col"
+        ]
+    );
+}
+
+/// A valid checkpoint of `model()` as its tensors and metadata, to be spoiled by each test.
+fn parts() -> (
+    Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
+    HashMap<String, String>,
+) {
+    let mut opt = model();
+    let mut p = params(2);
+    step(&mut opt, &mut p, 3);
+    let views: Vec<&[f32]> = p.iter().map(Vec::as_slice).collect();
+    let bytes = opt.to_safetensors(Some(&views)).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let tensors = file
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    (tensors, meta.metadata().clone().unwrap())
+}
+
+fn build(
+    tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)],
+    meta: &HashMap<String, String>,
+) -> Vec<u8> {
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(k, d, s, b)| (k.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize(views, Some(meta.clone())).unwrap()
+}
+
+/// Loads `bytes` into a trained optimizer (with parameters) and checks it is refused without
+/// any change.
+fn refused(bytes: &[u8]) -> CheckpointError {
+    let mut opt = model();
+    let mut p = params(5);
+    step(&mut opt, &mut p, 6);
+    let before = (fingerprint(&opt), p.clone());
+    let mut slots: Vec<&mut [f32]> = p.iter_mut().map(Vec::as_mut_slice).collect();
+    let err = opt.load_safetensors(bytes, Some(&mut slots)).unwrap_err();
+    assert_eq!(fingerprint(&opt), before.0, "{err}: optimizer changed");
+    assert_eq!(p, before.1, "{err}: parameters changed");
+    assert!(!err.to_string().is_empty());
+    err
+}
+
+#[test]
+fn the_unspoiled_file_loads() {
+    let (t, m) = parts();
+    let bytes = build(&t, &m);
+    let mut opt = model();
+    let mut p = params(5);
+    let mut slots: Vec<&mut [f32]> = p.iter_mut().map(Vec::as_mut_slice).collect();
+    opt.load_safetensors(&bytes, Some(&mut slots)).unwrap();
+    let mut q = params(2);
+    let mut fresh = model();
+    step(&mut fresh, &mut q, 3);
+    assert_eq!(p, q);
+    assert_eq!(fingerprint(&opt), fingerprint(&fresh));
+}
+
+#[test]
+fn truncated_files_are_refused() {
+    let (t, m) = parts();
+    let bytes = build(&t, &m);
+    for cut in [0, 4, 8, 20, bytes.len() / 2, bytes.len() - 1] {
+        let err = refused(&bytes[..cut]);
+        assert!(
+            matches!(err, CheckpointError::Format(_)),
+            "cut at {cut}: {err}"
+        );
+    }
+    assert!(matches!(
+        refused(b"not a checkpoint at all"),
+        CheckpointError::Format(_)
+    ));
+}
+
+#[test]
+fn wrong_dtypes_are_refused() {
+    let (mut t, m) = parts();
+    let i = t.iter().position(|x| x.0 == "state.0.exp_avg").unwrap();
+    let n = t[i].3.len() / 4;
+    t[i].1 = Dtype::F64;
+    t[i].3 = vec![0u8; 8 * n];
+    let err = refused(&build(&t, &m));
+    assert!(
+        matches!(&err, CheckpointError::WrongDtype { key, expected: "float32", .. } if key == "state.0.exp_avg"),
+        "{err}"
+    );
+    // an f32 checkpoint into an f64 optimizer
+    let (t, m) = parts();
+    let mut opt = Came::<f64>::new(CameConfig::new(1e-2)).unwrap();
+    opt.add_group(CameConfig::new(5e-3).with_weight_decay(0.1))
+        .unwrap();
+    for (i, d) in DIMS.iter().enumerate() {
+        opt.register_in(GroupId(usize::from(i == 1)), ["w", "b", "conv"][i], d)
+            .unwrap();
+    }
+    let err = opt.load_safetensors(&build(&t, &m), None).unwrap_err();
+    assert!(matches!(err, CheckpointError::WrongDtype { .. }), "{err}");
+}
+
+#[test]
+fn shapes_that_disagree_with_the_registered_tensors_are_refused() {
+    let (t, m) = parts();
+    let bytes = build(&t, &m);
+    let mut other = Came::<f32>::new(CameConfig::new(1e-2)).unwrap();
+    other.add_group(CameConfig::new(5e-3)).unwrap();
+    other.register("w", &[5, 6]).unwrap();
+    other.register_in(GroupId(1), "b", &[5]).unwrap();
+    other.register("conv", &[2, 3, 4]).unwrap();
+    let err = other.load_safetensors(&bytes, None).unwrap_err();
+    assert!(
+        matches!(&err, CheckpointError::ShapeMismatch { key, expected, found } if key == "shape.0" && expected == &[5, 6] && found == &[6, 5]),
+        "{err}"
+    );
+    // a state tensor whose shape disagrees with its own metadata
+    let (mut t, m) = parts();
+    let i = t
+        .iter()
+        .position(|x| x.0 == "state.2.exp_avg_sq_row")
+        .unwrap();
+    t[i].2 = vec![6];
+    let err = refused(&build(&t, &m));
+    assert!(
+        matches!(err, CheckpointError::ShapeMismatch { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let (mut t, m) = parts();
+    t.push((
+        "state.0.exp_avg_extra".into(),
+        Dtype::F32,
+        vec![1],
+        vec![0; 4],
+    ));
+    let err = refused(&build(&t, &m));
+    assert!(
+        matches!(&err, CheckpointError::UnknownKey(k) if k == "state.0.exp_avg_extra"),
+        "{err}"
+    );
+    // a fourth tensor the optimizer does not have
+    let (mut t, m) = parts();
+    t.push(("state.3.exp_avg".into(), Dtype::F32, vec![1], vec![0; 4]));
+    assert!(matches!(
+        refused(&build(&t, &m)),
+        CheckpointError::UnknownKey(_)
+    ));
+    let (t, mut m) = parts();
+    m.insert("lr_schedule".into(), "cosine".into());
+    assert!(
+        matches!(refused(&build(&t, &m)), CheckpointError::UnknownKey(k) if k == "lr_schedule")
+    );
+}
+
+#[test]
+fn missing_keys_are_refused() {
+    let (mut t, m) = parts();
+    t.retain(|x| x.0 != "state.1.exp_avg_sq");
+    let err = refused(&build(&t, &m));
+    assert!(
+        matches!(&err, CheckpointError::MissingKey(k) if k == "state.1.exp_avg_sq"),
+        "{err}"
+    );
+    for key in ["step.2", "shape.0", "config", "optimizer"] {
+        let (t, mut m) = parts();
+        m.remove(key);
+        let err = refused(&build(&t, &m));
+        assert!(
+            matches!(&err, CheckpointError::MissingKey(k) if k == key),
+            "{key}: {err}"
+        );
+    }
+    // parameters asked for but not in the file
+    let (mut t, m) = parts();
+    t.retain(|x| !x.0.starts_with("param."));
+    let err = refused(&build(&t, &m));
+    assert!(
+        matches!(&err, CheckpointError::MissingKey(k) if k == "param.0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn nan_in_state_is_refused() {
+    for bad in [f32::NAN, f32::INFINITY] {
+        let (mut t, m) = parts();
+        let i = t
+            .iter()
+            .position(|x| x.0 == "state.2.exp_avg_res_col")
+            .unwrap();
+        t[i].3[4..8].copy_from_slice(&bad.to_le_bytes());
+        let err = refused(&build(&t, &m));
+        assert!(
+            matches!(&err, CheckpointError::NonFinite { key } if key == "state.2.exp_avg_res_col"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn bad_metadata_is_refused() {
+    let cases: [(&str, &str); 6] = [
+        ("step.0", "six"),
+        ("shape.1", "[5"),
+        ("config", "{\"lr\": 0.01}"),
+        ("groups", "[]"),
+        ("name.1", "bias"),
+        ("group.1", "0"),
+    ];
+    for (key, value) in cases {
+        let (t, mut m) = parts();
+        m.insert(key.into(), value.into());
+        let err = refused(&build(&t, &m));
+        assert!(
+            matches!(err, CheckpointError::BadMetadata { .. }),
+            "{key}: {err}"
+        );
+    }
+    let (t, mut m) = parts();
+    m.insert("optimizer".into(), "adamw".into());
+    assert!(matches!(
+        refused(&build(&t, &m)),
+        CheckpointError::WrongOptimizer {
+            expected: "came",
+            ..
+        }
+    ));
+    // a config that parses but is invalid
+    let (t, mut m) = parts();
+    let config = m["config"].replace("\"lr\":0.01", "\"lr\":-1.0");
+    m.insert("config".into(), config.clone());
+    let groups = m["groups"].replacen("\"lr\":0.01", "\"lr\":-1.0", 1);
+    m.insert("groups".into(), groups);
+    assert!(
+        matches!(refused(&build(&t, &m)), CheckpointError::Config(_)),
+        "{config}"
+    );
+}
+
+#[test]
+fn adamw_checkpoints_round_trip_and_are_not_came_checkpoints() {
+    let mut opt = AdamW::<f32>::new(AdamWConfig::new(1e-3)).unwrap();
+    opt.register("w", &[3, 4]).unwrap();
+    let mut w = vec![1.0f32; 12];
+    opt.step(&mut [(&mut w, &[0.5f32; 12])]).unwrap();
+    let bytes = opt.to_safetensors(None).unwrap();
+    let mut again = AdamW::<f32>::new(AdamWConfig::new(1e-3)).unwrap();
+    again.register("w", &[3, 4]).unwrap();
+    again.load_safetensors(&bytes, None).unwrap();
+    assert_eq!(again.state(TensorId(0)), opt.state(TensorId(0)));
+    let mut came = Came::<f32>::new(CameConfig::default()).unwrap();
+    came.register("w", &[3, 4]).unwrap();
+    assert!(matches!(
+        came.load_safetensors(&bytes, None),
+        Err(CheckpointError::WrongOptimizer { found, .. }) if found == "adamw"
+    ));
+}
+
+#[test]
+fn a_missing_file_is_an_io_error() {
+    let mut opt = model();
+    assert!(matches!(
+        opt.load(temp("nope.safetensors")),
+        Err(CheckpointError::Io(_))
+    ));
+    assert!(matches!(
+        opt.save("/nonexistent-dir/x/opt.safetensors"),
+        Err(CheckpointError::Io(_))
+    ));
+}
