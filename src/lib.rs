@@ -32,8 +32,12 @@
 //! ```
 //!
 //! # Features
-//! - `std`: hardware float maths through the standard library (without it, `libm`), the widest
-//!   vector instructions of the CPU picked at run time, and [`Pool`] for multi-threaded steps.
+//! - `std`: hardware float maths through the standard library (without it, `libm`), [`Pool`]
+//!   for multi-threaded steps, and the owned optimizers [`Came`] and [`AdamW`] with parameter
+//!   groups, a non-finite gradient guard and safetensors checkpoints.
+//!
+//! The kernels use the widest vector instructions of the CPU, picked at run time (x86-64: AVX2
+//! or SSE2) with or without `std`.
 
 #![no_std]
 #![deny(missing_docs)]

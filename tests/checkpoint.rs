@@ -132,11 +132,11 @@ fn reference_checkpoints_load_with_their_step_and_config() {
     );
 }
 
+/// A raw tensor of a file: name, dtype, shape, bytes.
+type Tensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
 /// A valid checkpoint of `model()` as its tensors and metadata, to be spoiled by each test.
-fn parts() -> (
-    Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
-    HashMap<String, String>,
-) {
+fn parts() -> (Vec<Tensor>, HashMap<String, String>) {
     let mut opt = model();
     let mut p = params(2);
     step(&mut opt, &mut p, 3);
@@ -152,10 +152,7 @@ fn parts() -> (
     (tensors, meta.metadata().clone().unwrap())
 }
 
-fn build(
-    tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)],
-    meta: &HashMap<String, String>,
-) -> Vec<u8> {
+fn build(tensors: &[Tensor], meta: &HashMap<String, String>) -> Vec<u8> {
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .map(|(k, d, s, b)| (k.clone(), TensorView::new(*d, s.clone(), b).unwrap()))

@@ -101,7 +101,6 @@ fn step_all_matches_single_steps_and_is_all_or_nothing() {
         }
     );
     assert!(err.to_string().starts_with("tensor 1"));
-    drop(tensors);
     assert_eq!(params, before.0);
     assert_eq!(pieces(&states), before.1);
     assert!(states.iter().all(|s| s.step_count() == 3));
