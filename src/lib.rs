@@ -36,8 +36,8 @@
 //!   for multi-threaded steps, and the owned optimizers [`Came`] and [`AdamW`] with parameter
 //!   groups, a non-finite gradient guard and safetensors checkpoints.
 //!
-//! The kernels use the widest vector instructions of the CPU, picked at run time (x86-64: AVX2
-//! or SSE2) with or without `std`.
+//! The kernels use the CPU's vector instructions, picked at run time with or without `std`
+//! (x86-64: AVX2 where the CPU has it, as every x86-64 CPU since 2013 does; AArch64: NEON).
 
 #![no_std]
 #![deny(missing_docs)]

@@ -2,8 +2,9 @@
 //!
 //! The kernels are written once, generic over `pulp`'s [`Simd`] instruction sets, with explicit
 //! vector operations: on x86-64 the CPU is asked at run time and they run on AVX2 (x86-64-v3)
-//! when it has it, else on SSE2; on AArch64 on NEON; elsewhere (a Cortex-M, say) one element at
-//! a time. `pulp` keeps the dispatch free of `unsafe` here. Explicit vectors rather than
+//! when it has it (checked with `objdump`: the AVX2 variants of the kernels work on `ymm`
+//! registers throughout), else one element at a time; on AArch64 on NEON; elsewhere (a
+//! Cortex-M, say) one element at a time. `pulp` keeps the dispatch free of `unsafe` here. Explicit vectors rather than
 //! auto-vectorised loops because the sweeps are bound by memory traffic and measured so: the
 //! best auto-vectorised kernels ran 1.25-1.35x the traffic floor and fell to 1.7-2.3x whenever
 //! LLVM's SLP vectoriser gave up on a variation of them (other unroll widths, other row groups).
