@@ -5,6 +5,7 @@ measured side by side on one machine:
     pip install torch came-pytorch==0.1.3
     python3 scripts/bench_pytorch.py --shape 4096x4096 --threads 1 --steps 9
     python3 scripts/bench_pytorch.py --model gpt2-small --threads 1 --steps 3
+    python3 scripts/bench_pytorch.py --device cuda --shape 8192x8192 --steps 11
 
 Prints lines in the bench example's format, `came_pytorch_step ...` and `torch_adamw_fused_step ...`
 (`..._model` for a model).
@@ -26,14 +27,16 @@ def gpt2_small():
     return shapes + [(d,), (d,)]
 
 
-def timed(opt, params, steps):
+def timed(opt, params, steps, sync):
     for p in params:
         p.grad = torch.randn_like(p) * 1e-2
     opt.step()  # warm-up and lazy state
+    sync()
     ms = []
     for _ in range(steps):
         t = time.perf_counter()
         opt.step()
+        sync()
         ms.append((time.perf_counter() - t) * 1e3)
     return statistics.median(ms), min(ms)
 
@@ -44,7 +47,9 @@ def main():
     ap.add_argument("--model", default=None, choices=[None, "gpt2-small"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=9)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args()
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     shapes = gpt2_small() if args.model else [tuple(int(d) for d in args.shape.split("x"))]
@@ -55,10 +60,10 @@ def main():
         ("came_pytorch", lambda ps: CAME(ps, lr=1e-4)),
         ("torch_adamw_fused", lambda ps: torch.optim.AdamW(ps, lr=1e-4, fused=True)),
     ]:
-        params = [torch.nn.Parameter(torch.randn(s) * 0.02) for s in shapes]
-        median, best = timed(make(params), params, args.steps)
+        params = [torch.nn.Parameter(torch.randn(s, device=args.device) * 0.02) for s in shapes]
+        median, best = timed(make(params), params, args.steps, sync)
         extra = "" if args.model else f" melem_per_s={numel / median / 1e3:.1f}"
-        print(f"{name}_{kind} {what} dtype=f32 threads={args.threads} median_ms={median:.3f} "
+        print(f"{name}_{kind} {what} dtype=f32 device={args.device} threads={args.threads} median_ms={median:.3f} "
               f"min_ms={best:.3f}{extra}")
         del params
 

@@ -41,7 +41,7 @@
 
 #![no_std]
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(clippy::pedantic)]
 #![allow(
     clippy::cast_precision_loss,
@@ -59,6 +59,8 @@ extern crate std;
 
 pub mod adamw;
 mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod error;
 mod float;
 mod kernels;

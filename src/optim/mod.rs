@@ -334,6 +334,24 @@ impl<T: Float, C: Rule> Optimizer<T, C> {
             .sum()
     }
 
+    /// A tensor's whole state buffer (the layout of [`crate::CameState`] for CAME).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn state_buffer(&self, id: TensorId) -> &[T] {
+        &self.tensors[id.0].state
+    }
+
+    /// A tensor's whole state buffer, writable.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn state_buffer_mut(&mut self, id: TensorId) -> &mut [T] {
+        &mut self.tensors[id.0].state
+    }
+
+    /// Sets a tensor's step count.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn set_step(&mut self, id: TensorId, step: u64) {
+        self.tensors[id.0].step = step;
+    }
+
     /// Zeroes every tensor's state and step count: a fresh optimizer with the same tensors.
     pub fn reset(&mut self) {
         for t in &mut self.tensors {

@@ -8,7 +8,8 @@
 //! Options: `--shape RxC | N | AxBxCxD` (default 4096x4096), `--model gpt2-small`,
 //! `--threads N` (default 1), `--steps K` timed steps after one warm-up (default 9),
 //! `--optimizer came|adamw|both` (default both), `--dtype f32|f64` (default f32),
-//! `--no-floor` to skip the floor.
+//! `--no-floor` to skip the floor, `--device cuda` (with `--features cuda`) to time the GPU
+//! optimizer instead, with the achieved memory bandwidth at 32 bytes per element.
 //!
 //! One line per measured case:
 //!
@@ -24,6 +25,9 @@
 
 use std::time::Instant;
 
+#[cfg(feature = "cuda")]
+mod gpu;
+
 use came::adamw::{AdamWConfig, AdamWState};
 use came::{AdamW, Came, CameConfig, CameState, Float, Pool, Shape};
 use rayon::prelude::*;
@@ -37,6 +41,7 @@ struct Args {
     adamw: bool,
     floor: bool,
     f64: bool,
+    cuda: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -49,6 +54,7 @@ fn parse_args() -> Result<Args, String> {
         adamw: true,
         floor: true,
         f64: false,
+        cuda: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -73,6 +79,12 @@ fn parse_args() -> Result<Args, String> {
                 d => return Err(format!("--dtype: f32 or f64, not {d}")),
             },
             "--no-floor" => a.floor = false,
+            "--device" => match value()?.as_str() {
+                "cpu" => a.cuda = false,
+                "cuda" if cfg!(feature = "cuda") => a.cuda = true,
+                "cuda" => return Err("--device cuda needs --features cuda".into()),
+                d => return Err(format!("--device: cpu or cuda, not {d}")),
+            },
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -121,7 +133,7 @@ fn gpt2_small() -> Vec<Vec<usize>> {
 }
 
 /// Deterministic data in [-1, 1): a cheap integer hash, no allocation beyond the buffer.
-fn fill<T: Float>(v: &mut [T], seed: u64, scale: f64) {
+pub(crate) fn fill<T: Float>(v: &mut [T], seed: u64, scale: f64) {
     for (i, x) in v.iter_mut().enumerate() {
         let mut z = (i as u64 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_add(seed);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -131,15 +143,15 @@ fn fill<T: Float>(v: &mut [T], seed: u64, scale: f64) {
     }
 }
 
-struct Timing {
-    median_ms: f64,
-    min_ms: f64,
+pub(crate) struct Timing {
+    pub(crate) median_ms: f64,
+    pub(crate) min_ms: f64,
 }
 
 /// Times the cases round-robin, one step of each per round after a warm-up round, so that
 /// every case sees the same machine: shared machines drift, and ratios between cases measured
 /// minutes apart are not worth much.
-fn time_interleaved(steps: usize, cases: &mut [&mut dyn FnMut()]) -> Vec<Timing> {
+pub(crate) fn time_interleaved(steps: usize, cases: &mut [&mut dyn FnMut()]) -> Vec<Timing> {
     for case in cases.iter_mut() {
         case(); // warm-up: page in, caches, thread pool
     }
@@ -491,11 +503,29 @@ fn main() {
             }
             eprintln!(
                 "usage: bench [--shape RxC|N|AxBxCxD | --model gpt2-small] [--threads N] \
-                 [--steps K] [--optimizer came|adamw|both] [--dtype f32|f64] [--no-floor]"
+                 [--steps K] [--optimizer came|adamw|both] [--dtype f32|f64] [--no-floor] \
+                 [--device cpu|cuda]"
             );
             std::process::exit(2);
         }
     };
+    #[cfg(feature = "cuda")]
+    if args.cuda {
+        let dims = match &args.model {
+            Some(_) => gpt2_small(),
+            None => vec![args.shape.clone()],
+        };
+        let what = match &args.model {
+            Some(m) => format!("model={m}"),
+            None => format!("shape={}", shape_name(&args.shape)),
+        };
+        if args.f64 {
+            gpu::run::<f64>(&dims, &what, args.steps, args.model.is_some());
+        } else {
+            gpu::run::<f32>(&dims, &what, args.steps, args.model.is_some());
+        }
+        return;
+    }
     let pool = Pool::new(args.threads).expect("thread pool");
     match (&args.model, args.f64) {
         (Some(m), false) => run_model::<f32>(&args, &pool, m),

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The GPU checks in one go, for a machine with an NVIDIA GPU:
+#   - the parity tests (every reference trajectory on the GPU, GPU against the CPU kernels on
+#     large odd shapes, determinism, the on-device guard);
+#   - the bench on the GPU: 4096 x 4096, 8192 x 8192 and a GPT-2 small step, with the achieved
+#     memory bandwidth at 32 bytes per element beside a device-to-device copy of as many bytes;
+#   - came-pytorch and torch's fused AdamW on the same GPU and shapes, where PyTorch is installed.
+#
+#   scripts/gpu-check.sh                      # builds with cargo (--features cuda)
+#   CAME_GPU_BIN=DIR scripts/gpu-check.sh     # prebuilt x86-64 binaries: DIR/cuda-tests, DIR/bench
+#
+# Run it from anywhere; it works in the repository root. libcuda comes with the NVIDIA driver;
+# libnvrtc from CUDA's lib64 (or a pip nvidia-cuda-nvrtc-cu12 wheel): put it on LD_LIBRARY_PATH
+# if it is not found.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    if [ -d "$d" ]; then export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; fi
+done
+
+if [ -n "${CAME_GPU_BIN:-}" ]; then
+    TESTS="$CAME_GPU_BIN/cuda-tests"
+    BENCH="$CAME_GPU_BIN/bench"
+else
+    cargo build --release --features cuda --example bench
+    TESTS=$(cargo test --release --features cuda --test cuda --no-run --message-format=json 2>/dev/null \
+        | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
+    BENCH=target/release/examples/bench
+fi
+
+echo "=== device"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "nvidia-smi not found"
+
+echo "=== parity tests"
+"$TESTS" --nocapture --test-threads=1
+
+echo "=== bench (32 bytes per element is the floor; of_copy = copy time / step time)"
+for shape in 4096x4096 8192x8192; do
+    "$BENCH" --device cuda --shape "$shape" --steps 21
+done
+"$BENCH" --device cuda --model gpt2-small --steps 11
+
+echo "=== PyTorch on the same GPU"
+if python3 -c "import torch, came_pytorch; assert torch.cuda.is_available()" 2>/dev/null; then
+    for shape in 4096x4096 8192x8192; do
+        python3 scripts/bench_pytorch.py --device cuda --shape "$shape" --steps 11
+    done
+    python3 scripts/bench_pytorch.py --device cuda --model gpt2-small --steps 5
+else
+    echo "skipped: torch with CUDA and came-pytorch are not installed here"
+fi
+echo "=== done"

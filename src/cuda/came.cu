@@ -1,0 +1,419 @@
+// CAME on the GPU: the update of the crate's CPU kernels (came-pytorch 0.1.3), for every tensor
+// of a step in a dozen launches. Compiled at run time with NVRTC, once per process.
+//
+// Determinism: no floating-point atomics. Every sum is formed in a fixed order that depends on
+// the shapes only: a factored tensor is cut into tiles of TILE_R x TILE_C; a tile's row sums
+// (over its columns) and column sums (over its rows) go to partial-sum arrays, which are then
+// added up in tile order. Warp reductions use a fixed butterfly. Two runs give the same bits.
+//
+// The guard: the first kernels only read gradients and state and write scratch space; a
+// non-finite statistic sets a per-tensor status. `finish_norm` ORs the statuses into one flag,
+// and every kernel after it returns at once when the flag is set: a step with any bad tensor
+// changes nothing, with no host round trip. The host reads the statuses once, after the step.
+// guard[0] is that flag; guard[1] is set when a tensor's instability statistics come out
+// non-finite (a momentum corrupted before the step): that tensor's status stops its commit and
+// parameter update, the other tensors finish their step, as on the CPU.
+
+#define TILE_R 64
+#define TILE_C 256
+#define THREADS 256
+#define WARPS (THREADS / 32)
+#define ROWS_PER_WARP (TILE_R / WARPS)
+#define COLS_PER_LANE (TILE_C / 32)
+#define VEC_CHUNK 4096
+
+#define STATUS_GRAD 1    // a non-finite gradient, or an overflow from finite inputs
+#define STATUS_STATE 2   // a non-finite value in the state
+
+struct Tensor {
+    long long numel, batch, rows, cols;
+    long long m, sq_row, sq_col, res_row, res_col;        // state offsets (vector: sq_row = v)
+    long long next_row, next_col, fac_row, fac_col;       // workspace offsets
+    long long row_part, col_part;                          // workspace offsets of partial sums
+    long long tiles_r, tiles_c;                            // tile counts of one matrix
+    long long norm_part, norm_parts;                       // offset and count of norm partials
+    int factored, group;
+};
+
+template <typename T>
+struct Group {
+    T beta1, beta2, beta3, omb1, omb2, omb3, eps1, eps2, clip, lr, decay;
+    int has_decay, pad;
+};
+
+// A tile of a factored tensor, or a chunk of a vector.
+struct Task {
+    int tensor, pad;
+    long long b, tr, tc;   // tile: matrix, tile row, tile column; chunk: b = chunk index
+};
+
+// An entry task: THREADS consecutive rows or columns of one tensor's statistics.
+struct Span {
+    int tensor, cols;      // cols: 1 for column statistics, 0 for rows
+    long long start, len;
+};
+
+__device__ __forceinline__ float shfl(float v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); }
+__device__ __forceinline__ double shfl(double v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); }
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+    for (int m = 16; m > 0; m >>= 1) v += shfl(v, m);
+    return v;
+}
+
+template <typename T>
+__device__ __forceinline__ bool finite(T x) { return isfinite(x); }
+
+template <typename T>
+__device__ __forceinline__ T rsqrt_ref(T x) { return T(1) / sqrt(x); }
+
+// Which sums a tile pass forms.
+#define PASS_SQ 0    // g^2 + eps1
+#define PASS_RES 1   // momentum update, then (u - m)^2 + eps2
+
+// Row partial sums over the tile's columns and column partial sums over its rows, of g^2 + eps1
+// (PASS_SQ) or of the instability after the momentum update (PASS_RES, which writes m).
+template <typename T, int PASS>
+__device__ void tile_stats(const Tensor* tensors, const Group<T>* groups, const Task* tasks,
+                           T* state, T* work, T* const* params, const T* const* grads,
+                           const T* clip_d, const int* guard, int* status, long long* first_bad) {
+    if (PASS == PASS_RES && *guard) return;
+    const Task task = tasks[blockIdx.x];
+    const Tensor t = tensors[task.tensor];
+    const Group<T> k = groups[t.group];
+    const long long R = t.rows, C = t.cols;
+    const T* g = grads[task.tensor] + task.b * R * C;
+    T* m = state + t.m + task.b * R * C;
+    const T* rf = work + t.fac_row + task.b * R;
+    const T* cf = work + t.fac_col + task.b * C;
+    T d = PASS == PASS_RES ? clip_d[task.tensor] : T(1);
+    __shared__ T col_acc[WARPS][TILE_C];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const long long r0 = task.tr * TILE_R, c0 = task.tc * TILE_C;
+    T cacc[COLS_PER_LANE];
+    for (int j = 0; j < COLS_PER_LANE; ++j) cacc[j] = T(0);
+    bool bad = false;
+    long long bad_at = 0x7fffffffffffffffLL;
+    for (int i = 0; i < ROWS_PER_WARP; ++i) {
+        const long long r = r0 + warp + (long long)i * WARPS;
+        T racc = T(0);
+        if (r < R) {
+            const T rfd = PASS == PASS_RES ? rf[r] / d : T(0);
+            for (int j = 0; j < COLS_PER_LANE; ++j) {
+                const long long c = c0 + lane + 32 * j;
+                if (c < C) {
+                    const T x = g[r * C + c];
+                    T term;
+                    if (PASS == PASS_SQ) {
+                        term = x * x + k.eps1;
+                        if (!finite(x)) {
+                            bad = true;
+                            bad_at = min(bad_at, task.b * R * C + r * C + c);
+                        }
+                    } else {
+                        const T u = (rfd * cf[c]) * x;
+                        const T mn = m[r * C + c] * k.beta1 + k.omb1 * u;
+                        m[r * C + c] = mn;
+                        term = (u - mn) * (u - mn) + k.eps2;
+                    }
+                    racc += term;
+                    cacc[j] += term;
+                }
+            }
+        }
+        racc = warp_sum(racc);
+        if (lane == 0 && r < R) work[t.row_part + task.tc * t.batch * R + task.b * R + r] = racc;
+    }
+    for (int j = 0; j < COLS_PER_LANE; ++j) col_acc[warp][lane + 32 * j] = cacc[j];
+    __syncthreads();
+    const long long c = c0 + threadIdx.x;
+    if (c < C) {
+        T s = col_acc[0][threadIdx.x];
+        for (int w = 1; w < WARPS; ++w) s += col_acc[w][threadIdx.x];
+        work[t.col_part + task.tr * t.batch * C + task.b * C + c] = s;
+    }
+    if (PASS == PASS_SQ && bad) {
+        atomicOr(&status[task.tensor], STATUS_GRAD);
+        atomicMin(&first_bad[task.tensor], bad_at);
+    }
+}
+
+// New statistics from partial sums: rows (over tile columns) or columns (over tile rows), added
+// up in tile order: next = beta * old + (1 - beta) * (sum / n).
+template <typename T, int PASS>
+__device__ void finish_stats(const Tensor* tensors, const Group<T>* groups, const Span* spans,
+                             T* state, T* work, int* guard, int* status) {
+    if (PASS == PASS_RES && guard[0]) return;
+    const Span s = spans[blockIdx.x];
+    const long long i = s.start + threadIdx.x;
+    if (threadIdx.x >= s.len) return;
+    const Tensor t = tensors[s.tensor];
+    const Group<T> k = groups[t.group];
+    const T beta = PASS == PASS_SQ ? k.beta2 : k.beta3;
+    const T omb = PASS == PASS_SQ ? k.omb2 : k.omb3;
+    T sum = T(0), next;
+    if (s.cols) {
+        for (long long p = 0; p < t.tiles_r; ++p) sum += work[t.col_part + p * t.batch * t.cols + i];
+        const T old = state[(PASS == PASS_SQ ? t.sq_col : t.res_col) + i];
+        next = old * beta + omb * (sum / T(t.rows));
+        work[t.next_col + i] = next;
+        // a corrupt statistic is the state's fault, whatever the gradient
+        if (PASS == PASS_SQ && !(finite(old) && finite(state[t.res_col + i])))
+            atomicOr(&status[s.tensor], STATUS_STATE);
+    } else {
+        for (long long p = 0; p < t.tiles_c; ++p) sum += work[t.row_part + p * t.batch * t.rows + i];
+        const T old = state[(PASS == PASS_SQ ? t.sq_row : t.res_row) + i];
+        next = old * beta + omb * (sum / T(t.cols));
+        work[t.next_row + i] = next;
+        if (PASS == PASS_SQ && !(finite(old) && finite(state[t.res_row + i])))
+            atomicOr(&status[s.tensor], STATUS_STATE);
+    }
+    if (!finite(next)) {
+        if (PASS == PASS_SQ) {
+            atomicOr(&status[s.tensor], STATUS_GRAD);
+        } else {
+            // found after the guard: the momentum was corrupt; this tensor stops here
+            atomicOr(&status[s.tensor], STATUS_STATE);
+            atomicOr(&guard[1], 1);
+        }
+    }
+}
+
+// The reference's factors of one matrix (one block per matrix): rf = rsqrt(row / mean(row)),
+// cf = rsqrt(col), from the new statistics; PASS_RES also commits them to the state.
+template <typename T, int PASS>
+__device__ void factors(const Tensor* tensors, const Task* mats, T* state, T* work, const int* guard,
+                        const int* status) {
+    if (guard[0]) return;
+    const Task task = mats[blockIdx.x];
+    // a tensor whose instability statistics came out non-finite stops here
+    if (PASS == PASS_RES && (status[task.tensor] & STATUS_STATE)) return;
+    const Tensor t = tensors[task.tensor];
+    const long long R = t.rows, C = t.cols, b = task.b;
+    const T* nr = work + t.next_row + b * R;
+    const T* nc = work + t.next_col + b * C;
+    __shared__ double part[THREADS];
+    double s = 0.0;
+    for (long long i = threadIdx.x; i < R; i += THREADS) s += (double)nr[i];
+    part[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = THREADS / 2; w > 0; w >>= 1) {
+        if (threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
+        __syncthreads();
+    }
+    const T mean = (T)(part[0] / (double)R);
+    T* rf = work + t.fac_row + b * R;
+    T* cf = work + t.fac_col + b * C;
+    T* keep_r = state + (PASS == PASS_SQ ? t.sq_row : t.res_row) + b * R;
+    T* keep_c = state + (PASS == PASS_SQ ? t.sq_col : t.res_col) + b * C;
+    for (long long i = threadIdx.x; i < R; i += THREADS) {
+        rf[i] = rsqrt_ref(nr[i] / mean);
+        if (PASS == PASS_RES) keep_r[i] = nr[i];
+    }
+    for (long long i = threadIdx.x; i < C; i += THREADS) {
+        cf[i] = rsqrt_ref(nc[i]);
+        if (PASS == PASS_RES) keep_c[i] = nc[i];
+    }
+}
+
+// Commits the new squared-gradient statistics (kept in the workspace until the guard passed).
+template <typename T>
+__device__ void commit_sq(const Tensor* tensors, const Span* spans, T* state, const T* work,
+                          const int* guard) {
+    if (*guard) return;
+    const Span s = spans[blockIdx.x];
+    if (threadIdx.x >= s.len) return;
+    const Tensor t = tensors[s.tensor];
+    const long long i = s.start + threadIdx.x;
+    if (s.cols) state[t.sq_col + i] = work[t.next_col + i];
+    else state[t.sq_row + i] = work[t.next_row + i];
+}
+
+// Block sum in a fixed order; the result in thread 0.
+template <typename T>
+__device__ T block_sum(T v, T* shared) {
+    v = warp_sum(v);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    T s = T(0);
+    if (threadIdx.x == 0)
+        for (int w = 0; w < WARPS; ++w) s += shared[w];
+    __syncthreads();
+    return s;
+}
+
+// Squared norm of one tile of the unclipped update ((rf * cf) * g)^2.
+template <typename T>
+__device__ void tile_norm(const Tensor* tensors, const Task* tasks, const T* work,
+                          const T* const* grads, double* norm_parts, long long task_offset) {
+    const Task task = tasks[blockIdx.x];
+    const Tensor t = tensors[task.tensor];
+    const long long R = t.rows, C = t.cols;
+    const T* g = grads[task.tensor] + task.b * R * C;
+    const T* rf = work + t.fac_row + task.b * R;
+    const T* cf = work + t.fac_col + task.b * C;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    T acc = T(0);
+    for (int i = 0; i < ROWS_PER_WARP; ++i) {
+        const long long r = task.tr * TILE_R + warp + (long long)i * WARPS;
+        if (r >= R) break;
+        for (int j = 0; j < COLS_PER_LANE; ++j) {
+            const long long c = task.tc * TILE_C + lane + 32 * j;
+            if (c < C) {
+                const T u = (rf[r] * cf[c]) * g[r * C + c];
+                acc += u * u;
+            }
+        }
+    }
+    __shared__ T shared[WARPS];
+    const T s = block_sum(acc, shared);
+    const long long tile = (task.b * t.tiles_r + task.tr) * t.tiles_c + task.tc;
+    if (threadIdx.x == 0) norm_parts[t.norm_part + tile] = (double)s;
+    (void)task_offset;
+}
+
+// A chunk of a vector tensor: squared norm of the unclipped update rsqrt(v_new) g, and the
+// finiteness of v_new and m.
+template <typename T>
+__device__ void vector_norm(const Tensor* tensors, const Group<T>* groups, const Task* tasks,
+                            const T* state, const T* const* grads, double* norm_parts,
+                            int* status, long long* first_bad) {
+    const Task task = tasks[blockIdx.x];
+    const Tensor t = tensors[task.tensor];
+    const Group<T> k = groups[t.group];
+    const long long start = task.b * VEC_CHUNK;
+    const long long end = min(start + (long long)VEC_CHUNK, t.numel);
+    const T* g = grads[task.tensor];
+    T acc = T(0);
+    bool bad_state = false, bad_grad = false;
+    long long bad_at = 0x7fffffffffffffffLL;
+    for (long long i = start + threadIdx.x; i < end; i += THREADS) {
+        const T x = g[i];
+        const T vn = state[t.sq_row + i] * k.beta2 + k.omb2 * (x * x + k.eps1);
+        const T u = rsqrt_ref(vn) * x;
+        acc += u * u;
+        if (!finite(x)) { bad_grad = true; bad_at = min(bad_at, i); }
+        else if (!finite(vn)) bad_grad = true;
+        if (!finite(state[t.m + i]) || !finite(state[t.sq_row + i])) bad_state = true;
+    }
+    __shared__ T shared[WARPS];
+    const T s = block_sum(acc, shared);
+    if (threadIdx.x == 0) norm_parts[t.norm_part + task.b] = (double)s;
+    if (bad_grad) { atomicOr(&status[task.tensor], STATUS_GRAD); atomicMin(&first_bad[task.tensor], bad_at); }
+    if (bad_state) atomicOr(&status[task.tensor], STATUS_STATE);
+}
+
+// Per tensor (one block each): the update's squared norm from its partials, in order, and the
+// clip divisor d = max(1, rms / clip); then, in the last block to finish, the guard flag.
+template <typename T>
+__device__ void finish_norm(const Tensor* tensors, const Group<T>* groups, const double* norm_parts,
+                            T* clip_d, double* rms_out, int* status, int n_tensors, int* guard,
+                            unsigned int* done) {
+    const int ti = blockIdx.x;
+    const Tensor t = tensors[ti];
+    const Group<T> k = groups[t.group];
+    __shared__ double part[THREADS];
+    double s = 0.0;
+    for (long long i = threadIdx.x; i < t.norm_parts; i += THREADS) s += norm_parts[t.norm_part + i];
+    part[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = THREADS / 2; w > 0; w >>= 1) {
+        if (threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        const double norm = sqrt(part[0]);
+        const double sqrt_n = sqrt((double)t.numel);
+        const T rms = (T)norm / (T)sqrt_n;
+        const T ratio = rms / k.clip;
+        clip_d[ti] = ratio > T(1) ? ratio : T(1);
+        rms_out[ti] = norm / sqrt_n;
+        if (!isfinite(part[0])) atomicOr(&status[ti], STATUS_GRAD);
+        __threadfence();
+        // the last block sees every status: it sets the guard
+        if (atomicAdd(done, 1u) == (unsigned)(n_tensors - 1)) {
+            int any = 0;
+            for (int i = 0; i < n_tensors; ++i) any |= atomicOr(&status[i], 0);
+            *guard = any;
+            *done = 0;
+        }
+    }
+}
+
+// The whole update of a chunk of a vector tensor: second moment, clipped update, momentum,
+// weight decay, parameters (no confidence term).
+template <typename T>
+__device__ void vector_update(const Tensor* tensors, const Group<T>* groups, const Task* tasks,
+                              T* state, T* const* params, const T* const* grads, const T* clip_d,
+                              const int* guard) {
+    if (*guard) return;
+    const Task task = tasks[blockIdx.x];
+    const Tensor t = tensors[task.tensor];
+    const Group<T> k = groups[t.group];
+    const T d = clip_d[task.tensor];
+    const long long start = task.b * VEC_CHUNK;
+    const long long end = min(start + (long long)VEC_CHUNK, t.numel);
+    const T* g = grads[task.tensor];
+    T* p = params[task.tensor];
+    for (long long i = start + threadIdx.x; i < end; i += THREADS) {
+        const T x = g[i];
+        const T vn = state[t.sq_row + i] * k.beta2 + k.omb2 * (x * x + k.eps1);
+        state[t.sq_row + i] = vn;
+        T u = rsqrt_ref(vn) * x;
+        if (d != T(1)) u = u / d;
+        const T mn = state[t.m + i] * k.beta1 + k.omb1 * u;
+        state[t.m + i] = mn;
+        T pn = p[i];
+        if (k.has_decay) pn = pn - k.decay * pn;
+        p[i] = pn - mn * k.lr;
+    }
+}
+
+// One tile's parameter update: decay, then p -= ((Rf * Cf) * m) * lr.
+template <typename T>
+__device__ void tile_apply(const Tensor* tensors, const Group<T>* groups, const Task* tasks,
+                           const T* state, const T* work, T* const* params, const int* guard,
+                           const int* status) {
+    if (guard[0]) return;
+    const Task task = tasks[blockIdx.x];
+    if (status[task.tensor] & STATUS_STATE) return;
+    const Tensor t = tensors[task.tensor];
+    const Group<T> k = groups[t.group];
+    const long long R = t.rows, C = t.cols;
+    const T* m = state + t.m + task.b * R * C;
+    T* p = params[task.tensor] + task.b * R * C;
+    const T* rf = work + t.fac_row + task.b * R;
+    const T* cf = work + t.fac_col + task.b * C;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int i = 0; i < ROWS_PER_WARP; ++i) {
+        const long long r = task.tr * TILE_R + warp + (long long)i * WARPS;
+        if (r >= R) break;
+        for (int j = 0; j < COLS_PER_LANE; ++j) {
+            const long long c = task.tc * TILE_C + lane + 32 * j;
+            if (c < C) {
+                T pn = p[r * C + c];
+                if (k.has_decay) pn = pn - k.decay * pn;
+                p[r * C + c] = pn - ((rf[r] * cf[c]) * m[r * C + c]) * k.lr;
+            }
+        }
+    }
+}
+
+#define INSTANTIATE(T, S)                                                                          \
+extern "C" __global__ void __launch_bounds__(THREADS) came_tile_sq_##S(const Tensor* a, const Group<T>* b, const Task* c, T* d, T* e, T* const* f, const T* const* g, const T* h, const int* i, int* j, long long* k) { tile_stats<T, PASS_SQ>(a, b, c, d, e, f, g, h, i, j, k); } \
+extern "C" __global__ void __launch_bounds__(THREADS) came_tile_res_##S(const Tensor* a, const Group<T>* b, const Task* c, T* d, T* e, T* const* f, const T* const* g, const T* h, const int* i, int* j, long long* k) { tile_stats<T, PASS_RES>(a, b, c, d, e, f, g, h, i, j, k); } \
+extern "C" __global__ void __launch_bounds__(THREADS) came_finish_sq_##S(const Tensor* a, const Group<T>* b, const Span* c, T* d, T* e, int* f, int* g) { finish_stats<T, PASS_SQ>(a, b, c, d, e, f, g); } \
+extern "C" __global__ void __launch_bounds__(THREADS) came_finish_res_##S(const Tensor* a, const Group<T>* b, const Span* c, T* d, T* e, int* f, int* g) { finish_stats<T, PASS_RES>(a, b, c, d, e, f, g); } \
+extern "C" __global__ void __launch_bounds__(THREADS) came_factors_sq_##S(const Tensor* a, const Task* b, T* c, T* d, const int* e, const int* f) { factors<T, PASS_SQ>(a, b, c, d, e, f); } \
+extern "C" __global__ void __launch_bounds__(THREADS) came_factors_res_##S(const Tensor* a, const Task* b, T* c, T* d, const int* e, const int* f) { factors<T, PASS_RES>(a, b, c, d, e, f); } \
+extern "C" __global__ void __launch_bounds__(THREADS) came_commit_sq_##S(const Tensor* a, const Span* b, T* c, const T* d, const int* e) { commit_sq<T>(a, b, c, d, e); } \
+extern "C" __global__ void __launch_bounds__(THREADS) came_tile_norm_##S(const Tensor* a, const Task* b, const T* c, const T* const* d, double* e, long long f) { tile_norm<T>(a, b, c, d, e, f); } \
+extern "C" __global__ void __launch_bounds__(THREADS) came_vector_norm_##S(const Tensor* a, const Group<T>* b, const Task* c, const T* d, const T* const* e, double* f, int* g, long long* h) { vector_norm<T>(a, b, c, d, e, f, g, h); } \
+extern "C" __global__ void __launch_bounds__(THREADS) came_finish_norm_##S(const Tensor* a, const Group<T>* b, const double* c, T* d, double* e, int* f, int g, int* h, unsigned int* i) { finish_norm<T>(a, b, c, d, e, f, g, h, i); } \
+extern "C" __global__ void __launch_bounds__(THREADS) came_vector_update_##S(const Tensor* a, const Group<T>* b, const Task* c, T* d, T* const* e, const T* const* f, const T* g, const int* h) { vector_update<T>(a, b, c, d, e, f, g, h); } \
+extern "C" __global__ void __launch_bounds__(THREADS) came_tile_apply_##S(const Tensor* a, const Group<T>* b, const Task* c, const T* d, const T* e, T* const* f, const int* g, const int* h) { tile_apply<T>(a, b, c, d, e, f, g, h); }
+
+INSTANTIATE(float, f32)
+INSTANTIATE(double, f64)

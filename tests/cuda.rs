@@ -1,0 +1,276 @@
+//! The GPU path. Everything that needs a GPU skips, saying so, where there is none: the same
+//! tests run on a CPU-only machine (they check the detection) and on a GPU (parity with the
+//! reference trajectories and with the CPU kernels, determinism, the guard).
+#![cfg(feature = "cuda")]
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use came::cuda::{CudaCame, CudaError, compile_kernels};
+use came::optim::TensorId;
+use came::{Came, CameConfig, Error, OptimizerError};
+use cudarc::driver::{CudaSlice, CudaStream};
+use support::golden::{Case, Dtype, Optimizer, compare, json_files};
+use support::reference::Rng;
+
+/// A GPU optimizer, or the reason there is none (printed, and the test returns).
+fn gpu<T: came::cuda::CudaFloat>(config: CameConfig) -> Option<CudaCame<T>> {
+    match CudaCame::<T>::new(0, config) {
+        Ok(opt) => Some(opt),
+        Err(e @ (CudaError::NoCuda(_) | CudaError::NoDevice { .. })) => {
+            println!("skipped: no GPU here ({e})");
+            None
+        }
+        Err(e) => panic!("GPU present but unusable: {e}"),
+    }
+}
+
+#[test]
+fn without_cuda_new_reports_instead_of_panicking() {
+    match CudaCame::<f32>::new(0, CameConfig::default()) {
+        Ok(_) => println!("a GPU is present: detection not exercised"),
+        Err(e) => {
+            assert!(
+                matches!(e, CudaError::NoCuda(_) | CudaError::NoDevice { .. }),
+                "{e}"
+            );
+            assert!(!e.to_string().is_empty());
+        }
+    }
+    assert!(matches!(
+        CudaCame::<f32>::new(0, CameConfig::new(-1.0)),
+        Err(CudaError::Optimizer(OptimizerError::Config(_)))
+    ));
+}
+
+#[test]
+fn kernels_compile_with_nvrtc() {
+    for arch in ["compute_70", "compute_80", "compute_90"] {
+        match compile_kernels(arch) {
+            Ok(_) => {}
+            Err(CudaError::NoCuda(why)) => {
+                println!("skipped: {why}");
+                return;
+            }
+            Err(e) => panic!("{arch}: {e}"),
+        }
+    }
+}
+
+fn upload<T: came::cuda::CudaFloat>(s: &Arc<CudaStream>, v: &[T]) -> CudaSlice<T> {
+    s.clone_htod(v).unwrap()
+}
+
+fn gpu_replay<T: came::cuda::CudaFloat>(
+    case: &Case,
+    config: CameConfig,
+) -> Option<support::golden::Trajectory> {
+    let mut opt = gpu::<T>(config)?;
+    opt.register("0", &case.shape).unwrap();
+    let s = opt.stream().clone();
+    let p0: Vec<T> = case.param0.iter().map(|&x| T::from_f64(x)).collect();
+    let mut p = upload(&s, &p0);
+    let mut out = support::golden::Trajectory::default();
+    for g in &case.grads {
+        let g: Vec<T> = g.iter().map(|&x| T::from_f64(x)).collect();
+        let g = upload(&s, &g);
+        opt.step(&mut [(&mut p, &g)]).unwrap();
+        out.params.push(
+            s.clone_dtoh(&p)
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64())
+                .collect(),
+        );
+    }
+    let cpu = opt.to_cpu().unwrap();
+    for piece in cpu.state(TensorId(0)).unwrap() {
+        out.state.insert(
+            piece.name.into(),
+            piece.values.iter().map(|x| x.as_f64()).collect(),
+        );
+    }
+    Some(out)
+}
+
+#[test]
+fn every_reference_case_replays_on_the_gpu() {
+    // the repository the binary was built in, or the current directory (a binary built
+    // elsewhere and run from the repository root, as scripts/gpu-check.sh does)
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden");
+    let dir = if built.exists() {
+        built
+    } else {
+        std::env::current_dir().unwrap().join("tests/data/golden")
+    };
+    let mut worst = Vec::new();
+    for path in json_files(&dir) {
+        let case = Case::load(&path).unwrap();
+        let Optimizer::Came(config) = case.optimizer else {
+            continue;
+        };
+        let got = match case.dtype {
+            Dtype::F32 => gpu_replay::<f32>(&case, config),
+            Dtype::F64 => gpu_replay::<f64>(&case, config),
+        };
+        let Some(got) = got else { return };
+        let v = compare(&case, &got);
+        assert!(
+            v.passed(),
+            "{}: {:.3}x tolerance at {}",
+            case.name,
+            v.worst,
+            v.at
+        );
+        worst.push((case.name, v.worst));
+    }
+    for (name, w) in worst {
+        println!("{name:32} {w:.4}x tolerance");
+    }
+}
+
+/// Random large shapes, GPU against the CPU kernels: 1-D, 2-D, 4-D, odd sizes, several groups.
+#[test]
+fn gpu_matches_cpu_on_large_odd_shapes() {
+    let dims: [&[usize]; 6] = [
+        &[1_000_003],
+        &[1999, 1501],
+        &[64, 32, 3, 3],
+        &[3, 700, 257],
+        &[7],
+        &[1, 5000],
+    ];
+    let config = CameConfig::new(1e-3)
+        .with_weight_decay(0.01)
+        .with_clip_threshold(0.5);
+    let Some(mut g_opt) = gpu::<f32>(config) else {
+        return;
+    };
+    let mut c_opt = Came::<f32>::new(config).unwrap();
+    for (i, d) in dims.iter().enumerate() {
+        g_opt.register(&format!("t{i}"), d).unwrap();
+        c_opt.register(&format!("t{i}"), d).unwrap();
+    }
+    let s = g_opt.stream().clone();
+    let mut rng = Rng(42);
+    let mut host: Vec<Vec<f32>> = dims
+        .iter()
+        .map(|d| {
+            rng.vec(d.iter().product(), 1.0)
+                .into_iter()
+                .map(|x| x as f32)
+                .collect()
+        })
+        .collect();
+    let mut dev: Vec<CudaSlice<f32>> = host.iter().map(|p| upload(&s, p)).collect();
+    for _ in 0..4 {
+        let grads: Vec<Vec<f32>> = host
+            .iter()
+            .map(|p| {
+                rng.vec(p.len(), 0.1)
+                    .into_iter()
+                    .map(|x| x as f32)
+                    .collect()
+            })
+            .collect();
+        let dgrads: Vec<CudaSlice<f32>> = grads.iter().map(|g| upload(&s, g)).collect();
+        let mut pairs: Vec<(&mut CudaSlice<f32>, &CudaSlice<f32>)> =
+            dev.iter_mut().zip(&dgrads).collect();
+        g_opt.step(&mut pairs).unwrap();
+        let mut pairs: Vec<(&mut [f32], &[f32])> = host
+            .iter_mut()
+            .zip(&grads)
+            .map(|(p, g)| (p.as_mut_slice(), g.as_slice()))
+            .collect();
+        c_opt.step(&mut pairs).unwrap();
+    }
+    for (i, (h, d)) in host.iter().zip(&dev).enumerate() {
+        let d = s.clone_dtoh(d).unwrap();
+        let worst = h
+            .iter()
+            .zip(&d)
+            .map(|(&a, &b)| (a - b).abs() / (5e-6 + 5e-6 * a.abs()))
+            .fold(0.0f32, f32::max);
+        println!("{:?}: {worst:.4}x tolerance", dims[i]);
+        assert!(worst <= 1.0, "{:?}: {worst}x tolerance", dims[i]);
+    }
+}
+
+#[test]
+fn gpu_steps_are_deterministic_and_the_guard_changes_nothing() {
+    let run = || -> Option<(Vec<f32>, CudaCame<f32>, CudaSlice<f32>)> {
+        let mut opt = gpu::<f32>(CameConfig::new(1e-3))?;
+        opt.register("w", &[777, 1025]).unwrap();
+        opt.register("b", &[1025]).unwrap();
+        let s = opt.stream().clone();
+        let mut rng = Rng(1);
+        let mut w = upload(
+            &s,
+            &rng.vec(777 * 1025, 1.0)
+                .into_iter()
+                .map(|x| x as f32)
+                .collect::<Vec<_>>(),
+        );
+        let mut b = upload(&s, &vec![0.0f32; 1025]);
+        for _ in 0..3 {
+            let gw = upload(
+                &s,
+                &rng.vec(777 * 1025, 0.1)
+                    .into_iter()
+                    .map(|x| x as f32)
+                    .collect::<Vec<_>>(),
+            );
+            let gb = upload(
+                &s,
+                &rng.vec(1025, 0.1)
+                    .into_iter()
+                    .map(|x| x as f32)
+                    .collect::<Vec<_>>(),
+            );
+            opt.step(&mut [(&mut w, &gw), (&mut b, &gb)]).unwrap();
+        }
+        Some((s.clone_dtoh(&w).unwrap(), opt, b))
+    };
+    let Some((first, mut opt, mut b)) = run() else {
+        return;
+    };
+    let (second, _, _) = run().unwrap();
+    assert!(
+        first
+            .iter()
+            .zip(&second)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "two runs differ"
+    );
+
+    let s = opt.stream().clone();
+    let before = opt.to_cpu().unwrap();
+    let mut w = upload(&s, &first);
+    let mut gw = vec![0.1f32; 777 * 1025];
+    gw[12345] = f32::NAN;
+    let gw = upload(&s, &gw);
+    let gb = upload(&s, &vec![0.1f32; 1025]);
+    let err = opt.step(&mut [(&mut w, &gw), (&mut b, &gb)]).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            CudaError::Optimizer(OptimizerError::Tensor {
+                index: 0,
+                error: Error::NonFiniteGradient { index: 12345 },
+                ..
+            })
+        ),
+        "{err}"
+    );
+    assert_eq!(s.clone_dtoh(&w).unwrap(), first, "parameters changed");
+    let after = opt.to_cpu().unwrap();
+    for i in 0..2 {
+        assert_eq!(
+            after.state(TensorId(i)),
+            before.state(TensorId(i)),
+            "state changed"
+        );
+    }
+}
