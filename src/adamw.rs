@@ -190,9 +190,14 @@ impl<'a, T: Float> AdamWState<'a, T> {
 /// - a config error from [`AdamWConfig::validate`];
 /// - [`Error::LengthMismatch`] if `grad` or the state does not match `param`;
 /// - [`Error::NonFiniteGradient`] if `grad` holds a NaN or an infinity (found by a read-only
-///   pass before anything is written).
+///   pass before anything is written);
+/// - [`Error::NonFiniteUpdate`] if the square of a gradient element overflows `T`
+///   (`|g| > 1.8e19` in `f32`): the reference would store an infinite second moment that
+///   freezes the element for good.
 ///
-/// On every error nothing is changed.
+/// On every error nothing is changed. The state itself is not scanned (that would be a full
+/// extra read of `2 n` values per step): a NaN written into it by hand reaches the parameters,
+/// as in the reference. [`crate::optim`] checkpoints refuse such a state on load.
 pub fn step<T: Float>(
     config: &AdamWConfig,
     param: &mut [T],
@@ -235,7 +240,9 @@ pub(crate) fn prepare<T: Float>(
             actual: state.len(),
         });
     }
-    crate::check_gradient(grad)?;
+    if crate::multi::scan_gradient(grad)?.0 {
+        return Err(Error::NonFiniteUpdate);
+    }
     Ok(Coefficients::new(config, step.saturating_add(1)))
 }
 

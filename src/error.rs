@@ -27,7 +27,9 @@ impl fmt::Display for Buffer {
 ///
 /// A step that returns an error has not changed the parameters, and has not changed the state
 /// except where a variant says otherwise ([`Error::NonFiniteState`]).
-#[derive(Clone, Copy, Debug, PartialEq)]
+///
+/// Equality compares the offending values bit for bit, so an error holding a NaN equals itself.
+#[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
 pub enum Error {
     /// The learning rate is not finite or not positive.
@@ -72,11 +74,14 @@ pub enum Error {
         /// Flat, row-major position of the first non-finite element.
         index: usize,
     },
-    /// The optimizer state holds a NaN or an infinity (it was corrupted before this step, for
-    /// example by writing into the buffer by hand). Parameters were not changed. A corrupt
-    /// statistic is found before anything is written; a corrupt momentum `exp_avg` of a factored
-    /// tensor only shows once the momentum and the squared-gradient statistics have been
-    /// updated, so restore the state from a checkpoint or reset it.
+    /// The optimizer state holds a NaN or an infinity, or a negative second-moment statistic
+    /// (they are averages of squares): it was corrupted before this step, for example by
+    /// writing into the buffer by hand. Parameters were not changed. A corrupt factored
+    /// statistic is found before anything is written; a corrupt momentum `exp_avg` of a
+    /// factored tensor only shows once the momentum and the squared-gradient statistics have
+    /// been updated, so restore the state from a checkpoint or reset it. A negative element of
+    /// a vector's `exp_avg_sq` is reported when it makes the update non-finite (it is not
+    /// scanned for otherwise).
     NonFiniteState,
     /// Gradient and state are finite but the step would produce a NaN or an infinity: the square
     /// of a gradient element overflows the float type (`|g| > 1.8e19` in `f32`), or, with
@@ -124,7 +129,9 @@ impl fmt::Display for Error {
             Error::NonFiniteGradient { index } => {
                 write!(f, "gradient is not finite at flat index {index}")
             }
-            Error::NonFiniteState => f.write_str("optimizer state holds a NaN or an infinity"),
+            Error::NonFiniteState => f.write_str(
+                "optimizer state is corrupt: a NaN, an infinity or a negative statistic",
+            ),
             Error::NonFiniteUpdate => f.write_str(
                 "the update is not finite although gradient and state are \
                  (gradient squared overflows the float type, or eps1 = 0 with a zero gradient)",
@@ -132,5 +139,36 @@ impl fmt::Display for Error {
         }
     }
 }
+
+impl Error {
+    /// The variant and its payload as plain integers (floats by their bits), for equality.
+    fn key(&self) -> (u8, u64, usize, usize) {
+        match *self {
+            Error::InvalidLearningRate(v) => (0, v.to_bits(), 0, 0),
+            Error::InvalidBeta { index, value } => (1, value.to_bits(), index, 0),
+            Error::ZeroBeta1 => (2, 0, 0, 0),
+            Error::InvalidEpsilon { index, value } => (3, value.to_bits(), index, 0),
+            Error::InvalidClipThreshold(v) => (4, v.to_bits(), 0, 0),
+            Error::InvalidWeightDecay(v) => (5, v.to_bits(), 0, 0),
+            Error::ShapeOverflow => (6, 0, 0, 0),
+            Error::LengthMismatch {
+                buffer,
+                expected,
+                actual,
+            } => (7, buffer as u64, expected, actual),
+            Error::NonFiniteGradient { index } => (8, 0, index, 0),
+            Error::NonFiniteState => (9, 0, 0, 0),
+            Error::NonFiniteUpdate => (10, 0, 0, 0),
+        }
+    }
+}
+
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Error {}
 
 impl core::error::Error for Error {}

@@ -24,7 +24,7 @@ pub struct TensorStep<'a, 's, T> {
 }
 
 /// An error of a multi-tensor step, with the position of the tensor it concerns.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TensorError {
     /// Position of the tensor in the slice that was stepped.
     pub tensor: usize,
@@ -96,23 +96,31 @@ pub fn step_all<T: Float>(
 /// # Errors
 /// [`Error::NonFiniteGradient`] with the flat position of the first bad element.
 pub fn check_gradient<T: Float>(grad: &[T]) -> Result<(), Error> {
+    scan_gradient(grad).map(|_| ())
+}
+
+/// [`check_gradient`], and whether the square of some (finite) element overflows `T`.
+pub(crate) fn scan_gradient<T: Float>(grad: &[T]) -> Result<SquaresOverflow, Error> {
     let mut check = (grad, false);
-    crate::simd::run(&FiniteCheck(PhantomData), &mut check);
-    if check.1 {
-        match grad.iter().position(|g| !g.is_finite()) {
-            Some(index) => Err(Error::NonFiniteGradient { index }),
-            None => Ok(()),
-        }
-    } else {
-        Ok(())
+    crate::simd::run(&SquareCheck(PhantomData), &mut check);
+    if !check.1 {
+        return Ok(SquaresOverflow(false));
+    }
+    match grad.iter().position(|g| !g.is_finite()) {
+        Some(index) => Err(Error::NonFiniteGradient { index }),
+        None => Ok(SquaresOverflow(true)),
     }
 }
 
-/// Sums `x - x` over a slice: 0 when every element is finite, NaN otherwise.
-struct FiniteCheck<'a, T>(PhantomData<&'a T>);
+/// Whether the square of a gradient element overflows the float type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SquaresOverflow(pub bool);
 
-impl<'a, T: Float> LaneKernel for FiniteCheck<'a, T> {
-    /// the values, and whether any is NaN or infinite
+/// Sums `x² - x²` over a slice: 0 when every element and its square are finite, NaN otherwise.
+struct SquareCheck<'a, T>(PhantomData<&'a T>);
+
+impl<'a, T: Float> LaneKernel for SquareCheck<'a, T> {
+    /// the values, and whether any is NaN or infinite or has an infinite square
     type Item = (&'a [T], bool);
 
     #[inline(always)]
@@ -121,11 +129,12 @@ impl<'a, T: Float> LaneKernel for FiniteCheck<'a, T> {
         let (xv, xt) = T::as_simd::<S>(x);
         let mut acc = o.splat(T::zero());
         for &v in xv {
-            acc = o.add(acc, o.sub(v, v));
+            let sq = o.mul(v, v);
+            acc = o.add(acc, o.sub(sq, sq));
         }
         let mut sum = o.sum(acc);
         for &v in xt {
-            sum = sum + crate::kernels::finite_or_nan(v);
+            sum = sum + crate::kernels::finite_or_nan(v * v);
         }
         *bad = sum != T::zero();
     }

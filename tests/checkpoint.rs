@@ -334,6 +334,30 @@ fn nan_in_state_is_refused() {
 }
 
 #[test]
+fn negative_statistics_are_refused() {
+    for key in [
+        "state.2.exp_avg_sq_row",
+        "state.2.exp_avg_res_col",
+        "state.1.exp_avg_sq",
+    ] {
+        let (mut t, m) = parts();
+        let i = t.iter().position(|x| x.0 == key).expect(key);
+        t[i].3[..4].copy_from_slice(&(-0.5f32).to_le_bytes());
+        let err = refused(&build(&t, &m));
+        assert!(
+            matches!(&err, CheckpointError::NegativeStatistic { key: k } if k == key),
+            "{err}"
+        );
+    }
+    // a negative momentum is just a momentum
+    let (mut t, m) = parts();
+    let i = t.iter().position(|x| x.0 == "state.2.exp_avg").unwrap();
+    t[i].3[..4].copy_from_slice(&(-0.5f32).to_le_bytes());
+    let mut opt = model();
+    opt.load_safetensors(&build(&t, &m), None).unwrap();
+}
+
+#[test]
 fn bad_metadata_is_refused() {
     let cases: [(&str, &str); 6] = [
         ("step.0", "six"),

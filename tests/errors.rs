@@ -223,6 +223,33 @@ fn non_finite_state() {
 }
 
 #[test]
+fn negative_statistics_are_corrupt_state() {
+    // a second-moment statistic is an average of squares; a negative one is found before
+    // anything is written (row, column, instability row, instability column)
+    for at in [21, 26, 31, 36] {
+        let err = came_err(&CameConfig::default(), &good_grad(), |s| s[at] = -1e-3);
+        assert_eq!(err, Error::NonFiniteState, "state[{at}]");
+    }
+    // a vector's negative second moment that spoils the update
+    let shape = Shape::new(&[3]).unwrap();
+    let mut buf = vec![0.0f32; shape.state_len()];
+    buf[4] = -1.0;
+    let before = bits(&buf);
+    let mut state = CameState::from_parts(&mut buf, 2);
+    let mut p = vec![1.0f32; 3];
+    let err = came::step(
+        &CameConfig::default(),
+        &shape,
+        &mut p,
+        &[0.1; 3],
+        &mut state,
+    );
+    assert_eq!(err, Err(Error::NonFiniteState));
+    assert_eq!(bits(state.as_slice()), before);
+    assert_eq!(p, [1.0; 3]);
+}
+
+#[test]
 fn non_finite_state_in_a_vector_changes_nothing() {
     let shape = Shape::new(&[4]).unwrap();
     let mut buf = vec![0.0f32; shape.state_len()];
@@ -335,7 +362,54 @@ fn adamw_errors() {
 }
 
 #[test]
+fn adamw_refuses_gradients_whose_squares_overflow() {
+    // the reference stores an infinite second moment, which freezes the element for good
+    let mut buf = vec![0.0f32; 10];
+    let mut state = AdamWState::new(&mut buf);
+    let mut p = vec![1.0f32; 5];
+    let g = [0.1, 0.2, 0.3, 0.4, 2e19];
+    let err = adamw::step(&AdamWConfig::default(), &mut p, &g, &mut state);
+    assert_eq!(err, Err(Error::NonFiniteUpdate));
+    assert_eq!(p, [1.0; 5]);
+    assert!(buf.iter().all(|&x| x == 0.0));
+    // 1e19 squared is 1e38 < f32::MAX: a valid (if wild) step
+    let mut state = AdamWState::new(&mut buf);
+    let g = [0.1, 0.2, 0.3, 0.4, 1e19];
+    assert_eq!(
+        adamw::step(&AdamWConfig::default(), &mut p, &g, &mut state),
+        Ok(1)
+    );
+    assert!(p.iter().chain(&buf).all(|x| x.is_finite()));
+}
+
+#[test]
 fn errors_implement_core_error() {
     fn takes(_: &dyn core::error::Error) {}
     takes(&Error::ZeroBeta1);
+}
+
+/// Found by fuzzing (multi_step): an error holding a NaN must equal itself, or two identical
+/// outcomes compare unequal.
+#[test]
+fn errors_holding_nan_equal_themselves() {
+    let e = Error::InvalidBeta {
+        index: 1,
+        value: f64::NAN,
+    };
+    assert_eq!(e, e);
+    assert_ne!(
+        e,
+        Error::InvalidBeta {
+            index: 1,
+            value: 0.5
+        }
+    );
+    assert_eq!(
+        Error::InvalidLearningRate(f64::NAN),
+        Error::InvalidLearningRate(f64::NAN)
+    );
+    assert_ne!(
+        Error::InvalidLearningRate(1.0),
+        Error::InvalidClipThreshold(1.0)
+    );
 }

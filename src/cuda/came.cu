@@ -64,6 +64,9 @@ __device__ __forceinline__ T warp_sum(T v) {
 
 template <typename T>
 __device__ __forceinline__ bool finite(T x) { return isfinite(x); }
+// a possible second-moment statistic: finite and not negative (an average of squares)
+template <typename T>
+__device__ __forceinline__ bool statistic(T x) { return x >= T(0) && isfinite(x); }
 
 template <typename T>
 __device__ __forceinline__ T rsqrt_ref(T x) { return T(1) / sqrt(x); }
@@ -159,14 +162,14 @@ __device__ void finish_stats(const Tensor* tensors, const Group<T>* groups, cons
         next = old * beta + omb * (sum / T(t.rows));
         work[t.next_col + i] = next;
         // a corrupt statistic is the state's fault, whatever the gradient
-        if (PASS == PASS_SQ && !(finite(old) && finite(state[t.res_col + i])))
+        if (PASS == PASS_SQ && !(statistic(old) && statistic(state[t.res_col + i])))
             atomicOr(&status[s.tensor], STATUS_STATE);
     } else {
         for (long long p = 0; p < t.tiles_c; ++p) sum += work[t.row_part + p * t.batch * t.rows + i];
         const T old = state[(PASS == PASS_SQ ? t.sq_row : t.res_row) + i];
         next = old * beta + omb * (sum / T(t.cols));
         work[t.next_row + i] = next;
-        if (PASS == PASS_SQ && !(finite(old) && finite(state[t.res_row + i])))
+        if (PASS == PASS_SQ && !(statistic(old) && statistic(state[t.res_row + i])))
             atomicOr(&status[s.tensor], STATUS_STATE);
     }
     if (!finite(next)) {
@@ -296,7 +299,9 @@ __device__ void vector_norm(const Tensor* tensors, const Group<T>* groups, const
         acc += u * u;
         if (!finite(x)) { bad_grad = true; bad_at = min(bad_at, i); }
         else if (!finite(vn)) bad_grad = true;
-        if (!finite(state[t.m + i]) || !finite(state[t.sq_row + i])) bad_state = true;
+        // a negative second moment is the state's fault where it spoils the update, as on the CPU
+        const T v = state[t.sq_row + i];
+        if (!finite(state[t.m + i]) || !finite(v) || (v < T(0) && !finite(u))) bad_state = true;
     }
     __shared__ T shared[WARPS];
     const T s = block_sum(acc, shared);

@@ -76,6 +76,12 @@ pub enum CheckpointError {
         /// The tensor.
         key: String,
     },
+    /// A second-moment statistic (every state tensor but `exp_avg`) holds a negative value:
+    /// they are averages of squares, so the file is corrupt.
+    NegativeStatistic {
+        /// The tensor.
+        key: String,
+    },
     /// A config in the file is invalid.
     Config(Error),
     /// The parameter slices passed do not match the registered tensors.
@@ -114,6 +120,12 @@ impl fmt::Display for CheckpointError {
             } => write!(f, "{key}: shape {found:?}, expected {expected:?}"),
             CheckpointError::BadMetadata { key, reason } => write!(f, "metadata {key}: {reason}"),
             CheckpointError::NonFinite { key } => write!(f, "{key} holds a NaN or an infinity"),
+            CheckpointError::NegativeStatistic { key } => {
+                write!(
+                    f,
+                    "{key} is a second-moment statistic but holds a negative value"
+                )
+            }
             CheckpointError::Config(e) => write!(f, "checkpoint config: {e}"),
             CheckpointError::Params {
                 tensor,
@@ -481,6 +493,9 @@ impl<T: Float, C: Rule> Optimizer<T, C> {
             let values = read_tensor::<T>(file, &key, &piece.dims)?;
             if values.iter().any(|v| !v.is_finite()) {
                 return Err(CheckpointError::NonFinite { key });
+            }
+            if piece.key != "exp_avg" && values.iter().any(|&v| v < T::zero()) {
+                return Err(CheckpointError::NegativeStatistic { key });
             }
             state[piece.range].copy_from_slice(&values);
             known_tensors.insert(key);

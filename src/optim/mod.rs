@@ -35,7 +35,7 @@ pub struct GroupId(pub usize);
 pub struct TensorId(pub usize);
 
 /// What went wrong in the owned optimizer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum OptimizerError {
     /// A group's hyperparameters are invalid (see [`Error`] for each case).

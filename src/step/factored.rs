@@ -15,7 +15,7 @@
 //! (`((rf / d) * cf) * g`) instead of every element (`((rf * cf) * g) / d`), which saves a
 //! division per element and moves the result by at most a few units in the last place.
 
-use super::{Clip, all_finite, clip_divisor, gradient_error};
+use super::{Clip, all_finite, clip_divisor, gradient_error, valid_statistics};
 use crate::config::Coefficients;
 use crate::kernels::{GROUP, apply_rows, momentum_rows, rows, rows_mut, sq_rows, update_sq_rows};
 use crate::lanes::{Executor, LaneItems, LaneKernel, split, split_mut};
@@ -79,10 +79,10 @@ pub(super) fn prepare<T: Float, E: Executor>(
 ) -> Result<Clip<T>, Error> {
     let mut parts = parts(dims, grad.len(), state);
     let s = &parts.stats;
-    let finite = [&s.sq_row, &s.sq_col, &s.res_row, &s.res_col]
+    let valid = [&s.sq_row, &s.sq_col, &s.res_row, &s.res_col]
         .into_iter()
-        .all(|s| all_finite(s));
-    if !finite {
+        .all(|s| valid_statistics(s));
+    if !valid {
         return Err(Error::NonFiniteState);
     }
     let sum_sq = if dims.batch == 1 {

@@ -192,3 +192,9 @@ fn gradient_error<T: Float>(grad: &[T]) -> Error {
 pub(crate) fn all_finite<T: Float>(values: &[T]) -> bool {
     values.iter().all(|v| v.is_finite())
 }
+
+/// Whether every value is a possible second-moment statistic: finite and not negative (an
+/// average of squares).
+pub(crate) fn valid_statistics<T: Float>(values: &[T]) -> bool {
+    values.iter().all(|&v| v >= T::zero() && v.is_finite())
+}

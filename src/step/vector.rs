@@ -6,7 +6,7 @@
 //!
 //! Nothing is written before the check passes, so every error leaves the state as it was.
 
-use super::{Clip, all_finite, clip_divisor, gradient_error};
+use super::{Clip, all_finite, clip_divisor, gradient_error, valid_statistics};
 use crate::config::Coefficients;
 use crate::kernels::{vector_apply, vector_sq_block};
 use crate::lanes::{Executor, LaneItems, LaneKernel, split, split_mut};
@@ -84,7 +84,9 @@ pub(super) fn prepare<T: Float, E: Executor>(
     let check = items.iter().map(|it| it.4).sum::<f64>();
     if !(sum_sq.is_finite() && check == 0.0) {
         return Err(match gradient_error(grad) {
-            Error::NonFiniteUpdate if !(all_finite(v) && all_finite(m)) => Error::NonFiniteState,
+            Error::NonFiniteUpdate if !(valid_statistics(v) && all_finite(m)) => {
+                Error::NonFiniteState
+            }
             e => e,
         });
     }
