@@ -11,6 +11,9 @@ use crate::{Error, Float};
 /// ```
 /// let config = came::CameConfig::default().with_lr(1e-3).with_weight_decay(0.01);
 /// assert!(config.validate().is_ok());
+/// // the paper's Adafactor baseline: the same step without the confidence term
+/// let adafactor = config.with_confidence(false);
+/// assert!(adafactor.validate().is_ok());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CameConfig {
@@ -26,6 +29,11 @@ pub struct CameConfig {
     pub clip_threshold: f64,
     /// Decoupled weight decay: `p -= lr * weight_decay * p` before the update. Finite and >= 0.
     pub weight_decay: f64,
+    /// CAME's confidence term (default `true`). `false` gives the paper's Adafactor baseline:
+    /// the momentum of the clipped factored update is applied as it is (`p -= lr * m`), the
+    /// instability statistics stay zero and β3, ε2 are unused; β1 = 0 is then allowed (no
+    /// momentum, Adafactor as first published). Vectors have no confidence term either way.
+    pub confidence: bool,
 }
 
 impl Default for CameConfig {
@@ -36,6 +44,7 @@ impl Default for CameConfig {
             eps: (1e-30, 1e-16),
             clip_threshold: 1.0,
             weight_decay: 0.0,
+            confidence: true,
         }
     }
 }
@@ -82,11 +91,19 @@ impl CameConfig {
         self
     }
 
+    /// Turns CAME's confidence term on (the default) or off (the Adafactor baseline).
+    #[must_use]
+    pub fn with_confidence(mut self, confidence: bool) -> Self {
+        self.confidence = confidence;
+        self
+    }
+
     /// Checks every hyperparameter.
     ///
     /// # Errors
     /// The first problem found, in field order: [`Error::InvalidLearningRate`],
-    /// [`Error::InvalidBeta`], [`Error::ZeroBeta1`], [`Error::InvalidEpsilon`],
+    /// [`Error::InvalidBeta`], [`Error::ZeroBeta1`] (only with the confidence term on),
+    /// [`Error::InvalidEpsilon`],
     /// [`Error::InvalidClipThreshold`], [`Error::InvalidWeightDecay`].
     pub fn validate(&self) -> Result<(), Error> {
         check_lr(self.lr)?;
@@ -94,7 +111,7 @@ impl CameConfig {
         for (index, value) in [b1, b2, b3].into_iter().enumerate() {
             check_beta(index, value)?;
         }
-        if b1 == 0.0 {
+        if b1 == 0.0 && self.confidence {
             return Err(Error::ZeroBeta1);
         }
         check_eps(0, self.eps.0)?;
@@ -157,6 +174,8 @@ pub(crate) struct Coefficients<T> {
     pub lr: T,
     /// `lr * weight_decay`, or `None` when weight decay is off (the reference skips it then).
     pub decay: Option<T>,
+    /// the confidence term is on
+    pub confidence: bool,
 }
 
 impl<T: Float> Coefficients<T> {
@@ -175,6 +194,7 @@ impl<T: Float> Coefficients<T> {
             lr: T::from_f64(config.lr),
             decay: (config.weight_decay != 0.0)
                 .then(|| T::from_f64(config.weight_decay * config.lr)),
+            confidence: config.confidence,
         }
     }
 }

@@ -428,3 +428,17 @@ fn a_missing_file_is_an_io_error() {
         Err(CheckpointError::Io(_))
     ));
 }
+
+#[test]
+fn the_confidence_switch_round_trips() {
+    let mut opt = Came::<f32>::new(CameConfig::new(1e-2).with_confidence(false)).unwrap();
+    opt.register("w", &[4, 3]).unwrap();
+    let bytes = opt.to_safetensors(None).unwrap();
+    let mut other = Came::<f32>::new(CameConfig::new(1e-2)).unwrap();
+    other.register("w", &[4, 3]).unwrap();
+    other.load_safetensors(&bytes, None).unwrap();
+    assert!(!other.groups()[0].confidence);
+    // files with CAME's confidence term on say nothing about it (the reference's own format)
+    let text = String::from_utf8_lossy(&model().to_safetensors(None).unwrap()).into_owned();
+    assert!(!text.contains("confidence"));
+}

@@ -103,3 +103,17 @@ fn f32_lanes_match_the_reference_algorithm() {
         assert!(worst <= 1.0, "{dims:?}: {worst}x the f32 tolerance");
     }
 }
+
+#[test]
+fn without_confidence_lanes_match_the_adafactor_baseline() {
+    let config = CameConfig::new(1e-3)
+        .with_clip_threshold(0.05)
+        .with_weight_decay(0.1)
+        .with_confidence(false);
+    for dims in SHAPES {
+        let worst = worst_ratio::<f64>(dims, &config, 4, (1e-12, 1e-12));
+        assert!(worst <= 1.0, "{dims:?}: {worst}x the f64 tolerance");
+        let worst = worst_ratio::<f32>(dims, &config, 4, (5e-6, 5e-6));
+        assert!(worst <= 1.0, "{dims:?}: {worst}x the f32 tolerance");
+    }
+}

@@ -234,3 +234,55 @@ fn resumed_state_continues_where_it_left_off() {
     assert_eq!(state.step_count(), 6);
     assert_eq!(p, p_straight);
 }
+
+#[test]
+fn without_confidence_the_instability_statistics_stay_zero() {
+    let config = CameConfig::new(1e-2).with_confidence(false);
+    let grads: Vec<Vec<f32>> = (0..3)
+        .map(|t| ramp(24).iter().map(|g| g + t as f32).collect())
+        .collect();
+    let shape = Shape::new(&[2, 3, 4]).unwrap();
+    let mut p = ramp(24);
+    let mut buf = run(&[2, 3, 4], &config, &mut p, &grads);
+    let state = CameState::from_parts(&mut buf, 3);
+    let came::StateParts::Factored {
+        exp_avg_sq_row,
+        exp_avg_res_row,
+        exp_avg_res_col,
+        ..
+    } = state.parts(&shape).unwrap()
+    else {
+        panic!("a 3-d tensor is factored");
+    };
+    assert!(exp_avg_res_row.iter().all(|&x| x == 0.0));
+    assert!(exp_avg_res_col.iter().all(|&x| x == 0.0));
+    assert!(exp_avg_sq_row.iter().all(|&x| x > 0.0));
+    // and the step differs from CAME's
+    let mut q = ramp(24);
+    run(&[2, 3, 4], &CameConfig::new(1e-2), &mut q, &grads);
+    assert!(p.iter().zip(&q).any(|(a, b)| a != b));
+}
+
+#[test]
+fn without_confidence_vectors_step_exactly_as_with_it() {
+    let grads = vec![ramp(9), ramp(9)];
+    let (mut a, mut b) = (ramp(9), ramp(9));
+    run(&[9], &CameConfig::new(1e-2), &mut a, &grads);
+    run(
+        &[9],
+        &CameConfig::new(1e-2).with_confidence(false),
+        &mut b,
+        &grads,
+    );
+    assert_eq!(a, b);
+}
+
+#[test]
+fn beta1_zero_is_allowed_only_without_confidence() {
+    let config = CameConfig::new(1e-2).with_betas(0.0, 0.999, 0.9999);
+    assert_eq!(config.validate(), Err(came::Error::ZeroBeta1));
+    let mut p = ramp(12);
+    let first = p.clone();
+    run(&[3, 4], &config.with_confidence(false), &mut p, &[ramp(12)]);
+    assert_ne!(p, first);
+}

@@ -128,14 +128,7 @@ fn input_healthy(
     grads: &[Vec<f32>],
     states: &[CameState<'_, f32>],
 ) -> bool {
-    let raw = came_fuzz::RawConfig {
-        lr: config.lr,
-        betas: [config.betas.0, config.betas.1, config.betas.2],
-        eps: [config.eps.0, config.eps.1],
-        clip_threshold: config.clip_threshold,
-        weight_decay: config.weight_decay,
-    };
-    raw.moderate()
+    came_fuzz::moderate_config(config)
         && params.iter().all(|p| moderate(p))
         && grads.iter().all(|g| moderate(g))
         && shapes

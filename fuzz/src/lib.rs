@@ -19,6 +19,7 @@ pub struct RawConfig {
     pub eps: [f64; 2],
     pub clip_threshold: f64,
     pub weight_decay: f64,
+    pub confidence: bool,
 }
 
 impl RawConfig {
@@ -29,6 +30,7 @@ impl RawConfig {
             eps: (self.eps[0], self.eps[1]),
             clip_threshold: self.clip_threshold,
             weight_decay: self.weight_decay,
+            confidence: self.confidence,
         }
     }
 
@@ -43,17 +45,21 @@ impl RawConfig {
 
     /// Hyperparameters for which the step's arithmetic stays well inside `f32`.
     pub fn moderate(&self) -> bool {
-        let c = self.came();
-        c.validate().is_ok()
-            && c.lr <= 10.0
-            && (0.01..=0.9999).contains(&c.betas.0)
-            && c.betas.1 <= 0.9999
-            && c.betas.2 <= 0.9999
-            && (c.eps.0 == 0.0 || (1e-30..=1e-3).contains(&c.eps.0))
-            && (1e-20..=1e-3).contains(&c.eps.1)
-            && (1e-3..=1e3).contains(&c.clip_threshold)
-            && c.weight_decay <= 1.0
+        moderate_config(&self.came())
     }
+}
+
+/// Hyperparameters for which the step's arithmetic stays well inside `f32`.
+pub fn moderate_config(c: &CameConfig) -> bool {
+    c.validate().is_ok()
+        && c.lr <= 10.0
+        && (0.01..=0.9999).contains(&c.betas.0)
+        && c.betas.1 <= 0.9999
+        && c.betas.2 <= 0.9999
+        && (c.eps.0 == 0.0 || (1e-30..=1e-3).contains(&c.eps.0))
+        && (1e-20..=1e-3).contains(&c.eps.1)
+        && (1e-3..=1e3).contains(&c.clip_threshold)
+        && c.weight_decay <= 1.0
 }
 
 /// The fixed part of an input.

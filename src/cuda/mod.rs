@@ -60,6 +60,9 @@ pub enum CudaError {
     Compile(String),
     /// A registration or call error, as the CPU optimizer reports it.
     Optimizer(OptimizerError),
+    /// A config the GPU path does not run: the kernels compute CAME with its confidence term,
+    /// so `confidence = false` (the Adafactor baseline) runs on the CPU only.
+    Unsupported(&'static str),
 }
 
 impl fmt::Display for CudaError {
@@ -72,6 +75,7 @@ impl fmt::Display for CudaError {
             CudaError::Driver(e) => write!(f, "CUDA driver: {e}"),
             CudaError::Compile(log) => write!(f, "NVRTC could not compile the kernels: {log}"),
             CudaError::Optimizer(e) => write!(f, "{e}"),
+            CudaError::Unsupported(what) => write!(f, "not supported on the GPU: {what}"),
         }
     }
 }
@@ -356,11 +360,10 @@ impl<T: CudaFloat> CudaCame<T> {
     ///
     /// # Errors
     /// [`CudaError::NoCuda`], [`CudaError::NoDevice`], [`CudaError::Compile`],
-    /// [`CudaError::Driver`], or [`CudaError::Optimizer`] for an invalid config.
+    /// [`CudaError::Driver`], [`CudaError::Optimizer`] for an invalid config, or
+    /// [`CudaError::Unsupported`] for `confidence = false`.
     pub fn new(ordinal: usize, config: CameConfig) -> Result<Self, CudaError> {
-        config
-            .validate()
-            .map_err(|e| CudaError::Optimizer(OptimizerError::Config(e)))?;
+        check_config(&config)?;
         if !driver_present() {
             return Err(CudaError::NoCuda(
                 "libcuda cannot be loaded (no NVIDIA driver?)",
@@ -397,11 +400,10 @@ impl<T: CudaFloat> CudaCame<T> {
     /// Adds a parameter group.
     ///
     /// # Errors
-    /// [`OptimizerError::Config`] (as [`CudaError::Optimizer`]).
+    /// [`OptimizerError::Config`] (as [`CudaError::Optimizer`]), or
+    /// [`CudaError::Unsupported`] for `confidence = false`.
     pub fn add_group(&mut self, config: CameConfig) -> Result<crate::optim::GroupId, CudaError> {
-        config
-            .validate()
-            .map_err(|e| CudaError::Optimizer(OptimizerError::Config(e)))?;
+        check_config(&config)?;
         self.groups.push(config);
         Ok(crate::optim::GroupId(self.groups.len() - 1))
     }
@@ -588,8 +590,12 @@ impl<T: CudaFloat> CudaCame<T> {
     ///
     /// # Errors
     /// [`OptimizerError::TensorCount`] or [`OptimizerError::Shape`] (as
-    /// [`CudaError::Optimizer`]) when the registrations differ; [`CudaError::Driver`].
+    /// [`CudaError::Optimizer`]) when the registrations differ; [`CudaError::Unsupported`] when
+    /// a group has `confidence = false`; [`CudaError::Driver`].
     pub fn load_from_cpu(&mut self, cpu: &Came<T>) -> Result<(), CudaError> {
+        for config in cpu.groups() {
+            check_config(config)?;
+        }
         if cpu.len() != self.tensors.len() || cpu.groups().len() != self.groups.len() {
             return Err(OptimizerError::TensorCount {
                 expected: self.tensors.len(),
@@ -1059,6 +1065,20 @@ struct Outcome {
     stepped: Vec<bool>,
     /// The first failing tensor and why.
     first_error: Option<(usize, Error)>,
+}
+
+/// A config the kernels can run.
+fn check_config(config: &CameConfig) -> Result<(), CudaError> {
+    config
+        .validate()
+        .map_err(|e| CudaError::Optimizer(OptimizerError::Config(e)))?;
+    if config.confidence {
+        Ok(())
+    } else {
+        Err(CudaError::Unsupported(
+            "confidence = false (the Adafactor baseline) runs on the CPU only",
+        ))
+    }
 }
 
 fn group_desc<T: CudaFloat>(config: &CameConfig) -> GroupDesc<T> {

@@ -165,13 +165,18 @@ impl sealed::RuleImpl for CameConfig {
     }
 
     fn to_json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "lr": self.lr,
             "eps": [self.eps.0, self.eps.1],
             "clip_threshold": self.clip_threshold,
             "betas": [self.betas.0, self.betas.1, self.betas.2],
             "weight_decay": self.weight_decay,
-        })
+        });
+        // the reference has no such switch: written only when off, so CAME files stay its own
+        if !self.confidence {
+            v["confidence"] = Value::Bool(false);
+        }
+        v
     }
 
     fn from_json(v: &Value) -> Option<Self> {
@@ -183,6 +188,10 @@ impl sealed::RuleImpl for CameConfig {
             eps: (e1, e2),
             clip_threshold: number(v, "clip_threshold")?,
             weight_decay: number(v, "weight_decay")?,
+            confidence: match v.get("confidence") {
+                None => true,
+                Some(c) => c.as_bool()?,
+            },
         })
     }
 }

@@ -137,9 +137,11 @@ pub(super) fn finish<T: Float, E: Executor>(
         if !finite {
             return Err(Error::NonFiniteState);
         }
-        let (next_row, rest) = parts.workspace.split_at(r);
-        parts.stats.res_row.copy_from_slice(next_row);
-        parts.stats.res_col.copy_from_slice(&rest[..c]);
+        if k.confidence {
+            let (next_row, rest) = parts.workspace.split_at(r);
+            parts.stats.res_row.copy_from_slice(next_row);
+            parts.stats.res_col.copy_from_slice(&rest[..c]);
+        }
         batch_run(
             exec,
             k,
@@ -667,9 +669,14 @@ fn matrix_update<T: Float, E: Executor>(
     if !(all_finite(next_row) && all_finite(next_col)) {
         return Err(Error::NonFiniteState);
     }
-    stats.res_row.copy_from_slice(next_row);
-    stats.res_col.copy_from_slice(next_col);
-    factors(stats.res_row, stats.res_col, rf, cf);
+    if k.confidence {
+        stats.res_row.copy_from_slice(next_row);
+        stats.res_col.copy_from_slice(next_col);
+        factors(stats.res_row, stats.res_col, rf, cf);
+    } else {
+        rf.fill(T::one());
+        cf.fill(T::one());
+    }
 
     // Sweep 4: the parameters.
     let mut items: LaneItems<_> = split_mut(param, cols, rows, lanes)
@@ -807,7 +814,12 @@ impl<'a, T: Float> LaneKernel for Batch<'a, T> {
                     finish_cols(sums, rows, rc, nc, k.beta3, k.one_minus_beta3);
                 }
                 lane.finite = all_finite(nr) && all_finite(nc);
-                batch_factors(o, rows, (nr, nc), (fr, fc));
+                if k.confidence {
+                    batch_factors(o, rows, (nr, nc), (fr, fc));
+                } else {
+                    fr.fill(T::one());
+                    fc.fill(T::one());
+                }
             }
             BatchSweep::Apply => {
                 let mats = lane.p.chunks_exact_mut(size).zip(lane.m.chunks_exact(size));

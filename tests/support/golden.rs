@@ -160,6 +160,7 @@ impl Case {
                 eps: pair(field(cfg, "eps")?)?,
                 clip_threshold: f64_of(field(cfg, "clip_threshold")?)?,
                 weight_decay,
+                confidence: true,
             })
         };
         let mut state = BTreeMap::new();

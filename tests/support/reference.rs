@@ -118,6 +118,8 @@ pub fn step(config: &CameConfig, dims: &[usize], p: &mut [f64], g: &[f64], s: &m
     u.iter_mut().for_each(|x| *x /= d);
     ema(&mut s.exp_avg, &u, b1);
     let update: Vec<f64> = match factored {
+        // the Adafactor baseline: the momentum as it is
+        Some(_) if !config.confidence => s.exp_avg.clone(),
         Some((b, r, c)) => {
             let res: Vec<f64> = u
                 .iter()
