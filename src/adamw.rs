@@ -51,7 +51,7 @@ mod coefficients {
                 lerp_small: T::from_f64(weight).abs() < T::from_f64(0.5),
                 beta2: T::from_f64(b2),
                 one_minus_beta2: T::from_f64(1.0 - b2),
-                bias_correction2_sqrt: T::from_f64(libm::sqrt(bias_correction2)),
+                bias_correction2_sqrt: T::from_f64(num_traits::Float::sqrt(bias_correction2)),
                 eps: T::from_f64(config.eps),
                 neg_step_size: T::from_f64(-(config.lr / bias_correction1)),
             }

@@ -109,7 +109,9 @@ pub trait Executor: Sync {
     /// Runs `kernel` once on every item; items may run concurrently.
     fn run<K: LaneKernel>(&self, kernel: &K, items: &mut [K::Item]);
 
-    /// Whether work given to this executor may run on several threads.
+    /// Whether work given to this executor may run on several threads (asked by the owned
+    /// optimizer, which exists with `std` only).
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
     fn parallel(&self) -> bool {
         false
     }

@@ -46,6 +46,13 @@ fn without_cuda_new_reports_instead_of_panicking() {
 }
 
 #[test]
+fn the_adafactor_baseline_is_refused_on_the_gpu() {
+    // checked before any driver call, so this runs without a GPU too
+    let err = CudaCame::<f32>::new(0, CameConfig::default().with_confidence(false));
+    assert!(matches!(err, Err(CudaError::Unsupported(_))));
+}
+
+#[test]
 fn kernels_compile_with_nvrtc() {
     for arch in ["compute_70", "compute_80", "compute_90"] {
         match compile_kernels(arch) {

@@ -383,6 +383,22 @@ fn adamw_refuses_gradients_whose_squares_overflow() {
 }
 
 #[test]
+fn adamw_does_not_scan_its_state() {
+    // documented: a NaN written into AdamW's state by hand reaches that element only, as in
+    // the reference (a scan would be a full extra read of the state on every step)
+    let mut buf = vec![0.0f32; 8];
+    buf[5] = f32::NAN; // second moment of element 1
+    let mut state = AdamWState::from_parts(&mut buf, 0);
+    let mut p = vec![1.0f32; 4];
+    assert_eq!(
+        adamw::step(&AdamWConfig::default(), &mut p, &[0.1; 4], &mut state),
+        Ok(1)
+    );
+    assert!(p[1].is_nan(), "{p:?} {:?}", state.parts());
+    assert!(p.iter().enumerate().all(|(i, x)| i == 1 || x.is_finite()));
+}
+
+#[test]
 fn errors_implement_core_error() {
     fn takes(_: &dyn core::error::Error) {}
     takes(&Error::ZeroBeta1);

@@ -12,6 +12,19 @@ fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden")
 }
 
+/// Miri interprets the code about a thousand times slower: under it only the small files
+/// (under 10.5 kB: 13 CAME cases, every layout and both dtypes among them, and one AdamW case)
+/// run, so that `cargo miri test` finishes in minutes.
+fn under_miri_only_small(files: Vec<PathBuf>) -> Vec<PathBuf> {
+    if !cfg!(miri) {
+        return files;
+    }
+    files
+        .into_iter()
+        .filter(|f| f.metadata().is_ok_and(|m| m.len() < 10_500))
+        .collect()
+}
+
 /// Replays every file, returns (name, worst fraction of tolerance) and fails listing every
 /// case over its tolerance.
 fn replay_all(files: &[PathBuf]) -> Vec<(Case, f64)> {
@@ -43,9 +56,11 @@ fn replay_all(files: &[PathBuf]) -> Vec<(Case, f64)> {
 
 #[test]
 fn came_reference_trajectories() {
-    let files = json_files(&golden_dir());
+    let files = under_miri_only_small(json_files(&golden_dir()));
     let results = replay_all(&files);
-    assert_eq!(results.len(), 29, "expected the 29 CAME reference cases");
+    if !cfg!(miri) {
+        assert_eq!(results.len(), 29, "expected the 29 CAME reference cases");
+    }
     assert!(
         results
             .iter()
@@ -62,9 +77,12 @@ fn came_reference_trajectories() {
 
 #[test]
 fn adamw_reference_trajectories() {
-    let files = json_files(&golden_dir().join("adamw"));
+    let files = under_miri_only_small(json_files(&golden_dir().join("adamw")));
     let results = replay_all(&files);
-    assert_eq!(results.len(), 4, "expected the 4 AdamW reference cases");
+    if !cfg!(miri) {
+        assert_eq!(results.len(), 4, "expected the 4 AdamW reference cases");
+    }
+    assert!(!results.is_empty());
     assert!(
         results
             .iter()
@@ -77,6 +95,7 @@ fn adamw_reference_trajectories() {
 
 #[test]
 #[cfg(feature = "std")]
+#[cfg_attr(miri, ignore = "large files: slow under miri")]
 fn resume_cases_continue_the_official_run_from_its_checkpoint() {
     let files = json_files(&golden_dir().join("resume"));
     let results = replay_all(&files);

@@ -75,6 +75,7 @@ fn shapes_under_test_have_several_lanes() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "millions of elements: hours under miri")]
 fn f64_lanes_match_the_reference_algorithm() {
     let configs = [
         CameConfig::new(1e-3),
@@ -94,6 +95,7 @@ fn f64_lanes_match_the_reference_algorithm() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "millions of elements: hours under miri")]
 fn f32_lanes_match_the_reference_algorithm() {
     for dims in SHAPES {
         let config = CameConfig::new(1e-3)
@@ -105,6 +107,7 @@ fn f32_lanes_match_the_reference_algorithm() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "millions of elements: hours under miri")]
 fn without_confidence_lanes_match_the_adafactor_baseline() {
     let config = CameConfig::new(1e-3)
         .with_clip_threshold(0.05)

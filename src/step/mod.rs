@@ -169,8 +169,8 @@ pub struct Clip<T> {
 /// The clip divisor `max(1, rms / clip_threshold)` in `T`, as the reference computes it
 /// (`norm / sqrt(numel)`, each rounded to the tensor's dtype), and the RMS in `f64`.
 fn clip_divisor<T: Float>(sum_sq: f64, numel: usize, clip_threshold: T) -> Clip<T> {
-    let norm = libm::sqrt(sum_sq);
-    let sqrt_n = libm::sqrt(numel as f64);
+    let norm = num_traits::Float::sqrt(sum_sq);
+    let sqrt_n = num_traits::Float::sqrt(numel as f64);
     let rms = T::from_f64(norm) / T::from_f64(sqrt_n);
     let ratio = rms / clip_threshold;
     let d = if ratio > T::one() { ratio } else { T::one() };
