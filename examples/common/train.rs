@@ -1,0 +1,179 @@
+//! The training loop: batches of random positions, the gradient computed in parallel over
+//! shards of the batch, a warmup-then-cosine learning-rate schedule, progress points.
+
+use std::time::Instant;
+
+use super::data::Split;
+use super::model::{self, Config, Workspace};
+use super::optim::Optimizer;
+use super::rng::Rng;
+
+/// One phase's settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Phase {
+    pub steps: usize,
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Steps of linear warmup; then a cosine decay to `lr / 10` at the last step.
+    pub warmup: usize,
+    /// Steps between progress points (and at the last step).
+    pub eval_every: usize,
+    /// Validation positions a progress point is measured on (evenly spread); the final loss
+    /// uses all of them.
+    pub eval_positions: usize,
+    pub seed: u64,
+}
+
+impl Phase {
+    /// The learning rate at `step` (0-based).
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup {
+            return self.lr * (step + 1) as f64 / self.warmup as f64;
+        }
+        let span = (self.steps - self.warmup).max(1) as f64;
+        let progress = (step - self.warmup) as f64 / span;
+        self.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()))
+    }
+}
+
+/// A progress point.
+#[derive(Clone, Copy, Debug)]
+pub struct Point {
+    pub step: usize,
+    /// Mean training loss since the previous point (nats per character).
+    pub train_loss: f64,
+    /// Validation loss on the progress subset.
+    pub val_loss: f64,
+    /// Seconds since the phase started (evaluations included).
+    pub seconds: f64,
+    pub steps_per_second: f64,
+}
+
+/// What a phase ended with.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub points: Vec<Point>,
+    /// Validation loss over the whole validation text.
+    pub val_loss: f64,
+    pub seconds: f64,
+}
+
+/// Gradients and losses of a model, over `threads` threads, with every buffer allocated once.
+pub struct Trainer {
+    config: Config,
+    workspaces: Vec<Workspace>,
+    grads: Vec<Vec<f32>>,
+    positions: Vec<usize>,
+}
+
+impl Trainer {
+    pub fn new(config: Config, threads: usize, batch: usize) -> Self {
+        let threads = threads.clamp(1, batch.max(1));
+        let shard = batch.div_ceil(threads).max(64);
+        Self {
+            config,
+            workspaces: (0..threads)
+                .map(|_| Workspace::new(&config, shard))
+                .collect(),
+            grads: (0..threads).map(|_| vec![0.0; config.numel()]).collect(),
+            positions: Vec::with_capacity(batch),
+        }
+    }
+
+    /// Mean loss of the examples at `positions`, and (with `grad`) its gradient in
+    /// `self.grads[0]`. Each thread takes a contiguous shard of the positions.
+    fn run(&mut self, params: &[f32], data: &[u8], positions: &[usize], grad: bool) -> f64 {
+        let threads = self.workspaces.len();
+        let shard = positions.len().div_ceil(threads).max(1);
+        let scale = 1.0 / positions.len() as f32;
+        let config = &self.config;
+        let job = move |chunk: &[usize], ws: &mut Workspace, g: &mut Vec<f32>| {
+            let g = grad.then(|| {
+                g.fill(0.0);
+                (g.as_mut_slice(), scale)
+            });
+            model::loss(config, params, data, chunk, ws, g)
+        };
+        let mut work = positions
+            .chunks(shard)
+            .zip(&mut self.workspaces)
+            .zip(&mut self.grads);
+        let Some(((first, ws), g)) = work.next() else {
+            return 0.0;
+        };
+        // the first shard on this thread, the others on their own; summed in a fixed order
+        let total: f64 = std::thread::scope(|s| {
+            let others: Vec<_> = work
+                .map(|((chunk, ws), g)| s.spawn(move || job(chunk, ws, g)))
+                .collect();
+            let mine = job(first, ws, g);
+            mine + others
+                .into_iter()
+                .map(|h| h.join().expect("a worker panicked"))
+                .sum::<f64>()
+        });
+        if grad {
+            let used = positions.len().div_ceil(shard);
+            let (first, rest) = self.grads.split_at_mut(1);
+            for g in &rest[..used - 1] {
+                first[0].iter_mut().zip(g).for_each(|(a, &b)| *a += b);
+            }
+        }
+        total / positions.len() as f64
+    }
+
+    /// Mean validation loss over the given positions.
+    pub fn eval(&mut self, params: &[f32], data: &[u8], positions: &[usize]) -> f64 {
+        self.run(params, data, positions, false)
+    }
+
+    /// Trains `params` with `opt` for one phase on `split`; calls `progress` at every point.
+    pub fn phase(
+        &mut self,
+        params: &mut [f32],
+        opt: &mut Optimizer,
+        split: &Split,
+        phase: &Phase,
+        mut progress: impl FnMut(&Point),
+    ) -> Outcome {
+        let context = self.config.context;
+        let all_val: Vec<usize> = (context..split.val.len()).collect();
+        let stride = (all_val.len() / phase.eval_positions.max(1)).max(1);
+        let some_val: Vec<usize> = all_val.iter().copied().step_by(stride).collect();
+        let mut rng = Rng::new(phase.seed);
+        let start = Instant::now();
+        let mut points = Vec::new();
+        let (mut train_sum, mut train_n, mut last) = (0.0, 0usize, (0usize, start));
+        for step in 0..phase.steps {
+            let mut positions = std::mem::take(&mut self.positions);
+            positions.clear();
+            positions
+                .extend((0..phase.batch).map(|_| context + rng.below(split.train.len() - context)));
+            train_sum += self.run(params, &split.train, &positions, true);
+            train_n += 1;
+            self.positions = positions;
+            opt.step(&self.config, phase.lr_at(step), params, &self.grads[0])
+                .expect("finite gradients and state");
+            if (step + 1) % phase.eval_every == 0 || step + 1 == phase.steps {
+                let now = Instant::now();
+                let point = Point {
+                    step: step + 1,
+                    train_loss: train_sum / train_n as f64,
+                    val_loss: self.eval(params, &split.val, &some_val),
+                    seconds: start.elapsed().as_secs_f64(),
+                    steps_per_second: (step + 1 - last.0) as f64 / (now - last.1).as_secs_f64(),
+                };
+                progress(&point);
+                points.push(point);
+                (train_sum, train_n, last) = (0.0, 0, (step + 1, Instant::now()));
+            }
+        }
+        let val_loss = self.eval(params, &split.val, &all_val);
+        Outcome {
+            points,
+            val_loss,
+            seconds: start.elapsed().as_secs_f64(),
+        }
+    }
+}
