@@ -13,7 +13,7 @@ use crate::config::{check_beta, check_eps, check_lr, check_weight_decay};
 use core::marker::PhantomData;
 
 use crate::error::Buffer;
-use crate::lanes::{Executor, LaneItems, LaneKernel, Serial, split, split_mut};
+use crate::lanes::{ElementItem, Executor, LaneKernel, Serial, element_items};
 use crate::simd::Ops;
 use crate::step::check_tensor_lens;
 use crate::{Error, Float, Shape};
@@ -256,13 +256,7 @@ pub(crate) fn finish<T: Float, E: Executor>(
 ) {
     let n = param.len();
     let lanes = Shape::vector(n).map_or(1, |s| s.lanes());
-    let (m, v) = state.split_at_mut(n);
-    let mut items: LaneItems<_> = split_mut(param, 1, n, lanes)
-        .zip(split(grad, 1, n, lanes))
-        .zip(split_mut(m, 1, n, lanes))
-        .zip(split_mut(v, 1, n, lanes))
-        .map(|(((p, g), m), v)| (p, g, m, v))
-        .collect();
+    let mut items = element_items((param, grad), state.split_at_mut(n), lanes);
     exec.run(&Kernel(*k, PhantomData), &mut items);
 }
 
@@ -271,7 +265,7 @@ pub(crate) struct Kernel<'a, T>(pub Coefficients<T>, pub PhantomData<&'a ()>);
 
 impl<'a, T: Float> LaneKernel for Kernel<'a, T> {
     /// parameters, gradient, momentum, second moment
-    type Item = (&'a mut [T], &'a [T], &'a mut [T], &'a mut [T]);
+    type Item = ElementItem<'a, T>;
 
     #[inline(always)]
     fn run<S: pulp::Simd>(&self, simd: S, (p, g, m, v): &mut Self::Item) {

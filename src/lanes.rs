@@ -50,6 +50,26 @@ pub(crate) fn split_mut<T>(
     }
 }
 
+/// Parameters, gradient, momentum and second moment of an element-wise step (AdamW, a CAME
+/// vector), cut into `lanes` lanes of elements.
+pub(crate) type ElementItem<'a, T> = (&'a mut [T], &'a [T], &'a mut [T], &'a mut [T]);
+
+/// The lanes of an element-wise step over `param` and `grad` with state `(m, v)`, all of
+/// equal length.
+pub(crate) fn element_items<'a, T>(
+    (param, grad): (&'a mut [T], &'a [T]),
+    (m, v): (&'a mut [T], &'a mut [T]),
+    lanes: usize,
+) -> LaneItems<ElementItem<'a, T>> {
+    let n = param.len();
+    split_mut(param, 1, n, lanes)
+        .zip(split(grad, 1, n, lanes))
+        .zip(split_mut(m, 1, n, lanes))
+        .zip(split_mut(v, 1, n, lanes))
+        .map(|(((p, g), m), v)| (p, g, m, v))
+        .collect()
+}
+
 /// Iterator over the lanes' pieces of a slice.
 pub(crate) struct Split<S> {
     rest: S,

@@ -186,16 +186,8 @@ pub(crate) fn finish_one<T: Float, E: Executor>(
     i: usize,
     t: &mut TensorStep<'_, '_, T>,
 ) -> Option<TensorError> {
-    let result = match t.state.take_pending() {
-        Some(clip) => finish(
-            exec,
-            config,
-            &t.shape,
-            clip,
-            t.param,
-            t.grad,
-            t.state.as_mut_slice(),
-        ),
+    let clip = match t.state.take_pending() {
+        Some(clip) => Ok(clip),
         None => prepare(
             exec,
             config,
@@ -203,19 +195,19 @@ pub(crate) fn finish_one<T: Float, E: Executor>(
             t.param,
             t.grad,
             t.state.as_mut_slice(),
-        )
-        .and_then(|clip| {
-            finish(
-                exec,
-                config,
-                &t.shape,
-                clip,
-                t.param,
-                t.grad,
-                t.state.as_mut_slice(),
-            )
-        }),
+        ),
     };
+    let result = clip.and_then(|clip| {
+        finish(
+            exec,
+            config,
+            &t.shape,
+            clip,
+            t.param,
+            t.grad,
+            t.state.as_mut_slice(),
+        )
+    });
     match result {
         Ok(()) => {
             t.state.advance();

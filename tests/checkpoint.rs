@@ -46,11 +46,7 @@ fn params(seed: u64) -> Vec<Vec<f32>> {
 
 fn step(opt: &mut Came<f32>, p: &mut [Vec<f32>], seed: u64) {
     let g = params(seed);
-    let mut pairs: Vec<(&mut [f32], &[f32])> = p
-        .iter_mut()
-        .zip(&g)
-        .map(|(p, g)| (p.as_mut_slice(), g.as_slice()))
-        .collect();
+    let mut pairs = support::pairs(p, &g);
     opt.step(&mut pairs).unwrap();
 }
 

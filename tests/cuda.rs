@@ -186,11 +186,7 @@ fn gpu_matches_cpu_on_large_odd_shapes() {
         let mut pairs: Vec<(&mut CudaSlice<f32>, &CudaSlice<f32>)> =
             dev.iter_mut().zip(&dgrads).collect();
         g_opt.step(&mut pairs).unwrap();
-        let mut pairs: Vec<(&mut [f32], &[f32])> = host
-            .iter_mut()
-            .zip(&grads)
-            .map(|(p, g)| (p.as_mut_slice(), g.as_slice()))
-            .collect();
+        let mut pairs = support::pairs(&mut host, &grads);
         c_opt.step(&mut pairs).unwrap();
     }
     for (i, (h, d)) in host.iter().zip(&dev).enumerate() {

@@ -34,11 +34,7 @@ fn train<C: came::optim::Rule>(
     for t in 0..steps {
         opt.set_lr(lr(t)).unwrap();
         let grads = data(&mut rng, 0.1);
-        let mut pairs: Vec<(&mut [f32], &[f32])> = params
-            .iter_mut()
-            .zip(&grads)
-            .map(|(p, g)| (p.as_mut_slice(), g.as_slice()))
-            .collect();
+        let mut pairs = support::pairs(&mut params, &grads);
         opt.step(&mut pairs).unwrap();
     }
     params
@@ -159,11 +155,7 @@ fn guard_case<C: came::optim::Rule>(mut opt: came::Optimizer<f32, C>) {
     let mut params = data(&mut rng, 1.0);
     // one good step first, so the state is not all zeros
     let grads = data(&mut rng, 0.1);
-    let mut pairs: Vec<(&mut [f32], &[f32])> = params
-        .iter_mut()
-        .zip(&grads)
-        .map(|(p, g)| (p.as_mut_slice(), g.as_slice()))
-        .collect();
+    let mut pairs = support::pairs(&mut params, &grads);
     opt.step(&mut pairs).unwrap();
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         for tensor in [0, 1, DIMS.len() - 1] {
@@ -171,11 +163,7 @@ fn guard_case<C: came::optim::Rule>(mut opt: came::Optimizer<f32, C>) {
             let index = grads[tensor].len() / 2;
             grads[tensor][index] = bad;
             let before = (snapshot(&opt), params.clone());
-            let mut pairs: Vec<(&mut [f32], &[f32])> = params
-                .iter_mut()
-                .zip(&grads)
-                .map(|(p, g)| (p.as_mut_slice(), g.as_slice()))
-                .collect();
+            let mut pairs = support::pairs(&mut params, &grads);
             let err = opt.step(&mut pairs).unwrap_err();
             assert_eq!(
                 err,
@@ -226,11 +214,7 @@ fn without_the_guard_the_other_tensors_step() {
     let mut grads = data(&mut rng, 0.1);
     grads[2][7] = f32::NAN;
     let before = params.clone();
-    let mut pairs: Vec<(&mut [f32], &[f32])> = params
-        .iter_mut()
-        .zip(&grads)
-        .map(|(p, g)| (p.as_mut_slice(), g.as_slice()))
-        .collect();
+    let mut pairs = support::pairs(&mut params, &grads);
     let err = opt.step(&mut pairs).unwrap_err();
     assert!(
         matches!(err, OptimizerError::Tensor { index: 2, .. }),
@@ -252,11 +236,7 @@ fn huge_gradients_are_refused_with_everything_untouched() {
     let mut grads = data(&mut rng, 0.1);
     grads[0][3] = 1e20;
     let before = (snapshot(&opt), params.clone());
-    let mut pairs: Vec<(&mut [f32], &[f32])> = params
-        .iter_mut()
-        .zip(&grads)
-        .map(|(p, g)| (p.as_mut_slice(), g.as_slice()))
-        .collect();
+    let mut pairs = support::pairs(&mut params, &grads);
     let err = opt.step(&mut pairs).unwrap_err();
     assert!(
         matches!(
@@ -292,11 +272,7 @@ fn bad_calls_are_refused_and_change_nothing() {
     let mut params = data(&mut rng, 1.0);
     let mut grads = data(&mut rng, 0.1);
     grads[1].pop();
-    let mut pairs: Vec<(&mut [f32], &[f32])> = params
-        .iter_mut()
-        .zip(&grads)
-        .map(|(p, g)| (p.as_mut_slice(), g.as_slice()))
-        .collect();
+    let mut pairs = support::pairs(&mut params, &grads);
     let err = opt.step(&mut pairs).unwrap_err();
     assert!(matches!(
         err,

@@ -780,7 +780,7 @@ fn launch_prepare<T: CudaFloat>(
     l: &mut Layout_<T>,
     groups: &CudaSlice<GroupDesc<T>>,
 ) -> Result<(), DriverError> {
-    let [n_tiles, n_chunks, n_spans, n_mats] = l.counts;
+    let [n_tiles, n_chunks, _, _] = l.counts;
     let n_tensors = i32::try_from(l.n_device).unwrap_or(i32::MAX);
     // SAFETY (every launch below): the arguments match the kernels' parameters in `came.cu`
     // one for one, in type and order; every buffer was allocated by `build_layout` with the
@@ -816,30 +816,9 @@ fn launch_prepare<T: CudaFloat>(
                 .arg(&mut l.first_bad)
                 .launch(grid(n_chunks))?;
         }
-        if n_spans > 0 {
-            stream
-                .launch_builder(&k.finish_sq)
-                .arg(&l.tensors)
-                .arg(groups)
-                .arg(&l.spans)
-                .arg(&mut l.state)
-                .arg(&mut l.work)
-                .arg(&mut l.guard)
-                .arg(&mut l.status)
-                .launch(grid(n_spans))?;
-        }
-        if n_mats > 0 {
-            // the guard is not set yet: the squared-gradient factors are always computed
-            stream
-                .launch_builder(&k.factors_sq)
-                .arg(&l.tensors)
-                .arg(&l.mats)
-                .arg(&mut l.state)
-                .arg(&mut l.work)
-                .arg(&l.guard)
-                .arg(&l.status)
-                .launch(grid(n_mats))?;
-        }
+        launch_finish(stream, &k.finish_sq, l, groups)?;
+        // the guard is not set yet: the squared-gradient factors are always computed
+        launch_factors(stream, &k.factors_sq, l)?;
         if n_tiles > 0 {
             let zero = 0i64;
             stream
@@ -868,6 +847,57 @@ fn launch_prepare<T: CudaFloat>(
     Ok(())
 }
 
+/// `finish_sq` or `finish_res` (the same parameters): the new row or column statistics of each
+/// span from the tiles' partial sums.
+fn launch_finish<T: CudaFloat>(
+    stream: &Arc<CudaStream>,
+    kernel: &CudaFunction,
+    l: &mut Layout_<T>,
+    groups: &CudaSlice<GroupDesc<T>>,
+) -> Result<(), DriverError> {
+    let n_spans = l.counts[2];
+    if n_spans > 0 {
+        // SAFETY: as in `launch_prepare`; both kernels take exactly these arguments.
+        unsafe {
+            stream
+                .launch_builder(kernel)
+                .arg(&l.tensors)
+                .arg(groups)
+                .arg(&l.spans)
+                .arg(&mut l.state)
+                .arg(&mut l.work)
+                .arg(&mut l.guard)
+                .arg(&mut l.status)
+                .launch(grid(n_spans))?;
+        }
+    }
+    Ok(())
+}
+
+/// `factors_sq` or `factors_res` (the same parameters): each matrix's row and column factors.
+fn launch_factors<T: CudaFloat>(
+    stream: &Arc<CudaStream>,
+    kernel: &CudaFunction,
+    l: &mut Layout_<T>,
+) -> Result<(), DriverError> {
+    let n_mats = l.counts[3];
+    if n_mats > 0 {
+        // SAFETY: as in `launch_prepare`; both kernels take exactly these arguments.
+        unsafe {
+            stream
+                .launch_builder(kernel)
+                .arg(&l.tensors)
+                .arg(&l.mats)
+                .arg(&mut l.state)
+                .arg(&mut l.work)
+                .arg(&l.guard)
+                .arg(&l.status)
+                .launch(grid(n_mats))?;
+        }
+    }
+    Ok(())
+}
+
 /// The rest of the step, skipped on the device when the guard is set: commits, momentum,
 /// instability statistics, parameters.
 fn launch_update<T: CudaFloat>(
@@ -876,7 +906,7 @@ fn launch_update<T: CudaFloat>(
     l: &mut Layout_<T>,
     groups: &CudaSlice<GroupDesc<T>>,
 ) -> Result<(), DriverError> {
-    let [n_tiles, n_chunks, n_spans, n_mats] = l.counts;
+    let [n_tiles, n_chunks, n_spans, _] = l.counts;
     // SAFETY: as in `launch_prepare`.
     unsafe {
         if n_spans > 0 {
@@ -905,29 +935,8 @@ fn launch_update<T: CudaFloat>(
                 .arg(&mut l.first_bad)
                 .launch(grid(n_tiles))?;
         }
-        if n_spans > 0 {
-            stream
-                .launch_builder(&k.finish_res)
-                .arg(&l.tensors)
-                .arg(groups)
-                .arg(&l.spans)
-                .arg(&mut l.state)
-                .arg(&mut l.work)
-                .arg(&mut l.guard)
-                .arg(&mut l.status)
-                .launch(grid(n_spans))?;
-        }
-        if n_mats > 0 {
-            stream
-                .launch_builder(&k.factors_res)
-                .arg(&l.tensors)
-                .arg(&l.mats)
-                .arg(&mut l.state)
-                .arg(&mut l.work)
-                .arg(&l.guard)
-                .arg(&l.status)
-                .launch(grid(n_mats))?;
-        }
+        launch_finish(stream, &k.finish_res, l, groups)?;
+        launch_factors(stream, &k.factors_res, l)?;
         if n_tiles > 0 {
             stream
                 .launch_builder(&k.tile_apply)

@@ -9,7 +9,7 @@
 use super::{Clip, all_finite, clip_divisor, gradient_error, valid_statistics};
 use crate::config::Coefficients;
 use crate::kernels::{vector_apply, vector_sq_block};
-use crate::lanes::{Executor, LaneItems, LaneKernel, split, split_mut};
+use crate::lanes::{ElementItem, Executor, LaneItems, LaneKernel, element_items, split};
 use pulp::Simd;
 
 use crate::simd::Ops;
@@ -47,7 +47,7 @@ struct Update<'a, T> {
 
 impl<'a, T: Float> LaneKernel for Update<'a, T> {
     /// parameters, gradient, momentum, second moment
-    type Item = (&'a mut [T], &'a [T], &'a mut [T], &'a mut [T]);
+    type Item = ElementItem<'a, T>;
 
     #[inline(always)]
     fn run<S: Simd>(&self, simd: S, (p, g, m, v): &mut Self::Item) {
@@ -106,12 +106,6 @@ pub(super) fn finish<T: Float, E: Executor>(
     let n = param.len();
     let lanes = shape.lanes();
     let (m, rest) = state.split_at_mut(n);
-    let v = &mut rest[..n];
-    let mut items: LaneItems<_> = split_mut(param, 1, n, lanes)
-        .zip(split(grad, 1, n, lanes))
-        .zip(split_mut(m, 1, n, lanes))
-        .zip(split_mut(v, 1, n, lanes))
-        .map(|(((p, g), m), v)| (p, g, m, v))
-        .collect();
+    let mut items = element_items((param, grad), (m, &mut rest[..n]), lanes);
     exec.run(&Update { d: clip.d, k }, &mut items);
 }
