@@ -285,6 +285,7 @@ fn resume<T: Float>(case: &Case, config: CameConfig) -> Result<Trajectory, Strin
 }
 
 #[cfg(not(feature = "std"))]
+#[allow(clippy::extra_unused_type_parameters)] // the same signature as with `std`
 fn resume<T: Float>(_: &Case, _: CameConfig) -> Result<Trajectory, String> {
     Err("resume cases load a checkpoint: build with --features std".into())
 }
