@@ -3,10 +3,11 @@
 //!
 //! Rows of a group are walked together, vector by vector, so the per-column data (column
 //! factors, column sums) is loaded once per group rather than once per row, and the group's
-//! rows are independent streams that keep more memory requests in flight. Each row's sum has
-//! one accumulator vector, reduced in a fixed order at the end of the row, then the row's tail
-//! (`cols % lanes` elements) is added one element at a time; column terms of a group are added
-//! up row by row before they reach the column sum. The order of every sum is fixed by the shape
+//! rows are independent streams that keep more memory requests in flight. In a group each
+//! row's sum has one accumulator vector, reduced in a fixed order at the end of the row, then
+//! the row's tail (`cols % lanes` elements) is added one element at a time; column terms of a
+//! group are added up row by row before they reach the column sum. A row summed on its own
+//! ([`row_sq_sum`]) has four accumulator vectors. The order of every sum is fixed by the shape
 //! and the instruction set.
 
 use core::array;
@@ -67,71 +68,76 @@ fn vectors_mut<S: Simd, T: Float, const R: usize>(
     )
 }
 
-/// For `R` rows: returns each row's `sum_j (g_j^2 + eps)` and adds the column terms to
-/// `col_sums`.
+/// `sum_j (g_j^2 + eps)` of one row, read as a single stream with four accumulator vectors
+/// (vector `i` goes to accumulator `i % 4`), combined as `(a0 + a1) + (a2 + a3)`, then the
+/// row's tail element by element.
 #[inline(always)]
-pub(crate) fn sq_rows<S: Simd, T: Float, const R: usize>(
+pub(crate) fn row_sq_sum<S: Simd, T: Float>(o: Ops<S, T>, g: &[T], eps: T) -> T {
+    let (gv, gt) = T::as_simd::<S>(g);
+    let e = o.splat(eps);
+    let mut acc = [o.splat(T::zero()); 4];
+    let (quads, rest) = gv.as_chunks::<4>();
+    for q in quads {
+        for a in 0..4 {
+            acc[a] = o.add(acc[a], o.add(o.mul(q[a], q[a]), e));
+        }
+    }
+    for (a, &x) in rest.iter().enumerate() {
+        acc[a] = o.add(acc[a], o.add(o.mul(x, x), e));
+    }
+    let mut sum = o.sum(o.add(o.add(acc[0], acc[1]), o.add(acc[2], acc[3])));
+    for &x in gt {
+        sum = sum + (x * x + eps);
+    }
+    sum
+}
+
+/// For `R` rows already summed by [`row_sq_sums`] (so in cache): adds the column terms
+/// `sum_r (g_rj^2 + eps)` to `col_sums` and `sum_r g_rj^2 w_r` to `weighted`.
+///
+/// With `w_r` the inverse of row `r`'s new statistic, `weighted` sums up to `sum_i g_ij^2 / r_i`,
+/// from which the squared norm of the whole update follows without another sweep (see
+/// `step::factored`).
+#[inline(always)]
+pub(crate) fn col_sq_terms<S: Simd, T: Float, const R: usize>(
     o: Ops<S, T>,
     g: [&[T]; R],
     eps: T,
-    col_sums: &mut [T],
-) -> [T; R] {
+    w: [T; R],
+    (col_sums, weighted): (&mut [T], &mut [T]),
+) {
     let (cv, ct) = T::as_mut_simd::<S>(col_sums);
+    let (wv, wt) = T::as_mut_simd::<S>(weighted);
     let n = cv.len();
     let (gv, gt) = vectors::<S, T, R>(g, n);
     let e = o.splat(eps);
-    let mut acc = [o.splat(T::zero()); R];
-    for (i, c) in cv.iter_mut().enumerate() {
+    let wr = w.map(|x| o.splat(x));
+    for (i, (c, v)) in cv.iter_mut().zip(&mut wv[..n]).enumerate() {
         let mut col = e;
+        let mut acc = e;
         for r in 0..R {
             let x = gv[r][i];
-            let u = o.add(o.mul(x, x), e);
-            acc[r] = o.add(acc[r], u);
+            let sq = o.mul(x, x);
+            let u = o.add(sq, e);
             col = if r == 0 { u } else { o.add(col, u) };
+            let y = o.mul(sq, wr[r]);
+            acc = if r == 0 { y } else { o.add(acc, y) };
         }
         *c = o.add(*c, col);
+        *v = o.add(*v, acc);
     }
-    let mut sums = acc.map(|a| o.sum(a));
-    for (j, c) in ct.iter_mut().enumerate() {
-        let mut col = T::zero();
+    for (j, (c, v)) in ct.iter_mut().zip(wt).enumerate() {
+        let (mut col, mut acc) = (T::zero(), T::zero());
         for r in 0..R {
-            let u = gt[r][j] * gt[r][j] + eps;
-            sums[r] = sums[r] + u;
+            let sq = gt[r][j] * gt[r][j];
+            let u = sq + eps;
             col = if r == 0 { u } else { col + u };
+            let y = sq * w[r];
+            acc = if r == 0 { y } else { acc + y };
         }
         *c = *c + col;
+        *v = *v + acc;
     }
-    sums
-}
-
-/// For `R` rows: returns each row's `sum_j ((rf * cf_j) * g_j)^2`, the squared norm of the
-/// unclipped update.
-#[inline(always)]
-pub(crate) fn update_sq_rows<S: Simd, T: Float, const R: usize>(
-    o: Ops<S, T>,
-    g: [&[T]; R],
-    rf: [T; R],
-    cf: &[T],
-) -> [T; R] {
-    let (fv, ft) = T::as_simd::<S>(cf);
-    let n = fv.len();
-    let (gv, gt) = vectors::<S, T, R>(g, n);
-    let rfv = rf.map(|x| o.splat(x));
-    let mut acc = [o.splat(T::zero()); R];
-    for (i, &f) in fv.iter().enumerate() {
-        for r in 0..R {
-            let u = o.mul(o.mul(rfv[r], f), gv[r][i]);
-            acc[r] = o.add(acc[r], o.mul(u, u));
-        }
-    }
-    let mut sums = acc.map(|a| o.sum(a));
-    for (j, &f) in ft.iter().enumerate() {
-        for r in 0..R {
-            let u = (rf[r] * f) * gt[r][j];
-            sums[r] = sums[r] + u * u;
-        }
-    }
-    sums
 }
 
 /// For `R` rows: updates the momentum `m = beta1 m + (1 - beta1) u` with the clipped update
@@ -155,11 +161,19 @@ pub(crate) fn momentum_rows<S: Simd, T: Float, const R: usize>(
     let (b1, omb1v, e2) = (o.splat(beta1), o.splat(omb1), o.splat(eps2));
     let rfv = rf_d.map(|x| o.splat(x));
     let mut acc = [o.splat(T::zero()); R];
+    let zero = o.splat(T::zero());
     for (i, (&f, c)) in fv.iter().zip(&mut cv[..n]).enumerate() {
+        // every row's loads before any store: rows a multiple of 4 KiB apart would otherwise
+        // make each load wait on the previous row's store to the same page offset
+        let (mut x, mut m_old) = ([zero; R], [zero; R]);
+        for r in 0..R {
+            x[r] = gv[r][i];
+            m_old[r] = mv[r][i];
+        }
         let mut col = e2;
         for r in 0..R {
-            let u = o.mul(o.mul(rfv[r], f), gv[r][i]);
-            let m_new = o.add(o.mul(mv[r][i], b1), o.mul(omb1v, u));
+            let u = o.mul(o.mul(rfv[r], f), x[r]);
+            let m_new = o.add(o.mul(m_old[r], b1), o.mul(omb1v, u));
             mv[r][i] = m_new;
             let d = o.sub(u, m_new);
             let res = o.add(o.mul(d, d), e2);
@@ -215,14 +229,21 @@ fn apply_rows_with<S: Simd, T: Float, const R: usize, const DECAY: bool>(
     let (mv, mt) = vectors::<S, T, R>(m, n);
     let (lrv, decayv) = (o.splat(lr), o.splat(decay));
     let rfv = rf.map(|x| o.splat(x));
+    let zero = o.splat(T::zero());
     for (i, &f) in fv.iter().enumerate() {
+        // loads before stores, as in `momentum_rows`
+        let (mut pr, mut mr) = ([zero; R], [zero; R]);
         for r in 0..R {
-            let mut pr = pv[r][i];
+            pr[r] = pv[r][i];
+            mr[r] = mv[r][i];
+        }
+        for r in 0..R {
+            let mut p = pr[r];
             if DECAY {
-                pr = o.sub(pr, o.mul(decayv, pr));
+                p = o.sub(p, o.mul(decayv, p));
             }
-            let upd = o.mul(o.mul(o.mul(rfv[r], f), mv[r][i]), lrv);
-            pv[r][i] = o.sub(pr, upd);
+            let upd = o.mul(o.mul(o.mul(rfv[r], f), mr[r]), lrv);
+            pv[r][i] = o.sub(p, upd);
         }
     }
     for (j, &f) in ft.iter().enumerate() {

@@ -1,7 +1,7 @@
 //! Threads: stepping one tensor's lanes, or many tensors, on a pool of worker threads.
 //!
 //! The pool is rayon's: workers persist between steps (a step of a model with hundreds of
-//! tensors has four lane barriers per tensor, far too many to spawn threads for each), and work
+//! tensors has three lane barriers per tensor, far too many to spawn threads for each), and work
 //! stealing balances tensors of very different sizes while lanes of one large tensor run in
 //! parallel too. Results do not depend on the thread count: lanes are cut by the shape alone and
 //! their partial sums are combined in lane order (see [`Shape::lanes`]).

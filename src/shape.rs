@@ -171,7 +171,7 @@ impl Shape {
             Layout::Vector { .. } => Some(0),
             Layout::Factored { batch, rows, cols } => {
                 // new statistics and their factors for every matrix (committed or used only
-                // once checked), and one column partial sum per lane
+                // once checked), and two column partial sums per lane
                 let per_batch = match checked_sum(rows, cols) {
                     Some(rc) => match rc.checked_mul(batch) {
                         Some(x) => x.checked_mul(2),
@@ -179,7 +179,11 @@ impl Shape {
                     },
                     None => None,
                 };
-                match (per_batch, cols.checked_mul(self.lanes())) {
+                let per_lane = match cols.checked_mul(self.lanes()) {
+                    Some(x) => x.checked_mul(2),
+                    None => None,
+                };
+                match (per_batch, per_lane) {
                     (Some(a), Some(b)) => a.checked_add(b),
                     _ => None,
                 }

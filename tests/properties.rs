@@ -196,15 +196,19 @@ fn state_parts_use_the_reference_names_and_sizes() {
 
 #[test]
 fn state_len_counts_momentum_statistics_and_workspace() {
-    // 4 x 5: momentum 20, statistics 2 * (4 + 5), workspace 2 * rows + 3 * cols
-    assert_eq!(came::state_len(&[4, 5]), 20 + 18 + 8 + 15);
-    // batch of 2: statistics 2 * 2 * (3 + 4), workspace 2 * 2 * (3 + 4) + one lane's 4 columns
-    assert_eq!(came::state_len(&[2, 3, 4]), 24 + 28 + 28 + 4);
+    // 4 x 5: momentum 20, statistics 2 * (4 + 5), workspace 2 * rows + 4 * cols (new
+    // statistics, factors, one lane's column sums and weighted column sums)
+    assert_eq!(came::state_len(&[4, 5]), 20 + 18 + 8 + 20);
+    // batch of 2: statistics 2 * 2 * (3 + 4), workspace 2 * 2 * (3 + 4) + one lane's two sums
+    // of 4 columns
+    assert_eq!(came::state_len(&[2, 3, 4]), 24 + 28 + 28 + 8);
     assert_eq!(came::state_len(&[]), 2);
     // the workspace stays O(rows + cols): under 1% of a large matrix
     let big = Shape::new(&[4096, 4096]).unwrap();
     let overhead = big.state_len() - big.numel() - 2 * (4096 + 4096);
-    assert_eq!(overhead, 2 * 4096 + 18 * 4096);
+    assert_eq!(big.lanes(), 16);
+    assert_eq!(overhead, 2 * (4096 + 4096) + 2 * 16 * 4096);
+    assert!(overhead * 100 < big.numel());
 }
 
 #[test]

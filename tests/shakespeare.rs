@@ -113,7 +113,7 @@ fn came_state_is_about_half_of_adamw() {
         hidden: 384,
     };
     // CAME: the momentum, four statistics of rows + cols, and the kernels' O(rows + cols)
-    // workspace (new statistics and factors 2 (rows + cols), one column sum per lane) per
+    // workspace (new statistics and factors 2 (rows + cols), two column sums per lane) per
     // matrix; momentum and second moment per vector
     let formula: usize = config
         .tensors()
@@ -125,7 +125,7 @@ fn came_state_is_about_half_of_adamw() {
                     rows * cols * batch
                         + 2 * batch * (rows + cols)
                         + 2 * batch * (rows + cols)
-                        + shape.lanes() * cols
+                        + 2 * shape.lanes() * cols
                 }
                 Layout::Vector { len } => 2 * len,
             }

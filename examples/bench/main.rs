@@ -174,8 +174,9 @@ pub(crate) fn time_interleaved(steps: usize, cases: &mut [&mut dyn FnMut()]) -> 
         .collect()
 }
 
-/// The floor: the four sweeps a CAME step cannot avoid, with no optimizer arithmetic:
-/// `sum(g)`, `sum(g)`, `m = m / 2 + g`, `p = p - m / 1000`. Compiled for the same instruction
+/// The floor: the four sweeps of a direct CAME step, with no optimizer arithmetic: `sum(g)`,
+/// `sum(g)`, `m = m / 2 + g`, `p = p - m / 1000`. (The crate's step makes three: it takes the
+/// update's norm, for which a direct step reads `g` a second time, from the first sweep.) Compiled for the same instruction
 /// sets as the crate's kernels (picked at run time) and run on the same threads: the calling
 /// thread alone with one thread, like the optimizer.
 fn floor_sweeps<T: Float>(

@@ -1,9 +1,17 @@
-//! The factored step (rank >= 2) in four sweeps over the tensor:
+//! The factored step (rank >= 2) in three sweeps over the tensor:
 //!
-//! 1. read `g`: row and column sums of `g^2 + eps1`, the new statistics `r`, `c`;
-//! 2. read `g`: the squared norm of the unclipped update `u`, for the clip;
-//! 3. read `g` and `m`, write `m`: the momentum and the instability statistics `R`, `C`;
-//! 4. read `m` and `p`, write `p`: the confidence-scaled update.
+//! 1. read `g`: row and column sums of `g^2 + eps1`, the new statistics `r`, `c`, and the
+//!    squared norm of the unclipped update `u`, for the clip;
+//! 2. read `g` and `m`, write `m`: the momentum and the instability statistics `R`, `C`;
+//! 3. read `m` and `p`, write `p`: the confidence-scaled update.
+//!
+//! The norm needs the new statistics of every row and column, so a direct computation would
+//! read `g` once more after sweep 1. Instead sweep 1 reads each group of rows twice while it is
+//! still in cache: first for the row sums, which give the rows' new statistics `r_i`, then for
+//! the column sums and the weighted column sums `v_j = sum_i g_ij^2 / r_i`. With the
+//! reference's factors `rf_i^2 = mean(r) / r_i` and `cf_j^2 = 1 / c_j`, the squared norm is
+//! `sum_ij (rf_i cf_j g_ij)^2 = mean(r) sum_j v_j / c_j`: the same value, rounded differently
+//! (a relative difference of a few units in the last place in the clip divisor).
 //!
 //! New statistics go to the workspace first and are committed only once checked finite, so a
 //! bad gradient or an overflow leaves the state as it was. A single matrix is cut into lanes of
@@ -17,7 +25,7 @@
 
 use super::{Clip, all_finite, clip_divisor, gradient_error, valid_statistics};
 use crate::config::Coefficients;
-use crate::kernels::{GROUP, apply_rows, momentum_rows, rows, rows_mut, sq_rows, update_sq_rows};
+use crate::kernels::{GROUP, apply_rows, col_sq_terms, momentum_rows, row_sq_sum, rows, rows_mut};
 use crate::lanes::{Executor, LaneItems, LaneKernel, split, split_mut};
 use pulp::Simd;
 
@@ -67,7 +75,7 @@ fn parts<T: Float>(dims: Dims, numel: usize, state: &mut [T]) -> Parts<'_, T> {
     }
 }
 
-/// Sweeps 1 and 2: the new squared-gradient statistics and their factors (kept in the
+/// Sweep 1: the new squared-gradient statistics and their factors (kept in the
 /// workspace) and the clip. Writes nothing but the workspace.
 pub(super) fn prepare<T: Float, E: Executor>(
     exec: &E,
@@ -106,7 +114,7 @@ pub(super) fn prepare<T: Float, E: Executor>(
     Ok(clip_divisor(sum_sq, grad.len(), k.clip_threshold))
 }
 
-/// Commits what [`prepare`] computed, then sweeps 3 and 4.
+/// Commits what [`prepare`] computed, then sweeps 2 and 3.
 pub(super) fn finish<T: Float, E: Executor>(
     exec: &E,
     k: &Coefficients<T>,
@@ -184,39 +192,29 @@ const SMALL_COLS: usize = 16;
 mod small {
     use super::{Coefficients, Factors, Float};
 
+    /// Row sums first, then the column terms and the weighted column terms of the row.
     #[inline(always)]
     pub(super) fn sq_stats<T: Float>(
         g: &[T],
         cols: usize,
-        old: &[T],
-        next: &mut [T],
-        sums: &mut [T],
+        (old, next): (&[T], &mut [T]),
+        (sums, weighted): (&mut [T], &mut [T]),
         k: &Coefficients<T>,
     ) {
         let n = T::from_f64(cols as f64);
         for ((g, &o), nx) in g.chunks_exact(cols).zip(old).zip(next) {
             let mut s = T::zero();
-            for (&x, c) in g.iter().zip(sums.iter_mut()) {
-                let u = x * x + k.eps1;
-                s = s + u;
-                *c = *c + u;
+            for &x in g {
+                s = s + (x * x + k.eps1);
             }
             *nx = o * k.beta2 + k.one_minus_beta2 * (s / n);
-        }
-    }
-
-    #[inline(always)]
-    pub(super) fn update_sq<T: Float>(g: &[T], cols: usize, rf: &[T], cf: &[T]) -> f64 {
-        let mut sum = 0.0;
-        for (g, &r) in g.chunks_exact(cols).zip(rf) {
-            let mut s = T::zero();
-            for (&x, &c) in g.iter().zip(cf) {
-                let u = (r * c) * x;
-                s = s + u * u;
+            let w = T::one() / *nx;
+            for ((&x, c), v) in g.iter().zip(sums.iter_mut()).zip(weighted.iter_mut()) {
+                let sq = x * x;
+                *c = *c + (sq + k.eps1);
+                *v = *v + sq * w;
             }
-            sum += s.as_f64();
         }
-        sum
     }
 
     #[inline(always)]
@@ -269,26 +267,27 @@ mod small {
 /// Rows up to this many bytes are walked one at a time.
 const NARROW_ROW_BYTES: usize = 8192;
 
-/// `next = beta2 old + (1 - beta2) mean_j(g^2 + eps1)` per row; column terms added to `sums`.
+/// `next = beta2 old + (1 - beta2) mean_j(g^2 + eps1)` per row; column terms added to `sums`,
+/// weighted column terms `g_ij^2 / next_i` to `weighted`.
 #[inline(always)]
 fn sq_stats<S: Simd, T: Float>(
     o: Ops<S, T>,
     g: &[T],
     cols: usize,
-    old: &[T],
-    next: &mut [T],
-    sums: &mut [T],
+    (old, next): (&[T], &mut [T]),
+    sums: (&mut [T], &mut [T]),
     k: &Coefficients<T>,
 ) {
     if cols < SMALL_COLS {
-        return small::sq_stats(g, cols, old, next, sums, k);
+        return small::sq_stats(g, cols, (old, next), sums, k);
     }
     let split = grouped::<T>(cols, next.len());
     let (g4, g1) = g.split_at(split * cols);
     let (old4, old1) = old.split_at(split);
     let (next4, next1) = next.split_at_mut(split);
-    sq_stats_by::<S, T, GROUP>(o, g4, cols, old4, next4, sums, k);
-    sq_stats_by::<S, T, 1>(o, g1, cols, old1, next1, sums, k);
+    let (sums, weighted) = sums;
+    sq_stats_by::<S, T, GROUP>(o, g4, cols, (old4, next4), (sums, weighted), k);
+    sq_stats_by::<S, T, 1>(o, g1, cols, (old1, next1), (sums, weighted), k);
 }
 
 #[inline(always)]
@@ -296,50 +295,35 @@ fn sq_stats_by<S: Simd, T: Float, const R: usize>(
     o: Ops<S, T>,
     g: &[T],
     cols: usize,
-    old: &[T],
-    next: &mut [T],
-    sums: &mut [T],
+    (old, next): (&[T], &mut [T]),
+    (sums, weighted): (&mut [T], &mut [T]),
     k: &Coefficients<T>,
 ) {
     let n = T::from_f64(cols as f64);
     let groups = g.chunks_exact(R * cols).zip(old.chunks_exact(R));
     for ((g, old), next) in groups.zip(next.chunks_exact_mut(R)) {
-        let s = sq_rows::<S, T, R>(o, rows(g, cols), k.eps1, sums);
+        let g = rows::<T, R>(g, cols);
+        let mut s = [T::zero(); R];
+        for r in 0..R {
+            s[r] = row_sq_sum(o, g[r], k.eps1);
+        }
         for r in 0..R {
             next[r] = old[r] * k.beta2 + k.one_minus_beta2 * (s[r] / n);
         }
+        let w: [T; R] = core::array::from_fn(|r| T::one() / next[r]);
+        col_sq_terms::<S, T, R>(o, g, k.eps1, w, (&mut *sums, &mut *weighted));
     }
 }
 
-/// Squared norm of the unclipped update over some rows.
-#[inline(always)]
-fn update_sq<S: Simd, T: Float>(o: Ops<S, T>, g: &[T], cols: usize, rf: &[T], cf: &[T]) -> f64 {
-    if cols < SMALL_COLS {
-        return small::update_sq(g, cols, rf, cf);
-    }
-    let split = grouped::<T>(cols, rf.len());
-    let (g4, g1) = g.split_at(split * cols);
-    let (rf4, rf1) = rf.split_at(split);
-    update_sq_by::<S, T, GROUP>(o, g4, cols, rf4, cf)
-        + update_sq_by::<S, T, 1>(o, g1, cols, rf1, cf)
-}
-
-#[inline(always)]
-fn update_sq_by<S: Simd, T: Float, const R: usize>(
-    o: Ops<S, T>,
-    g: &[T],
-    cols: usize,
-    rf: &[T],
-    cf: &[T],
-) -> f64 {
+/// The squared norm of the unclipped update `u_ij = rf_i cf_j g_ij` of one matrix from its new
+/// statistics and its weighted column sums `v_j = sum_i g_ij^2 / r_i`:
+/// `mean(r) sum_j v_j / c_j`.
+fn update_norm_sq<T: Float>(row: &[T], col: &[T], weighted: &[T]) -> f64 {
     let mut sum = 0.0;
-    for (g, rf) in g.chunks_exact(R * cols).zip(rf.chunks_exact(R)) {
-        let rf: [T; R] = core::array::from_fn(|r| rf[r]);
-        for s in update_sq_rows::<S, T, R>(o, rows(g, cols), rf, cf) {
-            sum += s.as_f64();
-        }
+    for (&c, &v) in col.iter().zip(weighted) {
+        sum += v.as_f64() / c.as_f64();
     }
-    sum
+    row_mean(row).as_f64() * sum
 }
 
 /// The row factors, the column factors and the clip divisor of the update.
@@ -447,14 +431,20 @@ fn finish_cols<T: Float>(sums: &[T], rows: usize, old: &[T], next: &mut [T], bet
     }
 }
 
-/// The reference's `_approx_sq_grad` factors: `rf = rsqrt(row / mean(row))`, `cf = rsqrt(col)`.
+/// The mean of row statistics, summed in `f64` and rounded once.
 #[inline(always)]
-fn factors<T: Float>(row: &[T], col: &[T], rf: &mut [T], cf: &mut [T]) {
+fn row_mean<T: Float>(row: &[T]) -> T {
     let mut sum = 0.0;
     for r in row {
         sum += r.as_f64();
     }
-    let mean = T::from_f64(sum / row.len() as f64);
+    T::from_f64(sum / row.len() as f64)
+}
+
+/// The reference's `_approx_sq_grad` factors: `rf = rsqrt(row / mean(row))`, `cf = rsqrt(col)`.
+#[inline(always)]
+fn factors<T: Float>(row: &[T], col: &[T], rf: &mut [T], cf: &mut [T]) {
+    let mean = row_mean(row);
     for (f, &r) in rf.iter_mut().zip(row) {
         *f = T::one() / (r / mean).sqrt();
     }
@@ -482,33 +472,20 @@ struct SqStats<'a, T> {
 }
 
 impl<'a, T: Float> LaneKernel for SqStats<'a, T> {
-    /// gradient rows, old row statistics, new row statistics, column partial sums
-    type Item = (&'a [T], &'a [T], &'a mut [T], &'a mut [T]);
+    /// gradient rows, old row statistics, new row statistics, column partial sums, weighted
+    /// column partial sums
+    type Item = (&'a [T], &'a [T], &'a mut [T], &'a mut [T], &'a mut [T]);
 
     #[inline(always)]
-    fn run<S: Simd>(&self, simd: S, (g, old, next, sums): &mut Self::Item) {
+    fn run<S: Simd>(&self, simd: S, (g, old, next, sums, weighted): &mut Self::Item) {
         sums.fill(T::zero());
-        sq_stats(Ops::new(simd), g, self.cols, old, next, sums, self.k);
+        weighted.fill(T::zero());
+        let (o, k) = (Ops::new(simd), self.k);
+        sq_stats(o, g, self.cols, (old, next), (sums, weighted), k);
     }
 }
 
-/// Sweep 2 of one matrix: the squared norm of a lane's rows of the update.
-struct UpdateNorm<'a, T> {
-    cols: usize,
-    cf: &'a [T],
-}
-
-impl<'a, T: Float> LaneKernel for UpdateNorm<'a, T> {
-    /// gradient rows, row factors, the squared norm
-    type Item = (&'a [T], &'a [T], f64);
-
-    #[inline(always)]
-    fn run<S: Simd>(&self, simd: S, (g, rf, sum): &mut Self::Item) {
-        *sum = update_sq(Ops::new(simd), g, self.cols, rf, self.cf);
-    }
-}
-
-/// Sweep 3 of one matrix: momentum and instability statistics of a lane's rows.
+/// Sweep 2 of one matrix: momentum and instability statistics of a lane's rows.
 struct Momentum<'a, T> {
     cols: usize,
     cf: &'a [T],
@@ -548,7 +525,7 @@ impl<'a, T: Float> LaneKernel for Momentum<'a, T> {
     }
 }
 
-/// Sweep 4 of one matrix: the parameter update of a lane's rows.
+/// Sweep 3 of one matrix: the parameter update of a lane's rows.
 struct Apply<'a, T> {
     cols: usize,
     cf: &'a [T],
@@ -566,19 +543,27 @@ impl<'a, T: Float> LaneKernel for Apply<'a, T> {
 }
 
 /// The workspace of one matrix: new row and column statistics, row and column factors, and
-/// one column partial sum per lane.
-fn matrix_workspace<T>(dims: Dims, workspace: &mut [T]) -> [&mut [T]; 5] {
+/// per lane a column partial sum and a weighted column partial sum.
+fn matrix_workspace<T>(dims: Dims, workspace: &mut [T]) -> [&mut [T]; 6] {
     let Dims {
         rows, cols, lanes, ..
     } = dims;
     let (next_row, rest) = workspace.split_at_mut(rows);
     let (next_col, rest) = rest.split_at_mut(cols);
     let (rf, rest) = rest.split_at_mut(rows);
-    let (cf, col_parts) = rest.split_at_mut(cols);
-    [next_row, next_col, rf, cf, &mut col_parts[..lanes * cols]]
+    let (cf, rest) = rest.split_at_mut(cols);
+    let (col_parts, rest) = rest.split_at_mut(lanes * cols);
+    [
+        next_row,
+        next_col,
+        rf,
+        cf,
+        col_parts,
+        &mut rest[..lanes * cols],
+    ]
 }
 
-/// Sweeps 1 and 2 of one matrix: returns the squared norm of the unclipped update, with the new
+/// Sweep 1 of one matrix: returns the squared norm of the unclipped update, with the new
 /// statistics and their factors in the workspace.
 fn matrix_norm<T: Float, E: Executor>(
     exec: &E,
@@ -591,19 +576,21 @@ fn matrix_norm<T: Float, E: Executor>(
     let Dims {
         rows, cols, lanes, ..
     } = dims;
-    let [next_row, next_col, rf, cf, col_parts] = matrix_workspace(dims, workspace);
+    let [next_row, next_col, rf, cf, col_parts, weighted] = matrix_workspace(dims, workspace);
 
-    // Sweep 1: squared-gradient statistics.
+    // Sweep 1: squared-gradient statistics and the update's norm.
     {
         let mut items: LaneItems<_> = split(grad, cols, rows, lanes)
             .zip(split(stats.sq_row, 1, rows, lanes))
             .zip(split_mut(next_row, 1, rows, lanes))
             .zip(col_parts.chunks_exact_mut(cols))
-            .map(|(((g, old), next), sums)| (g, old, next, sums))
+            .zip(weighted.chunks_exact_mut(cols))
+            .map(|((((g, old), next), sums), w)| (g, old, next, sums, w))
             .collect();
         exec.run(&SqStats { cols, k }, &mut items);
     }
     combine_lanes(col_parts, cols);
+    combine_lanes(weighted, cols);
     finish_cols(
         &col_parts[..cols],
         rows,
@@ -616,17 +603,10 @@ fn matrix_norm<T: Float, E: Executor>(
         return Err(gradient_error(grad));
     }
     factors(next_row, next_col, rf, cf);
-
-    // Sweep 2: the update's norm, for the clip.
-    let mut items: LaneItems<_> = split(grad, cols, rows, lanes)
-        .zip(split(rf, 1, rows, lanes))
-        .map(|(g, f)| (g, f, 0.0))
-        .collect();
-    exec.run(&UpdateNorm { cols, cf }, &mut items);
-    Ok(items.iter().map(|it| it.2).sum::<f64>())
+    Ok(update_norm_sq(next_row, next_col, &weighted[..cols]))
 }
 
-/// Commits the squared-gradient statistics, then sweeps 3 and 4 of one matrix.
+/// Commits the squared-gradient statistics, then sweeps 2 and 3 of one matrix.
 fn matrix_update<T: Float, E: Executor>(
     exec: &E,
     k: &Coefficients<T>,
@@ -641,11 +621,11 @@ fn matrix_update<T: Float, E: Executor>(
     } = dims;
     let stats = &mut parts.stats;
     let m = &mut *parts.m;
-    let [next_row, next_col, rf, cf, col_parts] = matrix_workspace(dims, parts.workspace);
+    let [next_row, next_col, rf, cf, col_parts, _] = matrix_workspace(dims, parts.workspace);
     stats.sq_row.copy_from_slice(next_row);
     stats.sq_col.copy_from_slice(next_col);
 
-    // Sweep 3: momentum and instability statistics.
+    // Sweep 2: momentum and instability statistics.
     {
         let mut items: LaneItems<_> = split(grad, cols, rows, lanes)
             .zip(split_mut(m, cols, rows, lanes))
@@ -678,7 +658,7 @@ fn matrix_update<T: Float, E: Executor>(
         cf.fill(T::one());
     }
 
-    // Sweep 4: the parameters.
+    // Sweep 3: the parameters.
     let mut items: LaneItems<_> = split_mut(param, cols, rows, lanes)
         .zip(split(m, cols, rows, lanes))
         .zip(split(rf, 1, rows, lanes))
@@ -705,11 +685,7 @@ fn batch_factors<S: Simd, T: Float>(
     (rf, cf): (&mut [T], &mut [T]),
 ) {
     for (row, rf) in row.chunks_exact(rows).zip(rf.chunks_exact_mut(rows)) {
-        let mut sum = 0.0;
-        for r in row {
-            sum += r.as_f64();
-        }
-        let mean = T::from_f64(sum / rows as f64);
+        let mean = row_mean(row);
         for (f, &r) in rf.iter_mut().zip(row) {
             *f = r / mean;
         }
@@ -737,9 +713,9 @@ fn rsqrt_in_place<S: Simd, T: Float>(o: Ops<S, T>, x: &mut [T]) {
 struct BatchLane<'a, T> {
     /// gradients
     g: &'a [T],
-    /// momentum (written in sweep 3)
+    /// momentum (written in sweep 2)
     m: &'a mut [T],
-    /// parameters (written in sweep 4)
+    /// parameters (written in sweep 3)
     p: &'a mut [T],
     /// committed statistics: squared gradient rows, columns; instability rows, columns
     stats: [&'a [T]; 4],
@@ -747,8 +723,8 @@ struct BatchLane<'a, T> {
     next: (&'a mut [T], &'a mut [T]),
     /// row and column factors of every matrix of the lane
     factors: (&'a mut [T], &'a mut [T]),
-    /// one matrix's column sums
-    sums: &'a mut [T],
+    /// one matrix's column sums and weighted column sums
+    sums: (&'a mut [T], &'a mut [T]),
     /// all new statistics finite
     finite: bool,
     /// squared norm of the unclipped update
@@ -758,11 +734,11 @@ struct BatchLane<'a, T> {
 /// Which sweep of a batch a lane runs.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum BatchSweep {
-    /// sweeps 1 and 2: squared-gradient statistics, factors, the update's norm
+    /// sweep 1: squared-gradient statistics, the update's norm, factors
     Norm,
-    /// sweep 3: momentum and instability statistics, then their factors
+    /// sweep 2: momentum and instability statistics, then their factors
     Momentum,
-    /// sweep 4: the parameters
+    /// sweep 3: the parameters
     Apply,
 }
 
@@ -784,7 +760,7 @@ impl<'a, T: Float> LaneKernel for Batch<'a, T> {
         let (fr, fc) = (&mut *lane.factors.0, &mut *lane.factors.1);
         let (nr, nc) = (&mut *lane.next.0, &mut *lane.next.1);
         let [sq_row, sq_col, res_row, res_col] = lane.stats;
-        let sums = &mut *lane.sums;
+        let (sums, weighted) = (&mut *lane.sums.0, &mut *lane.sums.1);
         match self.sweep {
             BatchSweep::Norm => {
                 let mats = lane.g.chunks_exact(size);
@@ -792,15 +768,13 @@ impl<'a, T: Float> LaneKernel for Batch<'a, T> {
                 let next = nr.chunks_exact_mut(rows).zip(nc.chunks_exact_mut(cols));
                 for ((g, (r, c)), (nr, nc)) in mats.zip(old).zip(next) {
                     sums.fill(T::zero());
-                    sq_stats(o, g, cols, r, nr, sums, k);
+                    weighted.fill(T::zero());
+                    sq_stats(o, g, cols, (r, nr), (sums, &mut *weighted), k);
                     finish_cols(sums, rows, c, nc, k.beta2, k.one_minus_beta2);
+                    lane.sum_sq += update_norm_sq(nr, nc, weighted);
                 }
                 lane.finite = all_finite(nr) && all_finite(nc);
                 batch_factors(o, rows, (nr, nc), (fr, fc));
-                let mats = lane.g.chunks_exact(size).zip(fr.chunks_exact(rows));
-                for ((g, rf), cf) in mats.zip(fc.chunks_exact(cols)) {
-                    lane.sum_sq += update_sq(o, g, cols, rf, cf);
-                }
             }
             BatchSweep::Momentum => {
                 let mats = lane.g.chunks_exact(size).zip(lane.m.chunks_exact_mut(size));
@@ -855,8 +829,9 @@ fn batch_run<T: Float, E: Executor>(
     let (next_row, rest) = parts.workspace.split_at_mut(batch * rows);
     let (next_col, rest) = rest.split_at_mut(batch * cols);
     let (fac_row, rest) = rest.split_at_mut(batch * rows);
-    let (fac_col, col_sums) = rest.split_at_mut(batch * cols);
-    let col_sums = &mut col_sums[..lanes * cols];
+    let (fac_col, rest) = rest.split_at_mut(batch * cols);
+    let (col_sums, rest) = rest.split_at_mut(lanes * cols);
+    let weighted = &mut rest[..lanes * cols];
     let stats = &parts.stats;
     let mut items: LaneItems<_> = split(grad, size, batch, lanes)
         .zip(split_mut(parts.m, size, batch, lanes))
@@ -865,7 +840,11 @@ fn batch_run<T: Float, E: Executor>(
         .zip(split(stats.res_row, rows, batch, lanes).zip(split(stats.res_col, cols, batch, lanes)))
         .zip(split_mut(next_row, rows, batch, lanes).zip(split_mut(next_col, cols, batch, lanes)))
         .zip(split_mut(fac_row, rows, batch, lanes).zip(split_mut(fac_col, cols, batch, lanes)))
-        .zip(col_sums.chunks_exact_mut(cols))
+        .zip(
+            col_sums
+                .chunks_exact_mut(cols)
+                .zip(weighted.chunks_exact_mut(cols)),
+        )
         .map(
             |(((((((g, m), p), (sr, sc)), (rr, rc)), next), factors), sums)| BatchLane {
                 g,
