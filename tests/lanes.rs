@@ -50,13 +50,17 @@ fn worst_ratio<T: Float>(
     worst
 }
 
-const SHAPES: [&[usize]; 10] = [
+const SHAPES: [&[usize]; 13] = [
     &[300, 257],
     // rows wider than 8 KiB are walked four at a time (here with 2 rows left over per lane)
     &[70, 3001],
     &[2, 35, 1500],
-    // rows shorter than 16 elements take the plain loops
+    // rows shorter than 16 elements take the plain loops: any width, and the widths compiled
+    // as constants (the kernels of 3x3, 1x1 and 5x5 convolutions)
     &[4000, 9, 7],
+    &[128, 128, 3, 3],
+    &[512, 256, 1, 1],
+    &[100, 64, 5, 5],
     &[1100, 130],
     &[5000, 70],
     &[40, 64, 33],
@@ -71,7 +75,7 @@ fn shapes_under_test_have_several_lanes() {
         .iter()
         .map(|d| Shape::new(d).unwrap().lanes())
         .collect();
-    assert_eq!(lanes, [2, 6, 2, 7, 4, 10, 2, 3, 6, 1]);
+    assert_eq!(lanes, [2, 6, 2, 7, 4, 4, 4, 4, 10, 2, 3, 6, 1]);
 }
 
 #[test]

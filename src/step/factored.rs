@@ -23,6 +23,7 @@
 //! (`((rf / d) * cf) * g`) instead of every element (`((rf * cf) * g) / d`), which saves a
 //! division per element and moves the result by at most a few units in the last place.
 
+use super::small::{self, SMALL_COLS, norm_from_quotients, quotients};
 use super::{Clip, all_finite, clip_divisor, gradient_error, valid_statistics};
 use crate::config::Coefficients;
 use crate::kernels::{GROUP, apply_rows, col_sq_terms, momentum_rows, row_sq_sum, rows, rows_mut};
@@ -183,87 +184,6 @@ fn grouped<T>(cols: usize, rows: usize) -> usize {
     }
 }
 
-/// Rows of fewer elements (the 3x3 kernels of a convolution, say) are too short for vectors:
-/// they take plain loops without the vector set-up per row.
-const SMALL_COLS: usize = 16;
-
-/// Plain loops for rows too short for vectors, with the same arithmetic as the vector kernels
-/// (row sums in order, column terms added to the column sums row by row).
-mod small {
-    use super::{Coefficients, Factors, Float};
-
-    /// Row sums first, then the column terms and the weighted column terms of the row.
-    #[inline(always)]
-    pub(super) fn sq_stats<T: Float>(
-        g: &[T],
-        cols: usize,
-        (old, next): (&[T], &mut [T]),
-        (sums, weighted): (&mut [T], &mut [T]),
-        k: &Coefficients<T>,
-    ) {
-        let n = T::from_f64(cols as f64);
-        for ((g, &o), nx) in g.chunks_exact(cols).zip(old).zip(next) {
-            let mut s = T::zero();
-            for &x in g {
-                s = s + (x * x + k.eps1);
-            }
-            *nx = o * k.beta2 + k.one_minus_beta2 * (s / n);
-            let w = T::one() / *nx;
-            for ((&x, c), v) in g.iter().zip(sums.iter_mut()).zip(weighted.iter_mut()) {
-                let sq = x * x;
-                *c = *c + (sq + k.eps1);
-                *v = *v + sq * w;
-            }
-        }
-    }
-
-    #[inline(always)]
-    pub(super) fn momentum<T: Float>(
-        (g, m): (&[T], &mut [T]),
-        cols: usize,
-        f: Factors<'_, T>,
-        (old, next): (&[T], &mut [T]),
-        sums: &mut [T],
-        k: &Coefficients<T>,
-    ) {
-        let n = T::from_f64(cols as f64);
-        let data = g.chunks_exact(cols).zip(m.chunks_exact_mut(cols));
-        for (((g, m), &r), (&o, nx)) in data.zip(f.rf).zip(old.iter().zip(next)) {
-            let r = r / f.d;
-            let mut s = T::zero();
-            for (((&x, mj), &c), cs) in g.iter().zip(m).zip(f.cf).zip(sums.iter_mut()) {
-                let u = (r * c) * x;
-                let m_new = *mj * k.beta1 + k.one_minus_beta1 * u;
-                *mj = m_new;
-                let res = (u - m_new) * (u - m_new) + k.eps2;
-                s = s + res;
-                *cs = *cs + res;
-            }
-            *nx = o * k.beta3 + k.one_minus_beta3 * (s / n);
-        }
-    }
-
-    #[inline(always)]
-    pub(super) fn apply<T: Float>(
-        (p, m): (&mut [T], &[T]),
-        cols: usize,
-        rf: &[T],
-        cf: &[T],
-        k: &Coefficients<T>,
-    ) {
-        let rows = p.chunks_exact_mut(cols).zip(m.chunks_exact(cols));
-        for ((p, m), &r) in rows.zip(rf) {
-            for ((pj, &mj), &c) in p.iter_mut().zip(m).zip(cf) {
-                let mut pn = *pj;
-                if let Some(decay) = k.decay {
-                    pn = pn - decay * pn;
-                }
-                *pj = pn - ((r * c) * mj) * k.lr;
-            }
-        }
-    }
-}
-
 /// Rows up to this many bytes are walked one at a time.
 const NARROW_ROW_BYTES: usize = 8192;
 
@@ -315,23 +235,12 @@ fn sq_stats_by<S: Simd, T: Float, const R: usize>(
     }
 }
 
-/// The squared norm of the unclipped update `u_ij = rf_i cf_j g_ij` of one matrix from its new
-/// statistics and its weighted column sums `v_j = sum_i g_ij^2 / r_i`:
-/// `mean(r) sum_j v_j / c_j`.
-fn update_norm_sq<T: Float>(row: &[T], col: &[T], weighted: &[T]) -> f64 {
-    let mut sum = 0.0;
-    for (&c, &v) in col.iter().zip(weighted) {
-        sum += v.as_f64() / c.as_f64();
-    }
-    row_mean(row).as_f64() * sum
-}
-
 /// The row factors, the column factors and the clip divisor of the update.
 #[derive(Clone, Copy)]
-struct Factors<'a, T> {
-    rf: &'a [T],
-    cf: &'a [T],
-    d: T,
+pub(super) struct Factors<'a, T> {
+    pub(super) rf: &'a [T],
+    pub(super) cf: &'a [T],
+    pub(super) d: T,
 }
 
 /// Momentum of some rows and their instability: `next` row statistics, column terms added to
@@ -433,7 +342,7 @@ fn finish_cols<T: Float>(sums: &[T], rows: usize, old: &[T], next: &mut [T], bet
 
 /// The mean of row statistics, summed in `f64` and rounded once.
 #[inline(always)]
-fn row_mean<T: Float>(row: &[T]) -> T {
+pub(super) fn row_mean<T: Float>(row: &[T]) -> T {
     let mut sum = 0.0;
     for r in row {
         sum += r.as_f64();
@@ -603,7 +512,9 @@ fn matrix_norm<T: Float, E: Executor>(
         return Err(gradient_error(grad));
     }
     factors(next_row, next_col, rf, cf);
-    Ok(update_norm_sq(next_row, next_col, &weighted[..cols]))
+    let q = &mut weighted[..cols];
+    quotients(q, next_col);
+    Ok(norm_from_quotients(next_row, q))
 }
 
 /// Commits the squared-gradient statistics, then sweeps 2 and 3 of one matrix.
@@ -684,13 +595,13 @@ fn batch_factors<S: Simd, T: Float>(
     (row, col): (&[T], &[T]),
     (rf, cf): (&mut [T], &mut [T]),
 ) {
+    // each matrix's mean in all its row slots, then one division pass over the lane
     for (row, rf) in row.chunks_exact(rows).zip(rf.chunks_exact_mut(rows)) {
-        let mean = row_mean(row);
-        for (f, &r) in rf.iter_mut().zip(row) {
-            *f = r / mean;
-        }
+        rf.fill(row_mean(row));
     }
-    let rf: &mut [T] = rf;
+    for (f, &r) in rf.iter_mut().zip(row) {
+        *f = r / *f;
+    }
     rsqrt_in_place(o, rf);
     cf.copy_from_slice(col);
     rsqrt_in_place(o, cf);
@@ -762,6 +673,13 @@ impl<'a, T: Float> LaneKernel for Batch<'a, T> {
         let [sq_row, sq_col, res_row, res_col] = lane.stats;
         let (sums, weighted) = (&mut *lane.sums.0, &mut *lane.sums.1);
         match self.sweep {
+            BatchSweep::Norm if cols < SMALL_COLS => {
+                let stats = (sq_row, sq_col);
+                lane.sum_sq =
+                    small::batch_sq_stats(lane.g, (rows, cols), stats, (nr, nc), (fr, fc), k);
+                lane.finite = all_finite(nr) && all_finite(nc);
+                batch_factors(o, rows, (nr, nc), (fr, fc));
+            }
             BatchSweep::Norm => {
                 let mats = lane.g.chunks_exact(size);
                 let old = sq_row.chunks_exact(rows).zip(sq_col.chunks_exact(cols));
@@ -771,21 +689,29 @@ impl<'a, T: Float> LaneKernel for Batch<'a, T> {
                     weighted.fill(T::zero());
                     sq_stats(o, g, cols, (r, nr), (sums, &mut *weighted), k);
                     finish_cols(sums, rows, c, nc, k.beta2, k.one_minus_beta2);
-                    lane.sum_sq += update_norm_sq(nr, nc, weighted);
+                    quotients(weighted, nc);
+                    lane.sum_sq += norm_from_quotients(nr, weighted);
                 }
                 lane.finite = all_finite(nr) && all_finite(nc);
                 batch_factors(o, rows, (nr, nc), (fr, fc));
             }
             BatchSweep::Momentum => {
-                let mats = lane.g.chunks_exact(size).zip(lane.m.chunks_exact_mut(size));
-                let f = fr.chunks_exact(rows).zip(fc.chunks_exact(cols));
-                let old = res_row.chunks_exact(rows).zip(res_col.chunks_exact(cols));
-                let next = nr.chunks_exact_mut(rows).zip(nc.chunks_exact_mut(cols));
-                for ((((g, m), (rf, cf)), (rr, rc)), (nr, nc)) in mats.zip(f).zip(old).zip(next) {
-                    sums.fill(T::zero());
-                    let f = Factors { rf, cf, d: self.d };
-                    momentum(o, (g, m), cols, f, (rr, nr), sums, k);
-                    finish_cols(sums, rows, rc, nc, k.beta3, k.one_minus_beta3);
+                if cols < SMALL_COLS {
+                    let (gm, f) = ((lane.g, &mut *lane.m), (&mut *fr, &*fc));
+                    let old = (res_row, res_col);
+                    small::batch_momentum(gm, (rows, cols), f, self.d, old, (nr, nc), k);
+                } else {
+                    let mats = lane.g.chunks_exact(size).zip(lane.m.chunks_exact_mut(size));
+                    let f = fr.chunks_exact(rows).zip(fc.chunks_exact(cols));
+                    let old = res_row.chunks_exact(rows).zip(res_col.chunks_exact(cols));
+                    let next = nr.chunks_exact_mut(rows).zip(nc.chunks_exact_mut(cols));
+                    for ((((g, m), (rf, cf)), (rr, rc)), (nr, nc)) in mats.zip(f).zip(old).zip(next)
+                    {
+                        sums.fill(T::zero());
+                        let f = Factors { rf, cf, d: self.d };
+                        momentum(o, (g, m), cols, f, (rr, nr), sums, k);
+                        finish_cols(sums, rows, rc, nc, k.beta3, k.one_minus_beta3);
+                    }
                 }
                 lane.finite = all_finite(nr) && all_finite(nc);
                 if k.confidence {
@@ -794,6 +720,10 @@ impl<'a, T: Float> LaneKernel for Batch<'a, T> {
                     fr.fill(T::one());
                     fc.fill(T::one());
                 }
+            }
+            BatchSweep::Apply if cols < SMALL_COLS => {
+                let pm = (&mut *lane.p, &*lane.m);
+                small::batch_apply(pm, (rows, cols), (&*fr, &*fc), k);
             }
             BatchSweep::Apply => {
                 let mats = lane.p.chunks_exact_mut(size).zip(lane.m.chunks_exact(size));

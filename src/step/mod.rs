@@ -1,6 +1,7 @@
 //! One CAME step over one tensor.
 
 mod factored;
+mod small;
 mod vector;
 
 use crate::config::Coefficients;
@@ -189,12 +190,26 @@ fn gradient_error<T: Float>(grad: &[T]) -> Error {
     }
 }
 
+/// Values checked between early exits: within a chunk the checks have no branch per value
+/// (the statistics of a batch of small matrices are as long as its data).
+const CHECK_CHUNK: usize = 256;
+
+/// Whether every value is finite.
 pub(crate) fn all_finite<T: Float>(values: &[T]) -> bool {
-    values.iter().all(|v| v.is_finite())
+    let finite = |ok, v: &T| ok & v.is_finite();
+    values
+        .chunks(CHECK_CHUNK)
+        .all(|c| c.iter().fold(true, finite))
 }
 
 /// Whether every value is a possible second-moment statistic: finite and not negative (an
 /// average of squares).
 pub(crate) fn valid_statistics<T: Float>(values: &[T]) -> bool {
-    values.iter().all(|&v| v >= T::zero() && v.is_finite())
+    let zero = T::zero();
+    // bitwise, not lazy: no branch per value
+    #[allow(clippy::needless_bitwise_bool)]
+    let valid = |ok, &v: &T| ok & v.is_finite() & (v >= zero);
+    values
+        .chunks(CHECK_CHUNK)
+        .all(|c| c.iter().fold(true, valid))
 }

@@ -1,0 +1,305 @@
+//! Matrices whose rows are too short for vectors (fewer than [`SMALL_COLS`] columns, such as
+//! the 3x3 kernels of a convolution): plain loops with the same arithmetic as the vector
+//! kernels (row sums in order, column terms added to the column sums row by row).
+//!
+//! A batch of them is stepped a lane at a time: the element-wise work per matrix is a few
+//! loops over a handful of elements, while the statistics, their inverses and quotients, one
+//! or two per row and column, are computed in passes over the whole lane's contiguous row and
+//! column arrays, which vectorise (they would otherwise be a scalar division or two per row
+//! and per column of every matrix, more work than the matrices themselves).
+
+use super::factored::{Factors, row_mean};
+use crate::Float;
+use crate::config::Coefficients;
+
+/// Rows of fewer elements take these loops, without the vector set-up per row.
+pub(super) const SMALL_COLS: usize = 16;
+
+/// Row sums first, then the column terms and the weighted column terms of the row.
+#[inline(always)]
+pub(super) fn sq_stats<T: Float>(
+    g: &[T],
+    cols: usize,
+    (old, next): (&[T], &mut [T]),
+    (sums, weighted): (&mut [T], &mut [T]),
+    k: &Coefficients<T>,
+) {
+    let n = T::from_f64(cols as f64);
+    for ((g, &o), nx) in g.chunks_exact(cols).zip(old).zip(next) {
+        let mut s = T::zero();
+        for &x in g {
+            s = s + (x * x + k.eps1);
+        }
+        *nx = o * k.beta2 + k.one_minus_beta2 * (s / n);
+        let w = T::one() / *nx;
+        for ((&x, c), v) in g.iter().zip(sums.iter_mut()).zip(weighted.iter_mut()) {
+            let sq = x * x;
+            *c = *c + (sq + k.eps1);
+            *v = *v + sq * w;
+        }
+    }
+}
+
+#[inline(always)]
+pub(super) fn momentum<T: Float>(
+    (g, m): (&[T], &mut [T]),
+    cols: usize,
+    f: Factors<'_, T>,
+    (old, next): (&[T], &mut [T]),
+    sums: &mut [T],
+    k: &Coefficients<T>,
+) {
+    let n = T::from_f64(cols as f64);
+    let data = g.chunks_exact(cols).zip(m.chunks_exact_mut(cols));
+    for (((g, m), &r), (&o, nx)) in data.zip(f.rf).zip(old.iter().zip(next)) {
+        let r = r / f.d;
+        let mut s = T::zero();
+        for (((&x, mj), &c), cs) in g.iter().zip(m).zip(f.cf).zip(sums.iter_mut()) {
+            let u = (r * c) * x;
+            let m_new = *mj * k.beta1 + k.one_minus_beta1 * u;
+            *mj = m_new;
+            let res = (u - m_new) * (u - m_new) + k.eps2;
+            s = s + res;
+            *cs = *cs + res;
+        }
+        *nx = o * k.beta3 + k.one_minus_beta3 * (s / n);
+    }
+}
+
+#[inline(always)]
+pub(super) fn apply<T: Float>(
+    (p, m): (&mut [T], &[T]),
+    cols: usize,
+    rf: &[T],
+    cf: &[T],
+    k: &Coefficients<T>,
+) {
+    let rows = p.chunks_exact_mut(cols).zip(m.chunks_exact(cols));
+    for ((p, m), &r) in rows.zip(rf) {
+        for ((pj, &mj), &c) in p.iter_mut().zip(m).zip(cf) {
+            let mut pn = *pj;
+            if let Some(decay) = k.decay {
+                pn = pn - decay * pn;
+            }
+            *pj = pn - ((r * c) * mj) * k.lr;
+        }
+    }
+}
+
+/// `next = beta old + (1 - beta) (next / n)`: raw sums of `n` terms turned into statistics.
+#[inline(always)]
+pub(super) fn average_into<T: Float>(old: &[T], next: &mut [T], beta: T, omb: T, n: usize) {
+    let n = T::from_f64(n as f64);
+    for (nx, &o) in next.iter_mut().zip(old) {
+        *nx = o * beta + omb * (*nx / n);
+    }
+}
+
+/// `weighted_j = weighted_j / col_j`: the terms of the update's squared norm, see
+/// [`norm_from_quotients`].
+#[inline(always)]
+pub(super) fn quotients<T: Float>(weighted: &mut [T], col: &[T]) {
+    for (w, &c) in weighted.iter_mut().zip(col) {
+        *w = *w / c;
+    }
+}
+
+/// The squared norm of one matrix's unclipped update, `mean(row) sum_j q_j`, from its new row
+/// statistics and the [`quotients`] `q_j = v_j / c_j`.
+#[inline(always)]
+pub(super) fn norm_from_quotients<T: Float>(row: &[T], q: &[T]) -> f64 {
+    let mut sum = 0.0;
+    for &x in q {
+        sum += x.as_f64();
+    }
+    row_mean(row).as_f64() * sum
+}
+
+/// Calls `$f::<T, C>` with the column count as the constant `C` for the common kernel widths,
+/// so that the loops over a row unroll and a matrix's column data stays in registers, and with
+/// `C = 0` (the count known at run time only) for any other width.
+macro_rules! by_width {
+    ($f:ident::<$t:ty>($cols:expr, $($arg:expr),* $(,)?)) => {
+        match $cols {
+            1 => $f::<$t, 1>($($arg),*),
+            3 => $f::<$t, 3>($($arg),*),
+            5 => $f::<$t, 5>($($arg),*),
+            _ => $f::<$t, 0>($($arg),*),
+        }
+    };
+}
+
+/// `cols` as the constant `C`, or as given when `C` is 0.
+#[inline(always)]
+const fn width<const C: usize>(cols: usize) -> usize {
+    if C == 0 { cols } else { C }
+}
+
+/// Sweep 1 of a lane of small matrices `(rows, cols)`: new squared-gradient statistics into
+/// `next`; returns the squared norm of the unclipped update. Uses the factor arrays as scratch.
+#[inline(always)]
+pub(super) fn batch_sq_stats<T: Float>(
+    g: &[T],
+    (rows, cols): (usize, usize),
+    old: (&[T], &[T]),
+    next: (&mut [T], &mut [T]),
+    scratch: (&mut [T], &mut [T]),
+    k: &Coefficients<T>,
+) -> f64 {
+    by_width!(batch_sq_stats_with::<T>(
+        cols,
+        g,
+        (rows, cols),
+        old,
+        next,
+        scratch,
+        k
+    ))
+}
+
+#[inline(always)]
+fn batch_sq_stats_with<T: Float, const C: usize>(
+    g: &[T],
+    (rows, cols): (usize, usize),
+    (old_row, old_col): (&[T], &[T]),
+    (next_row, next_col): (&mut [T], &mut [T]),
+    (scratch_row, scratch_col): (&mut [T], &mut [T]),
+    k: &Coefficients<T>,
+) -> f64 {
+    let cols = width::<C>(cols);
+    // raw row and column sums of g^2 + eps1
+    next_col.fill(T::zero());
+    let mats = g.chunks_exact(rows * cols);
+    let next = next_row
+        .chunks_exact_mut(rows)
+        .zip(next_col.chunks_exact_mut(cols));
+    for (g, (nr, nc)) in mats.zip(next) {
+        for (g, nx) in g.chunks_exact(cols).zip(nr) {
+            let mut s = T::zero();
+            for (&x, c) in g.iter().zip(nc.iter_mut()) {
+                let u = x * x + k.eps1;
+                s = s + u;
+                *c = *c + u;
+            }
+            *nx = s;
+        }
+    }
+    average_into(old_row, next_row, k.beta2, k.one_minus_beta2, cols);
+    average_into(old_col, next_col, k.beta2, k.one_minus_beta2, rows);
+    // weighted column sums v_j = sum_i g_ij^2 / r_i
+    for (w, &r) in scratch_row.iter_mut().zip(next_row.iter()) {
+        *w = T::one() / r;
+    }
+    scratch_col.fill(T::zero());
+    let mats = g
+        .chunks_exact(rows * cols)
+        .zip(scratch_row.chunks_exact(rows));
+    for ((g, w), v) in mats.zip(scratch_col.chunks_exact_mut(cols)) {
+        for (g, &w) in g.chunks_exact(cols).zip(w) {
+            for (&x, v) in g.iter().zip(v.iter_mut()) {
+                *v = *v + (x * x) * w;
+            }
+        }
+    }
+    quotients(scratch_col, next_col);
+    let mut sum = 0.0;
+    let mats = next_row
+        .chunks_exact(rows)
+        .zip(scratch_col.chunks_exact(cols));
+    for (row, q) in mats {
+        sum += norm_from_quotients(row, q);
+    }
+    sum
+}
+
+/// Sweep 2 of a lane of small matrices: the momentum, and the new instability statistics into
+/// `next`. Divides the row factors by the clip divisor in place (they are recomputed after
+/// this sweep).
+#[inline(always)]
+pub(super) fn batch_momentum<T: Float>(
+    gm: (&[T], &mut [T]),
+    (rows, cols): (usize, usize),
+    factors: (&mut [T], &[T]),
+    d: T,
+    old: (&[T], &[T]),
+    next: (&mut [T], &mut [T]),
+    k: &Coefficients<T>,
+) {
+    by_width!(batch_momentum_with::<T>(
+        cols,
+        gm,
+        (rows, cols),
+        factors,
+        d,
+        old,
+        next,
+        k
+    ));
+}
+
+#[inline(always)]
+fn batch_momentum_with<T: Float, const C: usize>(
+    (g, m): (&[T], &mut [T]),
+    (rows, cols): (usize, usize),
+    (rf, cf): (&mut [T], &[T]),
+    d: T,
+    (old_row, old_col): (&[T], &[T]),
+    (next_row, next_col): (&mut [T], &mut [T]),
+    k: &Coefficients<T>,
+) {
+    let cols = width::<C>(cols);
+    for f in rf.iter_mut() {
+        *f = *f / d;
+    }
+    next_col.fill(T::zero());
+    let size = rows * cols;
+    let mats = g.chunks_exact(size).zip(m.chunks_exact_mut(size));
+    let factors = rf.chunks_exact(rows).zip(cf.chunks_exact(cols));
+    let next = next_row
+        .chunks_exact_mut(rows)
+        .zip(next_col.chunks_exact_mut(cols));
+    for (((g, m), (rf, cf)), (nr, nc)) in mats.zip(factors).zip(next) {
+        let rows = g.chunks_exact(cols).zip(m.chunks_exact_mut(cols));
+        for ((g, m), (&r, nx)) in rows.zip(rf.iter().zip(nr)) {
+            let mut s = T::zero();
+            for (((&x, mj), &c), cs) in g.iter().zip(m).zip(cf).zip(nc.iter_mut()) {
+                let u = (r * c) * x;
+                let m_new = *mj * k.beta1 + k.one_minus_beta1 * u;
+                *mj = m_new;
+                let res = (u - m_new) * (u - m_new) + k.eps2;
+                s = s + res;
+                *cs = *cs + res;
+            }
+            *nx = s;
+        }
+    }
+    average_into(old_row, next_row, k.beta3, k.one_minus_beta3, cols);
+    average_into(old_col, next_col, k.beta3, k.one_minus_beta3, rows);
+}
+
+/// Sweep 3 of a lane of small matrices: the parameters.
+#[inline(always)]
+pub(super) fn batch_apply<T: Float>(
+    pm: (&mut [T], &[T]),
+    (rows, cols): (usize, usize),
+    factors: (&[T], &[T]),
+    k: &Coefficients<T>,
+) {
+    by_width!(batch_apply_with::<T>(cols, pm, (rows, cols), factors, k));
+}
+
+#[inline(always)]
+fn batch_apply_with<T: Float, const C: usize>(
+    (p, m): (&mut [T], &[T]),
+    (rows, cols): (usize, usize),
+    (rf, cf): (&[T], &[T]),
+    k: &Coefficients<T>,
+) {
+    let cols = width::<C>(cols);
+    let size = rows * cols;
+    let mats = p.chunks_exact_mut(size).zip(m.chunks_exact(size));
+    let factors = rf.chunks_exact(rows).zip(cf.chunks_exact(cols));
+    for ((p, m), (rf, cf)) in mats.zip(factors) {
+        apply((p, m), cols, rf, cf, k);
+    }
+}
