@@ -50,10 +50,11 @@ fn worst_ratio<T: Float>(
     worst
 }
 
-const SHAPES: [&[usize]; 13] = [
+const SHAPES: [&[usize]; 14] = [
     &[300, 257],
     // rows wider than 8 KiB are walked four at a time (here with 2 rows left over per lane)
     &[70, 3001],
+    &[40, 4096],
     &[2, 35, 1500],
     // rows shorter than 16 elements take the plain loops: any width, and the widths compiled
     // as constants (the kernels of 3x3, 1x1 and 5x5 convolutions)
@@ -75,7 +76,7 @@ fn shapes_under_test_have_several_lanes() {
         .iter()
         .map(|d| Shape::new(d).unwrap().lanes())
         .collect();
-    assert_eq!(lanes, [2, 6, 2, 7, 4, 4, 4, 4, 10, 2, 3, 6, 1]);
+    assert_eq!(lanes, [2, 6, 5, 2, 7, 4, 4, 4, 4, 10, 2, 3, 6, 1]);
 }
 
 #[test]

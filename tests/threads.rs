@@ -9,8 +9,9 @@ use came::{CameConfig, CameState, Pool, Shape, TensorStep};
 use support::reference::Rng;
 
 /// Shapes whose rows (or matrices, or elements) do not divide evenly into lanes or threads.
-const SHAPES: [&[usize]; 8] = [
+const SHAPES: [&[usize]; 9] = [
     &[1000, 77],
+    &[64, 4096],
     &[300, 100, 3, 3],
     &[5001, 70],
     &[301, 3001],
