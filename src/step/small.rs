@@ -6,7 +6,9 @@
 //! loops over a handful of elements, while the statistics, their inverses and quotients, one
 //! or two per row and column, are computed in passes over the whole lane's contiguous row and
 //! column arrays, which vectorise (they would otherwise be a scalar division or two per row
-//! and per column of every matrix, more work than the matrices themselves).
+//! and per column of every matrix, more work than the matrices themselves). Checked with
+//! cachegrind on a 256 x 256 x 3 x 3 batch: those passes cost 0.1-0.5 instructions per value,
+//! the per-matrix loops about 40 per element.
 
 use super::factored::{Factors, row_mean};
 use crate::Float;
