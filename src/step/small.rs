@@ -54,18 +54,31 @@ pub(super) fn momentum<T: Float>(
     let n = T::from_f64(cols as f64);
     let data = g.chunks_exact(cols).zip(m.chunks_exact_mut(cols));
     for (((g, m), &r), (&o, nx)) in data.zip(f.rf).zip(old.iter().zip(next)) {
-        let r = r / f.d;
-        let mut s = T::zero();
-        for (((&x, mj), &c), cs) in g.iter().zip(m).zip(f.cf).zip(sums.iter_mut()) {
-            let u = (r * c) * x;
-            let m_new = *mj * k.beta1 + k.one_minus_beta1 * u;
-            *mj = m_new;
-            let res = (u - m_new) * (u - m_new) + k.eps2;
-            s = s + res;
-            *cs = *cs + res;
-        }
+        let s = momentum_row((g, m), r / f.d, f.cf, sums, k);
         *nx = o * k.beta3 + k.one_minus_beta3 * (s / n);
     }
+}
+
+/// The momentum of one row with the clipped update `u = (r * cf_j) * g_j`; returns the row's
+/// `sum_j ((u_j - m_j)^2 + eps2)` and adds the column terms to `sums`.
+#[inline(always)]
+fn momentum_row<T: Float>(
+    (g, m): (&[T], &mut [T]),
+    r: T,
+    cf: &[T],
+    sums: &mut [T],
+    k: &Coefficients<T>,
+) -> T {
+    let mut s = T::zero();
+    for (((&x, mj), &c), cs) in g.iter().zip(m).zip(cf).zip(sums.iter_mut()) {
+        let u = (r * c) * x;
+        let m_new = *mj * k.beta1 + k.one_minus_beta1 * u;
+        *mj = m_new;
+        let res = (u - m_new) * (u - m_new) + k.eps2;
+        s = s + res;
+        *cs = *cs + res;
+    }
+    s
 }
 
 #[inline(always)]
@@ -263,16 +276,7 @@ fn batch_momentum_with<T: Float, const C: usize>(
     for (((g, m), (rf, cf)), (nr, nc)) in mats.zip(factors).zip(next) {
         let rows = g.chunks_exact(cols).zip(m.chunks_exact_mut(cols));
         for ((g, m), (&r, nx)) in rows.zip(rf.iter().zip(nr)) {
-            let mut s = T::zero();
-            for (((&x, mj), &c), cs) in g.iter().zip(m).zip(cf).zip(nc.iter_mut()) {
-                let u = (r * c) * x;
-                let m_new = *mj * k.beta1 + k.one_minus_beta1 * u;
-                *mj = m_new;
-                let res = (u - m_new) * (u - m_new) + k.eps2;
-                s = s + res;
-                *cs = *cs + res;
-            }
-            *nx = s;
+            *nx = momentum_row((g, m), r, cf, nc, k);
         }
     }
     average_into(old_row, next_row, k.beta3, k.one_minus_beta3, cols);
