@@ -123,22 +123,10 @@ impl Pool {
         };
         validate_all(config, tensors)?;
         pool.install(|| {
-            let prepared = tensors
-                .par_iter_mut()
-                .enumerate()
-                .with_max_len(1)
-                .map(|(i, t)| prepare_one(&Rayon, config, i, t))
-                .reduce(|| None, first_error);
-            if let Some(e) = prepared {
+            if let Some(e) = each_tensor(tensors, |i, t| prepare_one(&Rayon, config, i, t)) {
                 return Err(e);
             }
-            let finished = tensors
-                .par_iter_mut()
-                .enumerate()
-                .with_max_len(1)
-                .map(|(i, t)| finish_one(&Rayon, config, i, t))
-                .reduce(|| None, first_error);
-            finished.map_or(Ok(()), Err)
+            each_tensor(tensors, |i, t| finish_one(&Rayon, config, i, t)).map_or(Ok(()), Err)
         })
     }
 
@@ -164,4 +152,19 @@ impl Pool {
     pub(crate) fn rayon(&self) -> Option<&rayon::ThreadPool> {
         self.pool.as_ref()
     }
+}
+
+/// Runs `one` on every tensor in parallel (one tensor per task); returns the error of the
+/// lowest-numbered tensor that failed.
+fn each_tensor<T, F>(tensors: &mut [TensorStep<'_, '_, T>], one: F) -> Option<TensorError>
+where
+    T: Float,
+    F: Fn(usize, &mut TensorStep<'_, '_, T>) -> Option<TensorError> + Sync + Send,
+{
+    tensors
+        .par_iter_mut()
+        .enumerate()
+        .with_max_len(1)
+        .map(|(i, t)| one(i, t))
+        .reduce(|| None, first_error)
 }

@@ -155,23 +155,21 @@ __device__ void finish_stats(const Tensor* tensors, const Group<T>* groups, cons
     const Group<T> k = groups[t.group];
     const T beta = PASS == PASS_SQ ? k.beta2 : k.beta3;
     const T omb = PASS == PASS_SQ ? k.omb2 : k.omb3;
-    T sum = T(0), next;
-    if (s.cols) {
-        for (long long p = 0; p < t.tiles_r; ++p) sum += work[t.col_part + p * t.batch * t.cols + i];
-        const T old = state[(PASS == PASS_SQ ? t.sq_col : t.res_col) + i];
-        next = old * beta + omb * (sum / T(t.rows));
-        work[t.next_col + i] = next;
-        // a corrupt statistic is the state's fault, whatever the gradient
-        if (PASS == PASS_SQ && !(statistic(old) && statistic(state[t.res_col + i])))
-            atomicOr(&status[s.tensor], STATUS_STATE);
-    } else {
-        for (long long p = 0; p < t.tiles_c; ++p) sum += work[t.row_part + p * t.batch * t.rows + i];
-        const T old = state[(PASS == PASS_SQ ? t.sq_row : t.res_row) + i];
-        next = old * beta + omb * (sum / T(t.cols));
-        work[t.next_row + i] = next;
-        if (PASS == PASS_SQ && !(statistic(old) && statistic(state[t.res_row + i])))
-            atomicOr(&status[s.tensor], STATUS_STATE);
-    }
+    // columns: partial sums over tile rows, averaged over the rows; rows: the other way round
+    const bool col = s.cols;
+    const long long parts = col ? t.tiles_r : t.tiles_c;
+    const long long part = col ? t.col_part : t.row_part;
+    const long long stride = t.batch * (col ? t.cols : t.rows);
+    const long long sq = col ? t.sq_col : t.sq_row;
+    const long long res = col ? t.res_col : t.res_row;
+    T sum = T(0);
+    for (long long p = 0; p < parts; ++p) sum += work[part + p * stride + i];
+    const T old = state[(PASS == PASS_SQ ? sq : res) + i];
+    const T next = old * beta + omb * (sum / T(col ? t.rows : t.cols));
+    work[(col ? t.next_col : t.next_row) + i] = next;
+    // a corrupt statistic is the state's fault, whatever the gradient
+    if (PASS == PASS_SQ && !(statistic(old) && statistic(state[res + i])))
+        atomicOr(&status[s.tensor], STATUS_STATE);
     if (!finite(next)) {
         if (PASS == PASS_SQ) {
             atomicOr(&status[s.tensor], STATUS_GRAD);

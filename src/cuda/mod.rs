@@ -445,16 +445,8 @@ impl<T: CudaFloat> CudaCame<T> {
         name: &str,
         dims: &[usize],
     ) -> Result<TensorId, CudaError> {
-        if group.0 >= self.groups.len() {
-            return Err(OptimizerError::UnknownGroup(group.0).into());
-        }
-        if self.tensors.iter().any(|t| t.name == name) {
-            return Err(OptimizerError::DuplicateName(name.to_string()).into());
-        }
-        let shape = Shape::new(dims).map_err(|error| OptimizerError::Shape {
-            name: name.to_string(),
-            error,
-        })?;
+        let names = self.tensors.iter().map(|t| t.name.as_str());
+        let shape = crate::optim::new_tensor_shape(self.groups.len(), names, group, name, dims)?;
         // keep what was learnt so far across the re-layout
         let kept = if self.layout.is_some() {
             Some(self.to_cpu()?)
@@ -787,22 +779,7 @@ fn launch_prepare<T: CudaFloat>(
     // sizes the task lists index into; the parameter and gradient addresses come from live
     // `CudaSlice`s of the checked lengths, kept borrowed until the launches are queued.
     unsafe {
-        if n_tiles > 0 {
-            stream
-                .launch_builder(&k.tile_sq)
-                .arg(&l.tensors)
-                .arg(groups)
-                .arg(&l.tiles)
-                .arg(&mut l.state)
-                .arg(&mut l.work)
-                .arg(&l.params)
-                .arg(&l.grads)
-                .arg(&l.clip_d)
-                .arg(&l.guard)
-                .arg(&mut l.status)
-                .arg(&mut l.first_bad)
-                .launch(grid(n_tiles))?;
-        }
+        launch_tiles(stream, &k.tile_sq, l, groups)?;
         if n_chunks > 0 {
             stream
                 .launch_builder(&k.vector_norm)
@@ -843,6 +820,37 @@ fn launch_prepare<T: CudaFloat>(
             .arg(&mut l.guard)
             .arg(&mut l.done)
             .launch(grid(u32::try_from(l.n_device).unwrap_or(u32::MAX)))?;
+    }
+    Ok(())
+}
+
+/// `tile_sq` or `tile_res` (the same parameters): each tile's partial row and column sums (and,
+/// for `tile_res`, the momentum).
+fn launch_tiles<T: CudaFloat>(
+    stream: &Arc<CudaStream>,
+    kernel: &CudaFunction,
+    l: &mut Layout_<T>,
+    groups: &CudaSlice<GroupDesc<T>>,
+) -> Result<(), DriverError> {
+    let n_tiles = l.counts[0];
+    if n_tiles > 0 {
+        // SAFETY: as in `launch_prepare`; both kernels take exactly these arguments.
+        unsafe {
+            stream
+                .launch_builder(kernel)
+                .arg(&l.tensors)
+                .arg(groups)
+                .arg(&l.tiles)
+                .arg(&mut l.state)
+                .arg(&mut l.work)
+                .arg(&l.params)
+                .arg(&l.grads)
+                .arg(&l.clip_d)
+                .arg(&l.guard)
+                .arg(&mut l.status)
+                .arg(&mut l.first_bad)
+                .launch(grid(n_tiles))?;
+        }
     }
     Ok(())
 }
@@ -919,22 +927,7 @@ fn launch_update<T: CudaFloat>(
                 .arg(&l.guard)
                 .launch(grid(n_spans))?;
         }
-        if n_tiles > 0 {
-            stream
-                .launch_builder(&k.tile_res)
-                .arg(&l.tensors)
-                .arg(groups)
-                .arg(&l.tiles)
-                .arg(&mut l.state)
-                .arg(&mut l.work)
-                .arg(&l.params)
-                .arg(&l.grads)
-                .arg(&l.clip_d)
-                .arg(&l.guard)
-                .arg(&mut l.status)
-                .arg(&mut l.first_bad)
-                .launch(grid(n_tiles))?;
-        }
+        launch_tiles(stream, &k.tile_res, l, groups)?;
         launch_finish(stream, &k.finish_res, l, groups)?;
         launch_factors(stream, &k.factors_res, l)?;
         if n_tiles > 0 {

@@ -71,6 +71,27 @@ pub enum OptimizerError {
     },
 }
 
+/// The shape of a tensor about to be registered, once its group is known to exist (one of
+/// `groups`) and its name to be new (not among `names`).
+pub(crate) fn new_tensor_shape<'a>(
+    groups: usize,
+    mut names: impl Iterator<Item = &'a str>,
+    group: GroupId,
+    name: &str,
+    dims: &[usize],
+) -> Result<Shape, OptimizerError> {
+    if group.0 >= groups {
+        return Err(OptimizerError::UnknownGroup(group.0));
+    }
+    if names.any(|n| n == name) {
+        return Err(OptimizerError::DuplicateName(name.to_string()));
+    }
+    Shape::new(dims).map_err(|error| OptimizerError::Shape {
+        name: name.to_string(),
+        error,
+    })
+}
+
 impl fmt::Display for OptimizerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -263,16 +284,8 @@ impl<T: Float, C: Rule> Optimizer<T, C> {
         name: &str,
         dims: &[usize],
     ) -> Result<TensorId, OptimizerError> {
-        if group.0 >= self.groups.len() {
-            return Err(OptimizerError::UnknownGroup(group.0));
-        }
-        if self.tensors.iter().any(|t| t.name == name) {
-            return Err(OptimizerError::DuplicateName(name.to_string()));
-        }
-        let shape = Shape::new(dims).map_err(|error| OptimizerError::Shape {
-            name: name.to_string(),
-            error,
-        })?;
+        let names = self.tensors.iter().map(|t| t.name.as_str());
+        let shape = new_tensor_shape(self.groups.len(), names, group, name, dims)?;
         self.tensors.push(Entry {
             name: name.to_string(),
             dims: dims.to_vec(),

@@ -126,13 +126,12 @@ pub(super) fn finish<T: Float, E: Executor>(
     state: &mut [T],
 ) -> Result<(), Error> {
     let mut parts = parts(dims, grad.len(), state);
+    let [next_row, next_col, ..] = workspace_parts(dims, parts.workspace);
+    parts.stats.sq_row.copy_from_slice(next_row);
+    parts.stats.sq_col.copy_from_slice(next_col);
     if dims.batch == 1 {
         matrix_update(exec, k, dims, clip.d, param, grad, &mut parts)
     } else {
-        let (r, c) = (dims.batch * dims.rows, dims.batch * dims.cols);
-        let (next_row, rest) = parts.workspace.split_at(r);
-        parts.stats.sq_row.copy_from_slice(next_row);
-        parts.stats.sq_col.copy_from_slice(&rest[..c]);
         let (finite, _) = batch_run(
             exec,
             k,
@@ -147,9 +146,9 @@ pub(super) fn finish<T: Float, E: Executor>(
             return Err(Error::NonFiniteState);
         }
         if k.confidence {
-            let (next_row, rest) = parts.workspace.split_at(r);
+            let [next_row, next_col, ..] = workspace_parts(dims, parts.workspace);
             parts.stats.res_row.copy_from_slice(next_row);
-            parts.stats.res_col.copy_from_slice(&rest[..c]);
+            parts.stats.res_col.copy_from_slice(next_col);
         }
         batch_run(
             exec,
@@ -228,7 +227,7 @@ fn sq_stats_by<S: Simd, T: Float, const R: usize>(
             s[r] = row_sq_sum(o, g[r], k.eps1);
         }
         for r in 0..R {
-            next[r] = old[r] * k.beta2 + k.one_minus_beta2 * (s[r] / n);
+            next[r] = average(old[r], s[r], n, k.beta2, k.one_minus_beta2);
         }
         let w: [T; R] = core::array::from_fn(|r| T::one() / next[r]);
         col_sq_terms::<S, T, R>(o, g, k.eps1, w, (&mut *sums, &mut *weighted));
@@ -289,7 +288,7 @@ fn momentum_by<S: Simd, T: Float, const R: usize>(
         let data = (rows(g, cols), rows_mut(m, cols));
         let s = momentum_rows::<S, T, R>(o, data, rf_d, f.cf, k, sums);
         for r in 0..R {
-            next[r] = old[r] * k.beta3 + k.one_minus_beta3 * (s[r] / n);
+            next[r] = average(old[r], s[r], n, k.beta3, k.one_minus_beta3);
         }
     }
 }
@@ -331,12 +330,19 @@ fn apply_by<S: Simd, T: Float, const R: usize>(
     }
 }
 
-/// Column statistics from column sums: `next = beta old + (1 - beta) (sums / rows)`.
+/// The reference's running average of a statistic over `n` terms that add up to `sum`:
+/// `beta old + (1 - beta) (sum / n)`.
+#[inline(always)]
+pub(super) fn average<T: Float>(old: T, sum: T, n: T, beta: T, omb: T) -> T {
+    old * beta + omb * (sum / n)
+}
+
+/// Column statistics from column sums over `rows` rows.
 #[inline(always)]
 fn finish_cols<T: Float>(sums: &[T], rows: usize, old: &[T], next: &mut [T], beta: T, omb: T) {
     let n = T::from_f64(rows as f64);
     for ((nx, &o), &s) in next.iter_mut().zip(old).zip(sums) {
-        *nx = o * beta + omb * (s / n);
+        *nx = average(o, s, n, beta, omb);
     }
 }
 
@@ -451,16 +457,20 @@ impl<'a, T: Float> LaneKernel for Apply<'a, T> {
     }
 }
 
-/// The workspace of one matrix: new row and column statistics, row and column factors, and
-/// per lane a column partial sum and a weighted column partial sum.
-fn matrix_workspace<T>(dims: Dims, workspace: &mut [T]) -> [&mut [T]; 6] {
+/// The workspace: new row and column statistics and row and column factors of every matrix,
+/// and per lane a column partial sum and a weighted column partial sum.
+fn workspace_parts<T>(dims: Dims, workspace: &mut [T]) -> [&mut [T]; 6] {
     let Dims {
-        rows, cols, lanes, ..
+        batch,
+        rows,
+        cols,
+        lanes,
     } = dims;
-    let (next_row, rest) = workspace.split_at_mut(rows);
-    let (next_col, rest) = rest.split_at_mut(cols);
-    let (rf, rest) = rest.split_at_mut(rows);
-    let (cf, rest) = rest.split_at_mut(cols);
+    let (r, c) = (batch * rows, batch * cols);
+    let (next_row, rest) = workspace.split_at_mut(r);
+    let (next_col, rest) = rest.split_at_mut(c);
+    let (rf, rest) = rest.split_at_mut(r);
+    let (cf, rest) = rest.split_at_mut(c);
     let (col_parts, rest) = rest.split_at_mut(lanes * cols);
     [
         next_row,
@@ -485,7 +495,7 @@ fn matrix_norm<T: Float, E: Executor>(
     let Dims {
         rows, cols, lanes, ..
     } = dims;
-    let [next_row, next_col, rf, cf, col_parts, weighted] = matrix_workspace(dims, workspace);
+    let [next_row, next_col, rf, cf, col_parts, weighted] = workspace_parts(dims, workspace);
 
     // Sweep 1: squared-gradient statistics and the update's norm.
     {
@@ -517,7 +527,7 @@ fn matrix_norm<T: Float, E: Executor>(
     Ok(norm_from_quotients(next_row, q))
 }
 
-/// Commits the squared-gradient statistics, then sweeps 2 and 3 of one matrix.
+/// Sweeps 2 and 3 of one matrix, after the squared-gradient statistics were committed.
 fn matrix_update<T: Float, E: Executor>(
     exec: &E,
     k: &Coefficients<T>,
@@ -532,9 +542,7 @@ fn matrix_update<T: Float, E: Executor>(
     } = dims;
     let stats = &mut parts.stats;
     let m = &mut *parts.m;
-    let [next_row, next_col, rf, cf, col_parts, _] = matrix_workspace(dims, parts.workspace);
-    stats.sq_row.copy_from_slice(next_row);
-    stats.sq_col.copy_from_slice(next_col);
+    let [next_row, next_col, rf, cf, col_parts, _] = workspace_parts(dims, parts.workspace);
 
     // Sweep 2: momentum and instability statistics.
     {
@@ -756,12 +764,8 @@ fn batch_run<T: Float, E: Executor>(
         lanes,
     } = dims;
     let size = rows * cols;
-    let (next_row, rest) = parts.workspace.split_at_mut(batch * rows);
-    let (next_col, rest) = rest.split_at_mut(batch * cols);
-    let (fac_row, rest) = rest.split_at_mut(batch * rows);
-    let (fac_col, rest) = rest.split_at_mut(batch * cols);
-    let (col_sums, rest) = rest.split_at_mut(lanes * cols);
-    let weighted = &mut rest[..lanes * cols];
+    let [next_row, next_col, fac_row, fac_col, col_sums, weighted] =
+        workspace_parts(dims, parts.workspace);
     let stats = &parts.stats;
     let mut items: LaneItems<_> = split(grad, size, batch, lanes)
         .zip(split_mut(parts.m, size, batch, lanes))

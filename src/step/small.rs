@@ -10,7 +10,7 @@
 //! cachegrind on a 256 x 256 x 3 x 3 batch: those passes cost 0.1-0.5 instructions per value;
 //! the whole step about 86 per element (it was 180 with a division per row and column).
 
-use super::factored::{Factors, row_mean};
+use super::factored::{Factors, average, row_mean};
 use crate::Float;
 use crate::config::Coefficients;
 
@@ -32,7 +32,7 @@ pub(super) fn sq_stats<T: Float>(
         for &x in g {
             s = s + (x * x + k.eps1);
         }
-        *nx = o * k.beta2 + k.one_minus_beta2 * (s / n);
+        *nx = average(o, s, n, k.beta2, k.one_minus_beta2);
         let w = T::one() / *nx;
         for ((&x, c), v) in g.iter().zip(sums.iter_mut()).zip(weighted.iter_mut()) {
             let sq = x * x;
@@ -55,7 +55,7 @@ pub(super) fn momentum<T: Float>(
     let data = g.chunks_exact(cols).zip(m.chunks_exact_mut(cols));
     for (((g, m), &r), (&o, nx)) in data.zip(f.rf).zip(old.iter().zip(next)) {
         let s = momentum_row((g, m), r / f.d, f.cf, sums, k);
-        *nx = o * k.beta3 + k.one_minus_beta3 * (s / n);
+        *nx = average(o, s, n, k.beta3, k.one_minus_beta3);
     }
 }
 
@@ -101,12 +101,12 @@ pub(super) fn apply<T: Float>(
     }
 }
 
-/// `next = beta old + (1 - beta) (next / n)`: raw sums of `n` terms turned into statistics.
+/// Raw sums of `n` terms in `next` turned into statistics, in place (see [`average`]).
 #[inline(always)]
-pub(super) fn average_into<T: Float>(old: &[T], next: &mut [T], beta: T, omb: T, n: usize) {
+fn average_into<T: Float>(old: &[T], next: &mut [T], beta: T, omb: T, n: usize) {
     let n = T::from_f64(n as f64);
     for (nx, &o) in next.iter_mut().zip(old) {
-        *nx = o * beta + omb * (*nx / n);
+        *nx = average(o, *nx, n, beta, omb);
     }
 }
 
