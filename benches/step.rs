@@ -50,7 +50,7 @@ fn bench_dtype<T: Float>(c: &mut Criterion, dtype: &str) {
         });
 
         let config = AdamWConfig::new(1e-4);
-        let mut buf = vec![T::zero(); adamw::state_len(n)];
+        let mut buf = vec![T::zero(); adamw::state_len(dims)];
         let mut state = AdamWState::new(&mut buf);
         group.bench_function(BenchmarkId::new("adamw", name), |b| {
             b.iter(|| adamw::step(&config, black_box(&mut p), &g, &mut state).unwrap());

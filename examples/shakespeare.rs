@@ -2,13 +2,14 @@
 //! Adafactor, fine-tunes each on a held-out play, and compares loss, optimizer memory and time.
 //!
 //! ```text
-//! cargo run --release --example shakespeare
-//! cargo run --release --example shakespeare -- --help
+//! cargo run --release --features std --example shakespeare
+//! cargo run --release --features std --example shakespeare -- --help
 //! ```
 //!
 //! The model (`common/model.rs`) is a Bengio-style MLP over the last few characters with a
-//! hand-written backward pass over flat `f32` buffers; the optimizers (`common/optim.rs`) step
-//! those buffers through the crate's allocation-free API. Writes `shakespeare.csv` (every
+//! hand-written backward pass over flat `f32` buffers; the optimizers (`common/optim.rs`) are
+//! the crate's owned `Came` and `AdamW`, and the trainer (`common/train.rs`) is written once
+//! against the `came::Optimizer` trait they implement. Writes `shakespeare.csv` (every
 //! progress point) and `shakespeare.svg` (the loss curves), and ends with one line per
 //! optimizer and phase for scripts:
 //! `result optimizer=came phase=pretrain val_loss=... state_bytes=... seconds=...`.
@@ -19,9 +20,10 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use came::Optimizer;
 use common::data::{Corpus, FINETUNE, PRETRAIN};
 use common::model::{self, Config};
-use common::optim::{Kind, Optimizer};
+use common::optim::{self as optim, NAMES};
 use common::plot::{self, Curve};
 use common::rng::Rng;
 use common::train::{Outcome, Phase, Trainer};
@@ -57,7 +59,7 @@ struct Args {
     lr: [f64; 3],
     finetune_lr: f64,
     beta3: f64,
-    optimizers: Vec<Kind>,
+    optimizers: Vec<&'static str>,
     model: Config,
     threads: usize,
     eval_every: usize,
@@ -76,7 +78,7 @@ impl Args {
             lr: [2e-3, 2e-3, 2e-3],
             finetune_lr: 0.3,
             beta3: 0.999,
-            optimizers: Kind::ALL.to_vec(),
+            optimizers: NAMES.to_vec(),
             model: Config {
                 vocab: 0,
                 context: 16,
@@ -121,7 +123,13 @@ impl Args {
                 "--optimizers" => {
                     a.optimizers = value
                         .split(',')
-                        .map(|n| Kind::parse(n.trim()).ok_or(bad(&"unknown optimizer")))
+                        .map(|n| {
+                            let n = n.trim();
+                            NAMES
+                                .into_iter()
+                                .find(|&known| known == n)
+                                .ok_or(bad(&"unknown optimizer"))
+                        })
                         .collect::<Result<_, _>>()?;
                 }
                 "--context" => a.model.context = int()?.max(1),
@@ -139,17 +147,17 @@ impl Args {
         Ok(a)
     }
 
-    fn lr(&self, kind: Kind) -> f64 {
-        self.lr[Kind::ALL
+    fn lr(&self, name: &str) -> f64 {
+        self.lr[NAMES
             .iter()
-            .position(|&k| k == kind)
+            .position(|&n| n == name)
             .expect("a known optimizer")]
     }
 }
 
 /// One optimizer's run: both phases and the fine-tuned parameters.
 struct Run {
-    kind: Kind,
+    name: &'static str,
     state_bytes: usize,
     pretrain: Outcome,
     /// Tempest validation loss of the pretrained model, before fine-tuning.
@@ -204,64 +212,13 @@ fn main() {
 
     let mut trainer = Trainer::new(config, args.threads, args.batch);
     let mut runs = Vec::new();
-    for (i, &kind) in args.optimizers.iter().enumerate() {
-        let lr = args.lr(kind);
-        let mut params = model::init(&config, args.seed);
-        let mut opt = Optimizer::new(kind, &config, args.beta3);
-        let state_bytes = opt.state_bytes();
-        println!(
-            "\n[{}] pretraining, peak lr {lr:.2e}, {} bytes of optimizer state",
-            kind.name(),
-            state_bytes
-        );
-        let phase = Phase {
-            steps: args.pretrain_steps,
-            batch: args.batch,
-            lr,
-            warmup: (args.pretrain_steps / 20).max(1),
-            eval_every: args.eval_every,
-            eval_positions: 4096,
-            seed: args.seed + 100 + i as u64,
-        };
-        let pretrain = trainer.phase(&mut params, &mut opt, &corpus.pretrain, &phase, report);
-        let all: Vec<usize> = (config.context..corpus.finetune.val.len()).collect();
-        let zero_shot = trainer.eval(&params, &corpus.finetune.val, &all);
-        println!(
-            "[{}] validation {:.4} nats/char; on {} before fine-tuning {:.4}",
-            kind.name(),
-            pretrain.val_loss,
-            FINETUNE.0,
-            zero_shot
-        );
-        // fine-tuning starts a fresh optimizer, as a separate fine-tuning job would
-        let mut opt = Optimizer::new(kind, &config, args.beta3);
-        let phase = Phase {
-            steps: args.finetune_steps,
-            lr: lr * args.finetune_lr,
-            warmup: (args.finetune_steps / 20).max(1),
-            eval_every: (args.eval_every / 4).max(1),
-            seed: args.seed + 200 + i as u64,
-            ..phase
-        };
-        println!(
-            "[{}] fine-tuning on {}, peak lr {:.2e}",
-            kind.name(),
-            FINETUNE.0,
-            phase.lr
-        );
-        let finetune = trainer.phase(&mut params, &mut opt, &corpus.finetune, &phase, report);
-        println!(
-            "[{}] fine-tuned validation {:.4} nats/char",
-            kind.name(),
-            finetune.val_loss
-        );
-        runs.push(Run {
-            kind,
-            state_bytes,
-            pretrain,
-            zero_shot,
-            finetune,
-            params,
+    for (i, &name) in args.optimizers.iter().enumerate() {
+        let (t, c, a) = (&mut trainer, &corpus, &args);
+        runs.push(match name {
+            "came" => train(t, c, a, i, name, || optim::came(&config, a.beta3)),
+            "adamw" => train(t, c, a, i, name, || optim::adamw(&config)),
+            "adafactor" => train(t, c, a, i, name, || optim::adafactor(&config, a.beta3)),
+            _ => unreachable!("--optimizers takes known names only"),
         });
     }
 
@@ -274,7 +231,7 @@ fn main() {
             .map(|r| {
                 let o = if finetune { &r.finetune } else { &r.pretrain };
                 Curve {
-                    label: r.kind.name(),
+                    label: r.name,
                     val: o
                         .points
                         .iter()
@@ -311,7 +268,7 @@ fn main() {
             let text: String = text.iter().map(|&t| corpus.vocab.decode(t)).collect();
             println!(
                 "\n--- sampled from the fine-tuned {} model (temperature 0.8) ---\nPROSPERO.\n{text}",
-                run.kind.name()
+                run.name
             );
         }
     }
@@ -321,12 +278,70 @@ fn main() {
         for (phase, o) in [("pretrain", &run.pretrain), ("finetune", &run.finetune)] {
             println!(
                 "result optimizer={} phase={phase} val_loss={:.4} state_bytes={} seconds={:.1}",
-                run.kind.name(),
-                o.val_loss,
-                run.state_bytes,
-                o.seconds
+                run.name, o.val_loss, run.state_bytes, o.seconds
             );
         }
+    }
+}
+
+/// Pretrains a fresh model with a fresh optimizer from `new`, then fine-tunes it with another,
+/// as a separate fine-tuning job would.
+fn train<O: Optimizer<Param = [f32], Grad = [f32]>>(
+    trainer: &mut Trainer,
+    corpus: &Corpus,
+    args: &Args,
+    i: usize,
+    name: &'static str,
+    new: impl Fn() -> O,
+) -> Run {
+    let config = trainer.config();
+    let lr = args.lr(name);
+    let mut params = model::init(&config, args.seed);
+    let mut opt = new();
+    let state_bytes = opt.state_bytes();
+    println!("\n[{name}] pretraining, peak lr {lr:.2e}, {state_bytes} bytes of optimizer state");
+    let phase = Phase {
+        steps: args.pretrain_steps,
+        batch: args.batch,
+        lr,
+        warmup: (args.pretrain_steps / 20).max(1),
+        eval_every: args.eval_every,
+        eval_positions: 4096,
+        seed: args.seed + 100 + i as u64,
+    };
+    let pretrain = trainer.phase(&mut params, &mut opt, &corpus.pretrain, &phase, report);
+    let all: Vec<usize> = (config.context..corpus.finetune.val.len()).collect();
+    let zero_shot = trainer.eval(&params, &corpus.finetune.val, &all);
+    println!(
+        "[{name}] validation {:.4} nats/char; on {} before fine-tuning {:.4}",
+        pretrain.val_loss, FINETUNE.0, zero_shot
+    );
+    // fine-tuning starts a fresh optimizer, as a separate fine-tuning job would
+    let mut opt = new();
+    let phase = Phase {
+        steps: args.finetune_steps,
+        lr: lr * args.finetune_lr,
+        warmup: (args.finetune_steps / 20).max(1),
+        eval_every: (args.eval_every / 4).max(1),
+        seed: args.seed + 200 + i as u64,
+        ..phase
+    };
+    println!(
+        "[{name}] fine-tuning on {}, peak lr {:.2e}",
+        FINETUNE.0, phase.lr
+    );
+    let finetune = trainer.phase(&mut params, &mut opt, &corpus.finetune, &phase, report);
+    println!(
+        "[{name}] fine-tuned validation {:.4} nats/char",
+        finetune.val_loss
+    );
+    Run {
+        name,
+        state_bytes,
+        pretrain,
+        zero_shot,
+        finetune,
+        params,
     }
 }
 
@@ -340,7 +355,7 @@ fn report(p: &common::train::Point) {
 fn print_table(runs: &[Run], unigram: (f64, f64)) {
     let adamw = runs
         .iter()
-        .find(|r| r.kind == Kind::AdamW)
+        .find(|r| r.name == "adamw")
         .map(|r| r.state_bytes);
     let bits = |nats: f64| nats / std::f64::consts::LN_2;
     let mut out = String::new();
@@ -357,7 +372,7 @@ fn print_table(runs: &[Run], unigram: (f64, f64)) {
         let _ = writeln!(
             out,
             "| {} | {:.4} ({:.3}) | {:.4} | {:.4} ({:.3}) | {} | {ratio} | {:.1} |",
-            r.kind.name(),
+            r.name,
             r.pretrain.val_loss,
             bits(r.pretrain.val_loss),
             r.zero_shot,
@@ -387,11 +402,7 @@ fn write_csv(path: &PathBuf, runs: &[Run]) -> std::io::Result<()> {
                 let _ = writeln!(
                     out,
                     "{},{phase},{},{:.5},{:.5},{:.2}",
-                    r.kind.name(),
-                    p.step,
-                    p.train_loss,
-                    p.val_loss,
-                    p.seconds
+                    r.name, p.step, p.train_loss, p.val_loss, p.seconds
                 );
             }
         }

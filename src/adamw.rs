@@ -9,14 +9,18 @@
 //! p = p - (lr / (1 - beta1^t)) m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 //! ```
 
-use crate::config::{check_beta, check_eps, check_lr, check_weight_decay};
 use core::marker::PhantomData;
 
+use pulp::Simd;
+
+use crate::came::check_tensor_lens;
+use crate::check::scan_gradient;
+use crate::config::{check_beta, check_eps, check_lr, check_weight_decay};
 use crate::error::Buffer;
-use crate::lanes::{ElementItem, Executor, LaneKernel, Serial, element_items};
-use crate::simd::Ops;
-use crate::step::check_tensor_lens;
-use crate::{Error, Float, Shape};
+use crate::exec::lanes::{ElementItem, element_items};
+use crate::exec::simd::{Ops, Scalar, V};
+use crate::exec::{Executor, LaneKernel, Serial, all_or_nothing};
+use crate::{Error, Float, Shape, StepInfo, TensorError};
 
 pub(crate) use coefficients::Coefficients;
 
@@ -93,6 +97,20 @@ impl AdamWConfig {
         }
     }
 
+    /// Sets the learning rate.
+    #[must_use]
+    pub fn with_lr(mut self, lr: f64) -> Self {
+        self.lr = lr;
+        self
+    }
+
+    /// Sets ε.
+    #[must_use]
+    pub fn with_eps(mut self, eps: f64) -> Self {
+        self.eps = eps;
+        self
+    }
+
     /// Sets the weight decay.
     #[must_use]
     pub fn with_weight_decay(mut self, weight_decay: f64) -> Self {
@@ -121,12 +139,27 @@ impl AdamWConfig {
     }
 }
 
-/// Length of the AdamW state for a tensor of `numel` elements (`exp_avg`, then `exp_avg_sq`).
+/// Length of the AdamW state for a tensor of `dims` (`exp_avg`, then `exp_avg_sq`, each like the
+/// parameter), usable in const context to size static arrays.
+///
+/// ```
+/// assert_eq!(came::adamw::state_len(&[4, 3]), 24);
+/// static mut STATE: [f32; came::adamw::state_len(&[16, 8])] = [0.0; 256];
+/// ```
 ///
 /// # Panics
-/// If `2 * numel` overflows `usize` (at compile time in a const context).
+/// If the size overflows `usize` (at compile time in a const context).
 #[must_use]
-pub const fn state_len(numel: usize) -> usize {
+pub const fn state_len(dims: &[usize]) -> usize {
+    let mut numel = 1usize;
+    let mut i = 0;
+    while i < dims.len() {
+        numel = match numel.checked_mul(dims[i]) {
+            Some(n) => n,
+            None => panic!("state length overflows usize"),
+        };
+        i += 1;
+    }
     match numel.checked_mul(2) {
         Some(n) => n,
         None => panic!("state length overflows usize"),
@@ -203,7 +236,7 @@ pub fn step<T: Float>(
     param: &mut [T],
     grad: &[T],
     state: &mut AdamWState<'_, T>,
-) -> Result<u64, Error> {
+) -> Result<StepInfo, Error> {
     step_on(&Serial, config, param, grad, state)
 }
 
@@ -214,11 +247,75 @@ pub(crate) fn step_on<T: Float, E: Executor>(
     param: &mut [T],
     grad: &[T],
     state: &mut AdamWState<'_, T>,
-) -> Result<u64, Error> {
+) -> Result<StepInfo, Error> {
     let k = prepare(config, state.step, param, grad, state.data)?;
     finish(exec, &k, param, grad, state.data);
     state.advance();
-    Ok(state.step)
+    Ok(StepInfo {
+        step: state.step,
+        update_rms: None,
+    })
+}
+
+/// One tensor of a borrowed AdamW multi-tensor step: its parameter, gradient and state.
+#[derive(Debug)]
+pub struct TensorStep<'a, 's, T> {
+    /// The parameters.
+    pub param: &'a mut [T],
+    /// The gradient, as long as the parameters.
+    pub grad: &'a [T],
+    /// The tensor's state, twice as long.
+    pub state: &'a mut AdamWState<'s, T>,
+}
+
+/// Steps every tensor with one config, without allocating, all or nothing: the same rule as
+/// [`crate::step_all`]. Every length and every gradient is checked first (a NaN, an infinity,
+/// a square that overflows); if any tensor fails, nothing at all is changed.
+///
+/// ```
+/// use came::adamw::{self, AdamWConfig, AdamWState, TensorStep};
+/// let (mut w, mut b) = ([0.5f32; 12], [0.1f32; 3]);
+/// let (mut sw, mut sb) = ([0.0f32; adamw::state_len(&[4, 3])], [0.0f32; adamw::state_len(&[3])]);
+/// let (mut state_w, mut state_b) = (AdamWState::new(&mut sw), AdamWState::new(&mut sb));
+/// let (gw, gb) = ([0.1f32; 12], [0.2f32; 3]);
+/// let mut tensors = [
+///     TensorStep { param: &mut w, grad: &gw, state: &mut state_w },
+///     TensorStep { param: &mut b, grad: &gb, state: &mut state_b },
+/// ];
+/// adamw::step_all(&AdamWConfig::new(1e-2), &mut tensors)?;
+/// assert_eq!(state_b.step_count(), 1);
+/// # Ok::<(), came::TensorError>(())
+/// ```
+///
+/// # Errors
+/// The error of the first failing tensor, with its position; nothing was changed.
+pub fn step_all<T: Float>(
+    config: &AdamWConfig,
+    tensors: &mut [TensorStep<'_, '_, T>],
+) -> Result<(), TensorError> {
+    step_all_on(&Serial, config, tensors)
+}
+
+/// [`step_all`] with tensors and lanes run by `exec`.
+pub(crate) fn step_all_on<T: Float, E: Executor>(
+    exec: &E,
+    config: &AdamWConfig,
+    tensors: &mut [TensorStep<'_, '_, T>],
+) -> Result<(), TensorError> {
+    let failed = all_or_nothing(
+        exec,
+        tensors,
+        true,
+        |t| prepare(config, t.state.step, t.param, t.grad, t.state.data).map(|_| ()),
+        |t| {
+            let k = Coefficients::new(config, t.state.step.saturating_add(1));
+            finish(exec, &k, t.param, t.grad, t.state.data);
+            t.state.advance();
+            Ok(())
+        },
+        |_| {},
+    );
+    failed.map_or(Ok(()), |(tensor, error)| Err(TensorError { tensor, error }))
 }
 
 /// Validates a step, checks the gradient and returns the step's coefficients; nothing is
@@ -240,7 +337,7 @@ pub(crate) fn prepare<T: Float>(
             actual: state.len(),
         });
     }
-    if crate::multi::scan_gradient(grad)?.0 {
+    if scan_gradient(grad)?.0 {
         return Err(Error::NonFiniteUpdate);
     }
     Ok(Coefficients::new(config, step.saturating_add(1)))
@@ -281,62 +378,76 @@ impl<'a, T: Float> LaneKernel for Kernel<'a, T> {
     }
 }
 
-/// The fused element-wise update; `SMALL`: torch's lerp form for a weight under 0.5.
+/// The update's coefficients as vectors of `S`.
+#[derive(Clone, Copy)]
+struct Consts<S: Simd, T: Float> {
+    weight: V<S, T>,
+    one_minus_weight: V<S, T>,
+    beta2: V<S, T>,
+    one_minus_beta2: V<S, T>,
+    bias_correction2_sqrt: V<S, T>,
+    eps: V<S, T>,
+    neg_step_size: V<S, T>,
+    decay_factor: V<S, T>,
+}
+
+impl<S: Simd, T: Float> Consts<S, T> {
+    #[inline(always)]
+    fn new(o: Ops<S, T>, k: &Coefficients<T>) -> Self {
+        let one = T::one();
+        Self {
+            weight: o.splat(k.lerp_weight),
+            one_minus_weight: o.splat(one - k.lerp_weight),
+            beta2: o.splat(k.beta2),
+            one_minus_beta2: o.splat(k.one_minus_beta2),
+            bias_correction2_sqrt: o.splat(k.bias_correction2_sqrt),
+            eps: o.splat(k.eps),
+            neg_step_size: o.splat(k.neg_step_size),
+            decay_factor: o.splat(k.decay_factor.unwrap_or(one)),
+        }
+    }
+}
+
+/// AdamW for one element (or one vector of elements): `(p, g, m, v)` in, `(p, m, v)` out. `SMALL`: torch's
+/// lerp form for a weight under 0.5 (the form that is exact at the end closer to the weight).
 #[inline(always)]
-fn apply<S: pulp::Simd, T: Float, const SMALL: bool, const DECAY: bool>(
+#[allow(clippy::type_complexity)]
+fn element<S: Simd, T: Float, const SMALL: bool, const DECAY: bool>(
+    o: Ops<S, T>,
+    c: &Consts<S, T>,
+    (p, g, m, v): (V<S, T>, V<S, T>, V<S, T>, V<S, T>),
+) -> (V<S, T>, V<S, T>, V<S, T>) {
+    let diff = o.sub(g, m);
+    let m_new = if SMALL {
+        o.add(m, o.mul(c.weight, diff))
+    } else {
+        o.sub(g, o.mul(diff, c.one_minus_weight))
+    };
+    let v_new = o.add(o.mul(v, c.beta2), o.mul(o.mul(c.one_minus_beta2, g), g));
+    let denom = o.add(o.div(o.sqrt(v_new), c.bias_correction2_sqrt), c.eps);
+    let p = if DECAY { o.mul(p, c.decay_factor) } else { p };
+    let p_new = o.add(p, o.div(o.mul(c.neg_step_size, m_new), denom));
+    (p_new, m_new, v_new)
+}
+
+/// The fused element-wise update over a lane: vectors, then the tail one element at a time.
+#[inline(always)]
+fn apply<S: Simd, T: Float, const SMALL: bool, const DECAY: bool>(
     o: Ops<S, T>,
     k: &Coefficients<T>,
     (p, g, m, v): (&mut [T], &[T], &mut [T], &mut [T]),
 ) {
-    let one = T::one();
-    let decay = k.decay_factor.unwrap_or(one);
-    let w = k.lerp_weight;
-    let one_minus_w = one - w;
-    // torch's lerp: the form that is exact at the end closer to the weight
-    let lerp = |m: T, g: T| {
-        if SMALL {
-            m + w * (g - m)
-        } else {
-            g - (g - m) * one_minus_w
-        }
-    };
     let (pv, pt) = T::as_mut_simd::<S>(p);
     let (gv, gt) = T::as_simd::<S>(g);
     let (mv, mt) = T::as_mut_simd::<S>(m);
     let (vv, vt) = T::as_mut_simd::<S>(v);
-    let (wv, omwv, b2, omb2) = (
-        o.splat(w),
-        o.splat(one_minus_w),
-        o.splat(k.beta2),
-        o.splat(k.one_minus_beta2),
-    );
-    let (bc2, eps, neg_step, decayv) = (
-        o.splat(k.bias_correction2_sqrt),
-        o.splat(k.eps),
-        o.splat(k.neg_step_size),
-        o.splat(decay),
-    );
+    let c = Consts::new(o, k);
     for (((p, &g), m), v) in pv.iter_mut().zip(gv).zip(mv.iter_mut()).zip(vv.iter_mut()) {
-        let diff = o.sub(g, *m);
-        let mn = if SMALL {
-            o.add(*m, o.mul(wv, diff))
-        } else {
-            o.sub(g, o.mul(diff, omwv))
-        };
-        *m = mn;
-        let vn = o.add(o.mul(*v, b2), o.mul(o.mul(omb2, g), g));
-        *v = vn;
-        let denom = o.add(o.div(o.sqrt(vn), bc2), eps);
-        let pn = if DECAY { o.mul(*p, decayv) } else { *p };
-        *p = o.add(pn, o.div(o.mul(neg_step, mn), denom));
+        (*p, *m, *v) = element::<S, T, SMALL, DECAY>(o, &c, (*p, g, *m, *v));
     }
+    let s = Ops::<Scalar, T>::new(Scalar);
+    let c = Consts::new(s, k);
     for (((p, &g), m), v) in pt.iter_mut().zip(gt).zip(mt.iter_mut()).zip(vt.iter_mut()) {
-        let mn = lerp(*m, g);
-        *m = mn;
-        let vn = *v * k.beta2 + k.one_minus_beta2 * g * g;
-        *v = vn;
-        let denom = vn.sqrt() / k.bias_correction2_sqrt + k.eps;
-        let pn = if DECAY { *p * decay } else { *p };
-        *p = pn + k.neg_step_size * mn / denom;
+        (*p, *m, *v) = element::<Scalar, T, SMALL, DECAY>(s, &c, (*p, g, *m, *v));
     }
 }

@@ -172,3 +172,25 @@ impl PartialEq for Error {
 impl Eq for Error {}
 
 impl core::error::Error for Error {}
+
+/// An error of a borrowed multi-tensor step ([`crate::step_all`], [`crate::adamw::step_all`]),
+/// with the position of the tensor it concerns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TensorError {
+    /// Position of the tensor in the slice that was stepped.
+    pub tensor: usize,
+    /// What went wrong with it.
+    pub error: Error,
+}
+
+impl core::fmt::Display for TensorError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "tensor {}: {}", self.tensor, self.error)
+    }
+}
+
+impl core::error::Error for TensorError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}

@@ -111,10 +111,12 @@ simd_ops!(
 /// A floating-point element type the optimizer runs on: `f32` or `f64`.
 ///
 /// The trait is sealed: the kernels rely on IEEE-754 binary32/binary64 semantics, and the
-/// reference trajectories exist for exactly these two types. Square roots come from the hardware
-/// with the `std` feature and from `libm` without it; both are correctly rounded.
+/// reference trajectories exist for exactly these two types. One element is its own vector under
+/// pulp's `Scalar` instruction set, so the update's formulas run on elements and on vectors
+/// alike. Square roots come from the hardware with the `std` feature and from `libm` without
+/// it; both are correctly rounded.
 pub trait Float:
-    sealed::Sealed
+    sealed::Sealed<V<pulp::Scalar> = Self>
     + num_traits::Float
     + Copy
     + Default

@@ -31,15 +31,24 @@
 //! # Ok::<(), came::Error>(())
 //! ```
 //!
+//! # Where things are
+//! The update itself is `src/came/formula.rs`, which reads like Algorithm 1 of the paper;
+//! `ARCHITECTURE.md` in the repository walks a step through the modules.
+//!
 //! # Features
-//! - `std`: hardware float maths through the standard library (without it, `libm`), [`Pool`]
-//!   for multi-threaded steps, and the owned optimizers [`Came`] and [`AdamW`] with parameter
-//!   groups, a non-finite gradient guard and safetensors checkpoints.
+//! No feature is on by default.
+//! - `std`: hardware float maths through the standard library (without it, `libm`), `Pool`
+//!   for multi-threaded steps, the `Optimizer` trait and the owned
+//!   optimizers `Came` and `AdamW` with parameter groups, a non-finite gradient guard and
+//!   safetensors checkpoints (module `optim`).
+//! - `cuda` (implies `std`): `cuda::CudaCame`, the same update on NVIDIA GPUs through cudarc,
+//!   kernels compiled at run time with NVRTC; nothing from CUDA is needed to build.
 //!
 //! The kernels use the CPU's vector instructions, picked at run time with or without `std`
 //! (x86-64: AVX2 where the CPU has it, as every x86-64 CPU since 2013 does; AArch64: NEON).
 
 #![no_std]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 #![warn(clippy::pedantic)]
@@ -58,34 +67,33 @@
 extern crate std;
 
 pub mod adamw;
+mod came;
+mod check;
 mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod error;
+mod exec;
 mod float;
-mod kernels;
-mod lanes;
-mod multi;
+mod layout;
 #[cfg(feature = "std")]
 pub mod optim;
-#[cfg(feature = "std")]
-mod parallel;
 mod shape;
-mod simd;
 mod state;
-mod step;
 
+pub use came::multi::{TensorStep, step_all};
+pub use came::{StepInfo, step};
+pub use check::check_gradient;
 pub use config::CameConfig;
-pub use error::{Buffer, Error};
+pub use error::{Buffer, Error, TensorError};
+#[cfg(feature = "std")]
+pub use exec::pool::Pool;
 pub use float::Float;
-pub use multi::{TensorError, TensorStep, check_gradient, step_all};
+pub use layout::{FACTORED_KEYS, Layout, Piece, PieceDims, StateLayout, VECTOR_KEYS};
 #[cfg(feature = "std")]
-pub use optim::{AdamW, Came, CheckpointError, Optimizer, OptimizerError};
-#[cfg(feature = "std")]
-pub use parallel::Pool;
-pub use shape::{Layout, Shape, state_len};
-pub use state::{CameState, FACTORED_KEYS, StateParts, VECTOR_KEYS};
-pub use step::{StepInfo, step};
+pub use optim::{AdamW, Came, CheckpointError, CpuOptimizer, Optimizer, OptimizerError};
+pub use shape::{Shape, state_len};
+pub use state::{CameState, StateParts};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

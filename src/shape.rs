@@ -1,28 +1,8 @@
 //! Tensor shapes: which tensors are factored, how big their state is, how work is split.
 
 use crate::Error;
-
-use crate::lanes::{MAX_LANES, MIN_LANE_ELEMS};
-
-/// How a tensor is stepped: factored over its last two dims, or element-wise.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Layout {
-    /// Rank 0 and 1: one second-moment value per element, no confidence term.
-    Vector {
-        /// Number of elements (1 for a 0-d scalar).
-        len: usize,
-    },
-    /// Rank >= 2: `batch` independent `rows x cols` matrices (the leading dims multiplied out),
-    /// each with row and column statistics.
-    Factored {
-        /// Product of the leading dims (1 for a matrix).
-        batch: usize,
-        /// Second-to-last dim.
-        rows: usize,
-        /// Last dim.
-        cols: usize,
-    },
-}
+use crate::exec::lanes::{MAX_LANES, MIN_LANE_ELEMS};
+use crate::layout::{Layout, StateLayout};
 
 /// A tensor's shape as the optimizer sees it, with every size checked to fit in `usize`.
 ///
@@ -37,7 +17,7 @@ pub enum Layout {
 pub struct Shape {
     layout: Layout,
     numel: usize,
-    state_len: usize,
+    state: StateLayout,
 }
 
 impl Shape {
@@ -68,14 +48,7 @@ impl Shape {
     /// # Errors
     /// [`Error::ShapeOverflow`] if the state length (`2 * len`) overflows `usize`.
     pub const fn vector(len: usize) -> Result<Self, Error> {
-        match len.checked_mul(2) {
-            Some(state_len) => Ok(Self {
-                layout: Layout::Vector { len },
-                numel: len,
-                state_len,
-            }),
-            None => Err(Error::ShapeOverflow),
-        }
+        Self::with_layout(Layout::Vector { len }, len)
     }
 
     /// `batch` matrices of `rows x cols`, factored over rows and columns.
@@ -83,34 +56,23 @@ impl Shape {
     /// # Errors
     /// [`Error::ShapeOverflow`] if the element count or the state length overflows `usize`.
     pub const fn factored(batch: usize, rows: usize, cols: usize) -> Result<Self, Error> {
-        let Some(numel) = checked_product(batch, rows, cols) else {
-            return Err(Error::ShapeOverflow);
-        };
-        let mut shape = Self {
-            layout: Layout::Factored { batch, rows, cols },
-            numel,
-            state_len: 0,
-        };
-        // momentum + two pairs of row/column statistics + workspace
-        let stats = match checked_sum(rows, cols) {
-            Some(rc) => match rc.checked_mul(batch) {
-                Some(s) => s.checked_mul(2),
-                None => None,
-            },
+        let numel = match batch.checked_mul(rows) {
+            Some(br) => br.checked_mul(cols),
             None => None,
         };
-        let total = match (stats, shape.workspace_len()) {
-            (Some(s), Some(w)) => match numel.checked_add(s) {
-                Some(t) => t.checked_add(w),
-                None => None,
-            },
-            _ => None,
-        };
-        match total {
-            Some(t) => {
-                shape.state_len = t;
-                Ok(shape)
-            }
+        match numel {
+            Some(numel) => Self::with_layout(Layout::Factored { batch, rows, cols }, numel),
+            None => Err(Error::ShapeOverflow),
+        }
+    }
+
+    const fn with_layout(layout: Layout, numel: usize) -> Result<Self, Error> {
+        match StateLayout::new(layout, lanes_of(layout, numel)) {
+            Some(state) => Ok(Self {
+                layout,
+                numel,
+                state,
+            }),
             None => Err(Error::ShapeOverflow),
         }
     }
@@ -138,7 +100,14 @@ impl Shape {
     /// for a vector `numel` second-moment values.
     #[must_use]
     pub const fn state_len(&self) -> usize {
-        self.state_len
+        self.state.len()
+    }
+
+    /// Where each piece of this tensor's state lives in its state buffer, and the reference's
+    /// names for them.
+    #[must_use]
+    pub const fn state_layout(&self) -> StateLayout {
+        self.state
     }
 
     /// Number of independent work lanes a step of this tensor is cut into (1 to 16): groups of
@@ -148,59 +117,31 @@ impl Shape {
     /// lane.
     #[must_use]
     pub const fn lanes(&self) -> usize {
-        let (units, numel) = match self.layout {
-            Layout::Vector { len } => (len, len),
-            Layout::Factored { batch, rows, .. } => {
-                (if batch == 1 { rows } else { batch }, self.numel)
-            }
-        };
-        let by_size = numel / MIN_LANE_ELEMS;
-        let lanes = if units < by_size { units } else { by_size };
-        if lanes == 0 {
-            1
-        } else if lanes > MAX_LANES {
-            MAX_LANES
-        } else {
-            lanes
-        }
-    }
-
-    /// Workspace elements at the end of the state; `None` on overflow.
-    const fn workspace_len(&self) -> Option<usize> {
-        match self.layout {
-            Layout::Vector { .. } => Some(0),
-            Layout::Factored { batch, rows, cols } => {
-                // new statistics and their factors for every matrix (committed or used only
-                // once checked), and two column partial sums per lane
-                let per_batch = match checked_sum(rows, cols) {
-                    Some(rc) => match rc.checked_mul(batch) {
-                        Some(x) => x.checked_mul(2),
-                        None => None,
-                    },
-                    None => None,
-                };
-                let per_lane = match cols.checked_mul(self.lanes()) {
-                    Some(x) => x.checked_mul(2),
-                    None => None,
-                };
-                match (per_batch, per_lane) {
-                    (Some(a), Some(b)) => a.checked_add(b),
-                    _ => None,
-                }
-            }
-        }
+        lanes_of(self.layout, self.numel)
     }
 }
 
-const fn checked_product(a: usize, b: usize, c: usize) -> Option<usize> {
-    match a.checked_mul(b) {
-        Some(ab) => ab.checked_mul(c),
-        None => None,
+/// The work lanes of a tensor (see [`Shape::lanes`]).
+const fn lanes_of(layout: Layout, numel: usize) -> usize {
+    let units = match layout {
+        Layout::Vector { len } => len,
+        Layout::Factored { batch, rows, .. } => {
+            if batch == 1 {
+                rows
+            } else {
+                batch
+            }
+        }
+    };
+    let by_size = numel / MIN_LANE_ELEMS;
+    let lanes = if units < by_size { units } else { by_size };
+    if lanes == 0 {
+        1
+    } else if lanes > MAX_LANES {
+        MAX_LANES
+    } else {
+        lanes
     }
-}
-
-const fn checked_sum(a: usize, b: usize) -> Option<usize> {
-    a.checked_add(b)
 }
 
 /// Length of the CAME state buffer for `dims`, usable in const context to size static arrays.

@@ -1,14 +1,15 @@
 //! Borrowed views over caller-owned optimizer state.
 
-use crate::step::Clip;
-use crate::{Error, Float, Layout, Shape, error::Buffer};
+use crate::came::formula::Clip;
+use crate::error::Buffer;
+use crate::layout::{FACTORED_KEYS, VECTOR_KEYS};
+use crate::{Error, Float, Shape};
 
 /// CAME state for one tensor: a view over one caller-owned buffer plus the step count.
 ///
-/// The buffer holds, in order: `exp_avg` (the momentum, `numel` values), then for a factored
-/// tensor `exp_avg_sq_row`, `exp_avg_sq_col`, `exp_avg_res_row`, `exp_avg_res_col` (each
-/// `batch x rows` or `batch x cols`) and a scratch workspace the step uses instead of allocating;
-/// for a vector `exp_avg_sq` (`numel` values). [`Shape::state_len`] gives the exact length.
+/// The buffer is laid out as [`crate::StateLayout`] says: `exp_avg`, the statistics under the
+/// reference's names, then a scratch workspace the step uses instead of allocating.
+/// [`Shape::state_len`] gives the exact length.
 ///
 /// A zeroed buffer is a fresh optimizer, exactly like the reference's lazy initialisation.
 /// The workspace holds nothing between steps: checkpoints need only the named pieces
@@ -68,27 +69,13 @@ impl<'a, T: Float> CameState<'a, T> {
     /// [`Error::LengthMismatch`] if the buffer's length is not `shape.state_len()`.
     pub fn parts(&self, shape: &Shape) -> Result<StateParts<&[T]>, Error> {
         check_len(shape, self.data.len())?;
-        let n = shape.numel();
-        let (exp_avg, rest) = self.data.split_at(n);
-        Ok(match shape.layout() {
-            Layout::Vector { .. } => StateParts::Vector {
-                exp_avg,
-                exp_avg_sq: &rest[..n],
-            },
-            Layout::Factored { batch, rows, cols } => {
-                let (r, c) = (batch * rows, batch * cols);
-                let (exp_avg_sq_row, rest) = rest.split_at(r);
-                let (exp_avg_sq_col, rest) = rest.split_at(c);
-                let (exp_avg_res_row, rest) = rest.split_at(r);
-                StateParts::Factored {
-                    exp_avg,
-                    exp_avg_sq_row,
-                    exp_avg_sq_col,
-                    exp_avg_res_row,
-                    exp_avg_res_col: &rest[..c],
-                }
-            }
-        })
+        let mut rest: &[T] = self.data;
+        let mut pieces = shape.state_layout().pieces().into_iter().map(|p| {
+            let (piece, tail) = rest.split_at(p.range.len());
+            rest = tail;
+            piece
+        });
+        Ok(StateParts::from_pieces(shape, &mut pieces))
     }
 
     /// The named pieces of the state, writable (to load a checkpoint, say).
@@ -97,35 +84,21 @@ impl<'a, T: Float> CameState<'a, T> {
     /// [`Error::LengthMismatch`] if the buffer's length is not `shape.state_len()`.
     pub fn parts_mut(&mut self, shape: &Shape) -> Result<StateParts<&mut [T]>, Error> {
         check_len(shape, self.data.len())?;
-        let n = shape.numel();
-        let (exp_avg, rest) = self.data.split_at_mut(n);
-        Ok(match shape.layout() {
-            Layout::Vector { .. } => StateParts::Vector {
-                exp_avg,
-                exp_avg_sq: &mut rest[..n],
-            },
-            Layout::Factored { batch, rows, cols } => {
-                let (r, c) = (batch * rows, batch * cols);
-                let (exp_avg_sq_row, rest) = rest.split_at_mut(r);
-                let (exp_avg_sq_col, rest) = rest.split_at_mut(c);
-                let (exp_avg_res_row, rest) = rest.split_at_mut(r);
-                StateParts::Factored {
-                    exp_avg,
-                    exp_avg_sq_row,
-                    exp_avg_sq_col,
-                    exp_avg_res_row,
-                    exp_avg_res_col: &mut rest[..c],
-                }
-            }
-        })
+        let mut rest: &mut [T] = self.data;
+        let mut pieces = shape.state_layout().pieces().into_iter().map(|p| {
+            let (piece, tail) = core::mem::take(&mut rest).split_at_mut(p.range.len());
+            rest = tail;
+            piece
+        });
+        Ok(StateParts::from_pieces(shape, &mut pieces))
     }
 
     pub(crate) fn as_mut_slice(&mut self) -> &mut [T] {
         self.data
     }
 
-    pub(crate) fn set_pending(&mut self, clip: Clip<T>) {
-        self.pending = Some(clip);
+    pub(crate) fn set_pending(&mut self, clip: Option<Clip<T>>) {
+        self.pending = clip;
     }
 
     pub(crate) fn take_pending(&mut self) -> Option<Clip<T>> {
@@ -137,6 +110,7 @@ impl<'a, T: Float> CameState<'a, T> {
     }
 }
 
+/// [`Error::LengthMismatch`] unless a state buffer of `actual` elements fits `shape`.
 pub(crate) fn check_len(shape: &Shape, actual: usize) -> Result<(), Error> {
     let expected = shape.state_len();
     if actual == expected {
@@ -178,52 +152,55 @@ pub enum StateParts<S> {
     },
 }
 
-/// The reference's state names, in the order [`StateParts::named`] yields them.
-pub const FACTORED_KEYS: [&str; 5] = [
-    "exp_avg",
-    "exp_avg_sq_row",
-    "exp_avg_sq_col",
-    "exp_avg_res_row",
-    "exp_avg_res_col",
-];
-
-/// The reference's state names for a vector, in the order [`StateParts::named`] yields them.
-pub const VECTOR_KEYS: [&str; 2] = ["exp_avg", "exp_avg_sq"];
+impl<S: Default> StateParts<S> {
+    /// The pieces in [`crate::StateLayout::pieces`] order, for `shape`.
+    fn from_pieces(shape: &Shape, pieces: &mut impl Iterator<Item = S>) -> Self {
+        let mut next = || pieces.next().unwrap_or_default();
+        if shape.is_factored() {
+            StateParts::Factored {
+                exp_avg: next(),
+                exp_avg_sq_row: next(),
+                exp_avg_sq_col: next(),
+                exp_avg_res_row: next(),
+                exp_avg_res_col: next(),
+            }
+        } else {
+            StateParts::Vector {
+                exp_avg: next(),
+                exp_avg_sq: next(),
+            }
+        }
+    }
+}
 
 impl<S> StateParts<S> {
-    /// The pieces paired with their reference names, momentum first.
+    /// The pieces paired with their reference names ([`FACTORED_KEYS`] or [`VECTOR_KEYS`]),
+    /// momentum first.
     pub fn named(self) -> heapless::Vec<(&'static str, S), 5> {
-        let mut out = heapless::Vec::new();
-        let mut push = |name, s| {
-            // capacity 5 is the largest number of pieces
-            let _ = out.push((name, s));
-        };
-        match self {
+        let pieces: heapless::Vec<S, 5> = match self {
             StateParts::Factored {
                 exp_avg,
                 exp_avg_sq_row,
                 exp_avg_sq_col,
                 exp_avg_res_row,
                 exp_avg_res_col,
-            } => {
-                for (name, s) in FACTORED_KEYS.into_iter().zip([
-                    exp_avg,
-                    exp_avg_sq_row,
-                    exp_avg_sq_col,
-                    exp_avg_res_row,
-                    exp_avg_res_col,
-                ]) {
-                    push(name, s);
-                }
-            }
+            } => heapless::Vec::from_iter([
+                exp_avg,
+                exp_avg_sq_row,
+                exp_avg_sq_col,
+                exp_avg_res_row,
+                exp_avg_res_col,
+            ]),
             StateParts::Vector {
                 exp_avg,
                 exp_avg_sq,
-            } => {
-                push(VECTOR_KEYS[0], exp_avg);
-                push(VECTOR_KEYS[1], exp_avg_sq);
-            }
-        }
-        out
+            } => heapless::Vec::from_iter([exp_avg, exp_avg_sq]),
+        };
+        let keys: &[&'static str] = if pieces.len() == 5 {
+            &FACTORED_KEYS
+        } else {
+            &VECTOR_KEYS
+        };
+        keys.iter().copied().zip(pieces).collect()
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use came::adamw::AdamWConfig;
 use came::optim::{GroupId, TensorId};
-use came::{AdamW, Came, CameConfig, CheckpointError};
+use came::{AdamW, Came, CameConfig, CheckpointError, Optimizer};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use support::reference::Rng;
 
@@ -416,11 +416,11 @@ fn adamw_checkpoints_round_trip_and_are_not_came_checkpoints() {
 fn a_missing_file_is_an_io_error() {
     let mut opt = model();
     assert!(matches!(
-        opt.load(temp("nope.safetensors")),
+        opt.load(&temp("nope.safetensors")),
         Err(CheckpointError::Io(_))
     ));
     assert!(matches!(
-        opt.save("/nonexistent-dir/x/opt.safetensors"),
+        opt.save(Path::new("/nonexistent-dir/x/opt.safetensors")),
         Err(CheckpointError::Io(_))
     ));
 }

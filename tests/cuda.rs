@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use came::cuda::{CudaCame, CudaError, compile_kernels};
 use came::optim::TensorId;
-use came::{Came, CameConfig, Error, OptimizerError};
+use came::{Came, CameConfig, Error, Optimizer as _, OptimizerError};
 use cudarc::driver::{CudaSlice, CudaStream};
 use support::golden::{Case, Dtype, Optimizer, compare, json_files};
 use support::reference::Rng;

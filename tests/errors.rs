@@ -1,7 +1,7 @@
 //! One test per error variant: the right error, and nothing changed.
 
 use came::adamw::{self, AdamWConfig, AdamWState};
-use came::{Buffer, CameConfig, CameState, Error, Shape};
+use came::{Buffer, CameConfig, CameState, Error, Shape, StepInfo};
 
 /// Runs one CAME step on a 4 x 5 tensor that has already taken a step, and checks that an
 /// error leaves parameters and state bit-for-bit as they were.
@@ -377,7 +377,10 @@ fn adamw_refuses_gradients_whose_squares_overflow() {
     let g = [0.1, 0.2, 0.3, 0.4, 1e19];
     assert_eq!(
         adamw::step(&AdamWConfig::default(), &mut p, &g, &mut state),
-        Ok(1)
+        Ok(StepInfo {
+            step: 1,
+            update_rms: None
+        })
     );
     assert!(p.iter().chain(&buf).all(|x| x.is_finite()));
 }
@@ -392,7 +395,10 @@ fn adamw_does_not_scan_its_state() {
     let mut p = vec![1.0f32; 4];
     assert_eq!(
         adamw::step(&AdamWConfig::default(), &mut p, &[0.1; 4], &mut state),
-        Ok(1)
+        Ok(StepInfo {
+            step: 1,
+            update_rms: None
+        })
     );
     assert!(p[1].is_nan(), "{p:?} {:?}", state.parts());
     assert!(p.iter().enumerate().all(|(i, x)| i == 1 || x.is_finite()));

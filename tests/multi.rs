@@ -1,5 +1,6 @@
 //! The no-alloc multi-tensor step: fixed tensors in borrowed buffers, all or nothing.
 
+use came::adamw::{self, AdamWConfig, AdamWState};
 use came::{CameConfig, CameState, Error, Shape, TensorError, TensorStep};
 
 const DIMS: [&[usize]; 3] = [&[8, 6], &[6], &[2, 3, 5]];
@@ -104,6 +105,102 @@ fn step_all_matches_single_steps_and_is_all_or_nothing() {
     assert_eq!(params, before.0);
     assert_eq!(pieces(&states), before.1);
     assert!(states.iter().all(|s| s.step_count() == 3));
+}
+
+#[test]
+fn adamw_step_all_matches_single_steps_and_is_all_or_nothing() {
+    let config = AdamWConfig::new(1e-2).with_weight_decay(0.1);
+    let mut params = DIMS.map(|d| vec![0.5f32; d.iter().product()]);
+    let mut bufs = DIMS.map(|d| vec![0.0f32; adamw::state_len(d)]);
+    let [b0, b1, b2] = &mut bufs;
+    let mut states = [
+        AdamWState::new(b0),
+        AdamWState::new(b1),
+        AdamWState::new(b2),
+    ];
+
+    let mut expected = params.clone();
+    let mut ebufs = DIMS.map(|d| vec![0.0f32; adamw::state_len(d)]);
+    let [e0, e1, e2] = &mut ebufs;
+    let mut estates = [
+        AdamWState::new(e0),
+        AdamWState::new(e1),
+        AdamWState::new(e2),
+    ];
+
+    for t in 0..3 {
+        let g = grads(t as f32);
+        {
+            let [p0, p1, p2] = &mut params;
+            let [s0, s1, s2] = &mut states;
+            let mut tensors: heapless::Vec<adamw::TensorStep<'_, '_, f32>, 4> =
+                heapless::Vec::new();
+            for (param, (grad, state)) in [p0, p1, p2].into_iter().zip(g.iter().zip([s0, s1, s2])) {
+                let t = adamw::TensorStep { param, grad, state };
+                assert!(tensors.push(t).is_ok());
+            }
+            adamw::step_all(&config, &mut tensors).unwrap();
+        }
+        for ((p, gr), st) in expected.iter_mut().zip(&g).zip(&mut estates) {
+            let info = adamw::step(&config, p, gr, st).unwrap();
+            assert_eq!(info.step, t + 1);
+            assert_eq!(info.update_rms, None);
+        }
+    }
+    let bits = |v: &[Vec<f32>]| -> Vec<Vec<u32>> {
+        v.iter()
+            .map(|x| x.iter().map(|y| y.to_bits()).collect())
+            .collect()
+    };
+    assert_eq!(bits(&params), bits(&expected));
+    assert!(states.iter().all(|s| s.step_count() == 3));
+    let moments = |states: &[AdamWState<'_, f32>; 3]| -> Vec<Vec<f32>> {
+        states
+            .iter()
+            .flat_map(|s| {
+                let (m, v) = s.parts();
+                [m.to_vec(), v.to_vec()]
+            })
+            .collect()
+    };
+    assert_eq!(bits(&moments(&states)), bits(&moments(&estates)));
+
+    // a NaN in the last tensor: nothing changes anywhere, the earlier tensors included
+    let mut g = grads(9.0);
+    g[2][4] = f32::NAN;
+    let before = (params.clone(), moments(&states));
+    let [p0, p1, p2] = &mut params;
+    let [s0, s1, s2] = &mut states;
+    let mut tensors = [
+        adamw::TensorStep {
+            param: p0,
+            grad: &g[0],
+            state: s0,
+        },
+        adamw::TensorStep {
+            param: p1,
+            grad: &g[1],
+            state: s1,
+        },
+        adamw::TensorStep {
+            param: p2,
+            grad: &g[2],
+            state: s2,
+        },
+    ];
+    let err = adamw::step_all(&config, &mut tensors).unwrap_err();
+    assert_eq!(
+        err,
+        TensorError {
+            tensor: 2,
+            error: Error::NonFiniteGradient { index: 4 }
+        }
+    );
+    assert!(err.to_string().starts_with("tensor 2"));
+    assert_eq!(bits(&params), bits(&before.0));
+    assert_eq!(bits(&moments(&states)), bits(&before.1));
+    assert!(states.iter().all(|s| s.step_count() == 3));
+    assert!(adamw::step_all::<f32>(&config, &mut []).is_ok());
 }
 
 #[test]

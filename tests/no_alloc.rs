@@ -72,7 +72,7 @@ fn steps_do_not_allocate() {
         let mut p = vec![0.5f32; n];
         let g: Vec<f32> = (0..n).map(|i| (i as f32).sin()).collect();
         let mut buf = vec![0.0f32; shape.state_len()];
-        let mut adam_buf = vec![0.0f32; adamw::state_len(n)];
+        let mut adam_buf = vec![0.0f32; adamw::state_len(dims)];
         let mut state = CameState::new(&mut buf);
         let mut adam = AdamWState::new(&mut adam_buf);
         for config in &configs {
@@ -88,6 +88,8 @@ fn steps_do_not_allocate() {
     // the owned optimizer steps without allocating too
     #[cfg(feature = "std")]
     {
+        use came::Optimizer as _;
+
         let mut opt = came::Came::<f32>::new(CameConfig::new(1e-3)).unwrap();
         opt.register("w", &[300, 257]).unwrap();
         opt.register("b", &[257]).unwrap();
@@ -95,7 +97,9 @@ fn steps_do_not_allocate() {
         let (gw, gb) = (vec![0.1f32; 300 * 257], vec![0.2f32; 257]);
         let mut pairs: [(&mut [f32], &[f32]); 2] = [(&mut w, &gw), (&mut b, &gb)];
         opt.step(&mut pairs).unwrap();
-        let count = allocations_during(&mut || opt.step(&mut pairs).unwrap());
+        let count = allocations_during(&mut || {
+            opt.step(&mut pairs).unwrap();
+        });
         assert_eq!(count, 0, "the owned optimizer allocated");
     }
     // the counter does count

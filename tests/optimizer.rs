@@ -5,7 +5,9 @@ mod support;
 
 use came::adamw::{self, AdamWConfig, AdamWState};
 use came::optim::{GroupId, TensorId};
-use came::{AdamW, Came, CameConfig, CameState, Error, OptimizerError, Shape};
+use came::{
+    AdamW, Came, CameConfig, CameState, CpuOptimizer, Error, Optimizer, OptimizerError, Shape,
+};
 use support::reference::Rng;
 
 const DIMS: [&[usize]; 4] = [&[40, 30], &[30], &[3, 8, 5], &[]];
@@ -25,14 +27,14 @@ fn bits(v: &[f32]) -> Vec<u32> {
 
 /// Steps `opt` with a fresh set of gradients per step; returns the parameters.
 fn train<C: came::optim::Rule>(
-    opt: &mut came::Optimizer<f32, C>,
+    opt: &mut CpuOptimizer<f32, C>,
     steps: usize,
     lr: impl Fn(usize) -> f64,
 ) -> Vec<Vec<f32>> {
     let mut rng = Rng(3);
     let mut params = data(&mut rng, 1.0);
     for t in 0..steps {
-        opt.set_lr(lr(t)).unwrap();
+        opt.set_learning_rate(lr(t)).unwrap();
         let grads = data(&mut rng, 0.1);
         let mut pairs = support::pairs(&mut params, &grads);
         opt.step(&mut pairs).unwrap();
@@ -135,7 +137,7 @@ fn state_bytes_counts_every_tensor() {
 }
 
 /// A snapshot of everything the optimizer holds that a step could change.
-fn snapshot<C: came::optim::Rule>(opt: &came::Optimizer<f32, C>) -> Vec<(u64, Vec<u32>)> {
+fn snapshot<C: came::optim::Rule>(opt: &CpuOptimizer<f32, C>) -> Vec<(u64, Vec<u32>)> {
     (0..opt.len())
         .map(|i| {
             let id = TensorId(i);
@@ -150,7 +152,7 @@ fn snapshot<C: came::optim::Rule>(opt: &came::Optimizer<f32, C>) -> Vec<(u64, Ve
         .collect()
 }
 
-fn guard_case<C: came::optim::Rule>(mut opt: came::Optimizer<f32, C>) {
+fn guard_case<C: came::optim::Rule>(mut opt: CpuOptimizer<f32, C>) {
     let mut rng = Rng(8);
     let mut params = data(&mut rng, 1.0);
     // one good step first, so the state is not all zeros
@@ -300,7 +302,7 @@ fn bad_calls_are_refused_and_change_nothing() {
         })
     ));
     assert!(matches!(
-        opt.set_lr(-1.0),
+        opt.set_learning_rate(-1.0),
         Err(OptimizerError::Config(Error::InvalidLearningRate(_)))
     ));
     assert_eq!(opt.groups()[0].lr, 1e-3);

@@ -120,7 +120,7 @@ fn adamw_is_bit_identical_for_any_thread_count() {
     let run = |pool: Option<&Pool>| {
         let mut rng = Rng(5);
         let mut p: Vec<f32> = rng.vec(n, 1.0).into_iter().map(|x| x as f32).collect();
-        let mut buf = vec![0.0f32; adamw::state_len(n)];
+        let mut buf = vec![0.0f32; adamw::state_len(&[n])];
         let mut state = AdamWState::new(&mut buf);
         let config = AdamWConfig::new(1e-3);
         for _ in 0..3 {
@@ -136,6 +136,56 @@ fn adamw_is_bit_identical_for_any_thread_count() {
     for t in [2, 3, 8] {
         assert_eq!(run(Some(&Pool::new(t).unwrap())), serial, "{t} threads");
     }
+}
+
+#[test]
+fn adamw_step_all_is_bit_identical_on_two_threads() {
+    let dims: [&[usize]; 5] = [&[3000, 64], &[64], &[511, 300], &[4, 4], &[]];
+    let config = AdamWConfig::new(1e-3).with_weight_decay(0.01);
+    let run = |pool: Option<&Pool>| {
+        let mut rng = Rng(17);
+        let mut params: Vec<Vec<f32>> = dims
+            .iter()
+            .map(|d| {
+                let n = d.iter().product();
+                rng.vec(n, 1.0).into_iter().map(|x| x as f32).collect()
+            })
+            .collect();
+        let mut bufs: Vec<Vec<f32>> = dims
+            .iter()
+            .map(|d| vec![0.0; adamw::state_len(d)])
+            .collect();
+        let mut states: Vec<AdamWState<'_, f32>> =
+            bufs.iter_mut().map(|b| AdamWState::new(b)).collect();
+        for _ in 0..3 {
+            let grads: Vec<Vec<f32>> = params
+                .iter()
+                .map(|p| {
+                    rng.vec(p.len(), 0.1)
+                        .into_iter()
+                        .map(|x| x as f32)
+                        .collect()
+                })
+                .collect();
+            let mut tensors: Vec<adamw::TensorStep<'_, '_, f32>> = params
+                .iter_mut()
+                .zip(&grads)
+                .zip(states.iter_mut())
+                .map(|((param, grad), state)| adamw::TensorStep { param, grad, state })
+                .collect();
+            match pool {
+                Some(pool) => pool.adamw_step_all(&config, &mut tensors).unwrap(),
+                None => adamw::step_all(&config, &mut tensors).unwrap(),
+            }
+        }
+        assert!(states.iter().all(|s| s.step_count() == 3));
+        drop(states);
+        let params: Vec<Vec<u32>> = params.iter().map(|p| bits(p)).collect();
+        let bufs: Vec<Vec<u32>> = bufs.iter().map(|b| bits(b)).collect();
+        (params, bufs)
+    };
+    let serial = run(None);
+    assert_eq!(run(Some(&Pool::new(2).unwrap())), serial);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The GPU side of the bench: `--device cuda`.
 
 use came::cuda::{CudaCame, CudaFloat};
-use came::{CameConfig, Shape};
+use came::{CameConfig, Optimizer as _, Shape};
 use cudarc::driver::CudaSlice;
 
 use crate::{fill, time_interleaved};

@@ -29,7 +29,7 @@ use std::time::Instant;
 mod gpu;
 
 use came::adamw::{AdamWConfig, AdamWState};
-use came::{AdamW, Came, CameConfig, CameState, Float, Pool, Shape};
+use came::{AdamW, Came, CameConfig, CameState, Float, Optimizer, Pool, Shape};
 use rayon::prelude::*;
 
 struct Args {
@@ -463,7 +463,9 @@ fn run_model<T: Float>(a: &Args, pool: &Pool, name: &str) {
     for (opt, label) in came_opts.iter_mut().zip(labels) {
         names.push(label);
         cases.push(Box::new(move || {
-            step(&mut |p| opt.step(p).expect("came step"))
+            step(&mut |p| {
+                opt.step(p).expect("came step");
+            });
         }));
     }
     let labels = [
@@ -473,7 +475,9 @@ fn run_model<T: Float>(a: &Args, pool: &Pool, name: &str) {
     for (opt, label) in adamw_opts.iter_mut().zip(labels) {
         names.push(label);
         cases.push(Box::new(move || {
-            step(&mut |p| opt.step(p).expect("adamw step"))
+            step(&mut |p| {
+                opt.step(p).expect("adamw step");
+            });
         }));
     }
     let mut refs: Vec<&mut dyn FnMut()> = cases

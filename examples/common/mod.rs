@@ -1,6 +1,6 @@
 //! The pieces of the Shakespeare example: the plays, a character-level MLP language model with
-//! a hand-written backward pass, the three optimizers over borrowed buffers, the training loop
-//! and the plot.
+//! a hand-written backward pass, the three optimizers (the crate's owned ones), the training
+//! loop written once against the `came::Optimizer` trait, and the plot.
 
 pub mod data;
 pub mod linalg;

@@ -3,9 +3,10 @@
 
 use std::time::Instant;
 
+use came::Optimizer;
+
 use super::data::Split;
-use super::model::{self, Config, Workspace};
-use super::optim::Optimizer;
+use super::model::{self, Config, TENSORS, Workspace};
 use super::rng::Rng;
 
 /// One phase's settings.
@@ -123,16 +124,33 @@ impl Trainer {
         total / positions.len() as f64
     }
 
+    /// The model the trainer computes gradients for.
+    pub fn config(&self) -> Config {
+        self.config
+    }
+
     /// Mean validation loss over the given positions.
     pub fn eval(&mut self, params: &[f32], data: &[u8], positions: &[usize]) -> f64 {
         self.run(params, data, positions, false)
     }
 
-    /// Trains `params` with `opt` for one phase on `split`; calls `progress` at every point.
-    pub fn phase(
+    /// Steps the model's tensors in `params` with the gradient in `self.grads[0]`.
+    fn step<O: Optimizer<Param = [f32], Grad = [f32]>>(&self, params: &mut [f32], opt: &mut O) {
+        let grads = model::split(&self.config, &self.grads[0]);
+        let mut tensors = model::split_mut(&self.config, params)
+            .into_iter()
+            .zip(grads);
+        let mut pairs: [(&mut [f32], &[f32]); TENSORS] =
+            std::array::from_fn(|_| tensors.next().expect("five tensors"));
+        opt.step(&mut pairs).expect("finite gradients and state");
+    }
+
+    /// Trains `params` with `opt` (the model's tensors registered in order) for one phase on
+    /// `split`; calls `progress` at every point.
+    pub fn phase<O: Optimizer<Param = [f32], Grad = [f32]>>(
         &mut self,
         params: &mut [f32],
-        opt: &mut Optimizer,
+        opt: &mut O,
         split: &Split,
         phase: &Phase,
         mut progress: impl FnMut(&Point),
@@ -153,8 +171,9 @@ impl Trainer {
             train_sum += self.run(params, &split.train, &positions, true);
             train_n += 1;
             self.positions = positions;
-            opt.step(&self.config, phase.lr_at(step), params, &self.grads[0])
-                .expect("finite gradients and state");
+            opt.set_learning_rate(phase.lr_at(step))
+                .expect("a finite learning rate > 0");
+            self.step(params, opt);
             if (step + 1) % phase.eval_every == 0 || step + 1 == phase.steps {
                 let now = Instant::now();
                 let point = Point {

@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
         && config.eps >= 1e-12
         && config.weight_decay <= 1.0;
     let mut p = input.take(n);
-    let mut buf = vec![0.0f32; adamw::state_len(n)];
+    let mut buf = vec![0.0f32; adamw::state_len(&input.dims)];
     if !input.fresh_state() {
         // second moments are means of squares: an input's negative ones are made positive
         let values = input.take(2 * n);

@@ -5,7 +5,7 @@
 #![no_main]
 
 use came::optim::TensorId;
-use came::{Came, CameConfig};
+use came::{Came, CameConfig, Optimizer};
 use libfuzzer_sys::fuzz_target;
 
 const MODELS: [&[&[usize]]; 4] = [

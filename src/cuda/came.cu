@@ -68,8 +68,66 @@ __device__ __forceinline__ bool finite(T x) { return isfinite(x); }
 template <typename T>
 __device__ __forceinline__ bool statistic(T x) { return x >= T(0) && isfinite(x); }
 
+// ---- The element formulas, each mirroring the function of the same name in
+// src/came/formula.rs (same operations, same order; no fused multiply-adds, see compile.rs).
+
+// ema: the running average beta old + (1 - beta) x (lines 5, 6, 10, 12, 13 of Algorithm 1).
 template <typename T>
-__device__ __forceinline__ T rsqrt_ref(T x) { return T(1) / sqrt(x); }
+__device__ __forceinline__ T ema(T old, T x, T beta, T one_minus_beta) {
+    return old * beta + one_minus_beta * x;
+}
+
+// square: g^2.
+template <typename T>
+__device__ __forceinline__ T square(T g) { return g * g; }
+
+// sq_term: g^2 + eps1, the term of the squared-gradient statistics (lines 5-6).
+template <typename T>
+__device__ __forceinline__ T sq_term(T g_sq, T eps1) { return g_sq + eps1; }
+
+// momentum: the clipped update u = (rf_d cf) g, m = beta1 m + (1 - beta1) u, and the
+// instability term (u - m)^2 + eps2 (lines 8-11).
+template <typename T>
+__device__ __forceinline__ void momentum(const Group<T>& k, T g, T m, T rf_d, T cf, T* m_new,
+                                         T* term) {
+    const T u = (rf_d * cf) * g;
+    *m_new = ema(m, u, k.beta1, k.omb1);
+    const T diff = u - *m_new;
+    *term = diff * diff + k.eps2;
+}
+
+// decay: decoupled weight decay p - (lr wd) p.
+template <typename T>
+__device__ __forceinline__ T decay(const Group<T>& k, T p) { return p - k.decay * p; }
+
+// apply: p - ((rf cf) m) lr after weight decay (lines 14-15).
+template <typename T>
+__device__ __forceinline__ T apply(const Group<T>& k, T p, T m, T rf, T cf) {
+    if (k.has_decay) p = decay(k, p);
+    return p - ((rf * cf) * m) * k.lr;
+}
+
+// rsqrt: 1 / sqrt(x), a square root then a division, as the reference rounds it.
+template <typename T>
+__device__ __forceinline__ T rsqrt(T x) { return T(1) / sqrt(x); }
+
+// vector_second_moment: v = beta2 v + (1 - beta2)(g^2 + eps1) and u = rsqrt(v) g (lines 5, 8).
+template <typename T>
+__device__ __forceinline__ void vector_second_moment(const Group<T>& k, T g, T v, T* v_new, T* u) {
+    *v_new = ema(v, sq_term(square(g), k.eps1), k.beta2, k.omb2);
+    *u = rsqrt(*v_new) * g;
+}
+
+// vector_update: u / d when clipped, the momentum, and p - m lr after weight decay (lines 9,
+// 10, 15 for a vector).
+template <typename T>
+__device__ __forceinline__ void vector_update(const Group<T>& k, T u, T d, T* m, T* p) {
+    if (d != T(1)) u = u / d;
+    *m = ema(*m, u, k.beta1, k.omb1);
+    T pn = *p;
+    if (k.has_decay) pn = decay(k, pn);
+    *p = pn - *m * k.lr;
+}
 
 // Which sums a tile pass forms.
 #define PASS_SQ 0    // g^2 + eps1
@@ -109,16 +167,15 @@ __device__ void tile_stats(const Tensor* tensors, const Group<T>* groups, const 
                     const T x = g[r * C + c];
                     T term;
                     if (PASS == PASS_SQ) {
-                        term = x * x + k.eps1;
+                        term = sq_term(square(x), k.eps1);
                         if (!finite(x)) {
                             bad = true;
                             bad_at = min(bad_at, task.b * R * C + r * C + c);
                         }
                     } else {
-                        const T u = (rfd * cf[c]) * x;
-                        const T mn = m[r * C + c] * k.beta1 + k.omb1 * u;
+                        T mn;
+                        momentum(k, x, m[r * C + c], rfd, cf[c], &mn, &term);
                         m[r * C + c] = mn;
-                        term = (u - mn) * (u - mn) + k.eps2;
                     }
                     racc += term;
                     cacc[j] += term;
@@ -165,7 +222,7 @@ __device__ void finish_stats(const Tensor* tensors, const Group<T>* groups, cons
     T sum = T(0);
     for (long long p = 0; p < parts; ++p) sum += work[part + p * stride + i];
     const T old = state[(PASS == PASS_SQ ? sq : res) + i];
-    const T next = old * beta + omb * (sum / T(col ? t.rows : t.cols));
+    const T next = ema(old, sum / T(col ? t.rows : t.cols), beta, omb);
     work[(col ? t.next_col : t.next_row) + i] = next;
     // a corrupt statistic is the state's fault, whatever the gradient
     if (PASS == PASS_SQ && !(statistic(old) && statistic(state[res + i])))
@@ -209,11 +266,11 @@ __device__ void factors(const Tensor* tensors, const Task* mats, T* state, T* wo
     T* keep_r = state + (PASS == PASS_SQ ? t.sq_row : t.res_row) + b * R;
     T* keep_c = state + (PASS == PASS_SQ ? t.sq_col : t.res_col) + b * C;
     for (long long i = threadIdx.x; i < R; i += THREADS) {
-        rf[i] = rsqrt_ref(nr[i] / mean);
+        rf[i] = rsqrt(nr[i] / mean);
         if (PASS == PASS_RES) keep_r[i] = nr[i];
     }
     for (long long i = threadIdx.x; i < C; i += THREADS) {
-        cf[i] = rsqrt_ref(nc[i]);
+        cf[i] = rsqrt(nc[i]);
         if (PASS == PASS_RES) keep_c[i] = nc[i];
     }
 }
@@ -292,8 +349,8 @@ __device__ void vector_norm(const Tensor* tensors, const Group<T>* groups, const
     long long bad_at = 0x7fffffffffffffffLL;
     for (long long i = start + threadIdx.x; i < end; i += THREADS) {
         const T x = g[i];
-        const T vn = state[t.sq_row + i] * k.beta2 + k.omb2 * (x * x + k.eps1);
-        const T u = rsqrt_ref(vn) * x;
+        T vn, u;
+        vector_second_moment(k, x, state[t.sq_row + i], &vn, &u);
         acc += u * u;
         if (!finite(x)) { bad_grad = true; bad_at = min(bad_at, i); }
         else if (!finite(vn)) bad_grad = true;
@@ -361,16 +418,13 @@ __device__ void vector_update(const Tensor* tensors, const Group<T>* groups, con
     const T* g = grads[task.tensor];
     T* p = params[task.tensor];
     for (long long i = start + threadIdx.x; i < end; i += THREADS) {
-        const T x = g[i];
-        const T vn = state[t.sq_row + i] * k.beta2 + k.omb2 * (x * x + k.eps1);
+        T vn, u;
+        vector_second_moment(k, g[i], state[t.sq_row + i], &vn, &u);
         state[t.sq_row + i] = vn;
-        T u = rsqrt_ref(vn) * x;
-        if (d != T(1)) u = u / d;
-        const T mn = state[t.m + i] * k.beta1 + k.omb1 * u;
+        T mn = state[t.m + i], pn = p[i];
+        vector_update(k, u, d, &mn, &pn);
         state[t.m + i] = mn;
-        T pn = p[i];
-        if (k.has_decay) pn = pn - k.decay * pn;
-        p[i] = pn - mn * k.lr;
+        p[i] = pn;
     }
 }
 
@@ -396,9 +450,7 @@ __device__ void tile_apply(const Tensor* tensors, const Group<T>* groups, const 
         for (int j = 0; j < COLS_PER_LANE; ++j) {
             const long long c = task.tc * TILE_C + lane + 32 * j;
             if (c < C) {
-                T pn = p[r * C + c];
-                if (k.has_decay) pn = pn - k.decay * pn;
-                p[r * C + c] = pn - ((rf[r] * cf[c]) * m[r * C + c]) * k.lr;
+                p[r * C + c] = apply(k, p[r * C + c], m[r * C + c], rf[r], cf[c]);
             }
         }
     }

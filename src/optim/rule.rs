@@ -1,18 +1,15 @@
 //! What the owned optimizer needs of an update rule: CAME's and AdamW's configs implement it.
 
-use std::ops::Range;
-use std::vec;
-use std::vec::Vec;
-
 use serde_json::{Value, json};
 
 use crate::adamw::{self, AdamWConfig};
-use crate::lanes::Executor;
-use crate::step::{Clip, finish, prepare};
-use crate::{CameConfig, Error, Float, Layout, Shape};
+use crate::came::formula::Clip;
+use crate::came::{finish, prepare};
+use crate::exec::Executor;
+use crate::{CameConfig, Error, Float, Layout, Shape, StateLayout};
 
-/// An update rule the owned [`Optimizer`](super::Optimizer) can run: [`CameConfig`] for CAME,
-/// [`AdamWConfig`] for AdamW. The config of a parameter group is the rule's hyperparameters.
+/// An update rule the owned optimizers can run: [`CameConfig`] for CAME, [`AdamWConfig`] for
+/// AdamW. The config of a parameter group is the rule's hyperparameters.
 ///
 /// Sealed: the optimizer relies on each rule's state layout and checkpoint keys.
 pub trait Rule:
@@ -23,15 +20,8 @@ pub trait Rule:
 impl Rule for CameConfig {}
 impl Rule for AdamWConfig {}
 
-/// One named piece of a tensor's state: its place in the state buffer and its shape.
-pub struct Piece {
-    pub key: &'static str,
-    pub range: Range<usize>,
-    pub dims: Vec<usize>,
-}
-
 pub mod sealed {
-    use super::{Executor, Float, Piece, Shape, Value, Vec};
+    use super::{Executor, Float, Shape, StateLayout, Value};
     use crate::Error;
 
     pub trait RuleImpl: Sized {
@@ -45,11 +35,13 @@ pub mod sealed {
         fn lr(&self) -> f64;
         fn set_lr(&mut self, lr: f64);
 
-        /// State elements of a tensor of this shape.
-        fn state_len(shape: &Shape) -> usize;
+        /// Where each piece of a tensor's state lives, with the reference's names; `None` when
+        /// its length overflows `usize`.
+        fn state_layout(shape: &Shape) -> Option<StateLayout>;
 
-        /// The named pieces of the state, as the reference names and shapes them.
-        fn pieces(dims: &[usize], shape: &Shape) -> Vec<Piece>;
+        /// The update's RMS before clipping and whether it was clipped, where the rule
+        /// measures them.
+        fn measured<T: Float>(pending: &Self::Pending<T>) -> Option<(f64, bool)>;
 
         /// The first half of a step: checks and statistics that change nothing but scratch
         /// space. `step` counts the steps taken before this one.
@@ -109,37 +101,12 @@ impl sealed::RuleImpl for CameConfig {
         self.lr = lr;
     }
 
-    fn state_len(shape: &Shape) -> usize {
-        shape.state_len()
+    fn state_layout(shape: &Shape) -> Option<StateLayout> {
+        Some(shape.state_layout())
     }
 
-    fn pieces(dims: &[usize], shape: &Shape) -> Vec<Piece> {
-        let n = shape.numel();
-        let piece = |key, start, len, dims: Vec<usize>| Piece {
-            key,
-            range: start..start + len,
-            dims,
-        };
-        match shape.layout() {
-            Layout::Vector { .. } => vec![
-                piece("exp_avg", 0, n, dims.to_vec()),
-                piece("exp_avg_sq", n, n, dims.to_vec()),
-            ],
-            Layout::Factored { batch, rows, cols } => {
-                let rank = dims.len();
-                let row_dims = dims[..rank - 1].to_vec();
-                let mut col_dims = dims[..rank - 2].to_vec();
-                col_dims.push(dims[rank - 1]);
-                let (r, c) = (batch * rows, batch * cols);
-                vec![
-                    piece("exp_avg", 0, n, dims.to_vec()),
-                    piece("exp_avg_sq_row", n, r, row_dims.clone()),
-                    piece("exp_avg_sq_col", n + r, c, col_dims.clone()),
-                    piece("exp_avg_res_row", n + r + c, r, row_dims),
-                    piece("exp_avg_res_col", n + 2 * r + c, c, col_dims),
-                ]
-            }
-        }
+    fn measured<T: Float>(clip: &Clip<T>) -> Option<(f64, bool)> {
+        Some((clip.rms, clip.d > T::one()))
     }
 
     fn prepare<T: Float, E: Executor>(
@@ -212,24 +179,14 @@ impl sealed::RuleImpl for AdamWConfig {
         self.lr = lr;
     }
 
-    fn state_len(shape: &Shape) -> usize {
-        2 * shape.numel()
+    /// `exp_avg` and `exp_avg_sq`, each like the parameter: a CAME vector's layout.
+    fn state_layout(shape: &Shape) -> Option<StateLayout> {
+        let vector = Layout::Vector { len: shape.numel() };
+        StateLayout::new(vector, 1)
     }
 
-    fn pieces(dims: &[usize], shape: &Shape) -> Vec<Piece> {
-        let n = shape.numel();
-        vec![
-            Piece {
-                key: "exp_avg",
-                range: 0..n,
-                dims: dims.to_vec(),
-            },
-            Piece {
-                key: "exp_avg_sq",
-                range: n..2 * n,
-                dims: dims.to_vec(),
-            },
-        ]
+    fn measured<T: Float>(_: &adamw::Coefficients<T>) -> Option<(f64, bool)> {
+        None
     }
 
     fn prepare<T: Float, E: Executor>(

@@ -238,7 +238,7 @@ fn replay_as<T: Float>(case: &Case) -> Result<Trajectory, String> {
             }
         }
         Optimizer::AdamW(config) => {
-            let mut buf = vec![T::zero(); adamw::state_len(param.len())];
+            let mut buf = vec![T::zero(); adamw::state_len(&case.shape)];
             let mut state = AdamWState::new(&mut buf);
             for grad in &case.grads {
                 let grad: Vec<T> = to_t(grad);
@@ -257,6 +257,8 @@ fn replay_as<T: Float>(case: &Case) -> Result<Trajectory, String> {
 /// `resume_after_step` steps) into the owned optimizer and runs the remaining steps.
 #[cfg(feature = "std")]
 fn resume<T: Float>(case: &Case, config: CameConfig) -> Result<Trajectory, String> {
+    use came::Optimizer as _;
+
     let after = case.resume_after_step.unwrap_or(0);
     let path = case
         .path

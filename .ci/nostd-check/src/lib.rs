@@ -19,7 +19,7 @@ pub fn train(steps: u32) -> f32 {
     let mut buf = [0.0f32; came::state_len(&DIMS)];
     let mut state = CameState::new(&mut buf);
     let mut bias = [0.25f32; 4];
-    let mut adam_buf = [0.0f32; adamw::state_len(4)];
+    let mut adam_buf = [0.0f32; adamw::state_len(&[4])];
     let mut adam = AdamWState::new(&mut adam_buf);
     for _ in 0..steps {
         let grad = weights;

@@ -20,7 +20,18 @@ use core::marker::PhantomData;
 use pulp::Simd;
 
 use crate::Float;
-use crate::lanes::LaneKernel;
+
+/// The work one lane does in one sweep, on one work item.
+///
+/// Kernels are plain structs whose `run` is `#[inline(always)]` and generic over the instruction
+/// set, so that [`run`] compiles each of them for every instruction set it dispatches to.
+pub trait LaneKernel: Sync {
+    /// One lane's inputs and outputs.
+    type Item: Send;
+
+    /// Does one lane's work with the instruction set `simd`.
+    fn run<S: Simd>(&self, simd: S, item: &mut Self::Item);
+}
 
 /// Runs `kernel` on `item`, compiled for the best instruction set this CPU supports.
 #[inline(always)]
@@ -42,12 +53,17 @@ impl<K: LaneKernel> pulp::WithSimd for Lane<'_, K> {
     }
 }
 
-/// The vector operations of `T` under instruction set `S`, with short names.
+/// The vector operations of `T` under instruction set `S`, with short names. Under
+/// [`Scalar`] a "vector" is one `T` and each operation the plain IEEE operation: the formulas
+/// of [`crate::came::formula`] run on whole vectors and on the elements of a tail alike.
 #[derive(Clone, Copy)]
 pub(crate) struct Ops<S, T> {
     simd: S,
     t: PhantomData<T>,
 }
+
+/// The instruction set of one element at a time (`V<Scalar, T>` is `T`).
+pub(crate) use pulp::Scalar;
 
 /// A vector of `T` under `S`.
 pub(crate) type V<S, T> = <T as crate::float::sealed::Sealed>::V<S>;

@@ -112,38 +112,48 @@ impl<'s, T> Iterator for Split<&'s mut [T]> {
     }
 }
 
-/// The work one lane does in one sweep, on one work item.
-///
-/// Kernels are plain structs whose `run` is `#[inline(always)]` and generic over the instruction
-/// set, so that [`crate::simd`] compiles each of them for every instruction set it dispatches to.
-pub trait LaneKernel: Sync {
-    /// One lane's inputs and outputs.
-    type Item: Send;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// Does one lane's work with the instruction set `simd`.
-    fn run<S: pulp::Simd>(&self, simd: S, item: &mut Self::Item);
-}
-
-/// Runs a kernel over every lane's work item.
-pub trait Executor: Sync {
-    /// Runs `kernel` once on every item; items may run concurrently.
-    fn run<K: LaneKernel>(&self, kernel: &K, items: &mut [K::Item]);
-
-    /// Whether work given to this executor may run on several threads (asked by the owned
-    /// optimizer, which exists with `std` only).
-    #[cfg_attr(not(feature = "std"), allow(dead_code))]
-    fn parallel(&self) -> bool {
-        false
-    }
-}
-
-/// Runs lanes one after another on the calling thread.
-pub(crate) struct Serial;
-
-impl Executor for Serial {
-    fn run<K: LaneKernel>(&self, kernel: &K, items: &mut [K::Item]) {
-        for item in items {
-            crate::simd::run(kernel, item);
+    #[test]
+    fn lane_ranges_cover_every_unit_once_in_order() {
+        for units in [0, 1, 5, 16, 17, 100, 4099] {
+            for lanes in 1..=MAX_LANES {
+                let mut next = 0;
+                for lane in 0..lanes {
+                    let (start, end) = lane_range(units, lanes, lane);
+                    assert_eq!(start, next, "{units} units, {lanes} lanes, lane {lane}");
+                    let len = end - start;
+                    assert!(len == units / lanes || len == units / lanes + 1);
+                    next = end;
+                }
+                assert_eq!(next, units);
+            }
         }
+    }
+
+    #[test]
+    fn split_cuts_runs_of_units() {
+        let data: [u32; 14] = core::array::from_fn(|i| i as u32);
+        // 7 units of 2 elements in 3 lanes: 3 + 2 + 2 units
+        let pieces: LaneItems<&[u32]> = split(&data, 2, 7, 3).collect();
+        assert_eq!(pieces.as_slice(), &[&data[..6], &data[6..10], &data[10..]]);
+        let mut data = data;
+        let lens: LaneItems<usize> = split_mut(&mut data, 2, 7, 3).map(|p| p.len()).collect();
+        assert_eq!(lens.as_slice(), &[6, 4, 4]);
+        // a slice too short for its units ends the split instead of panicking
+        assert_eq!(split(&[1u32, 2, 3], 2, 7, 3).count(), 0);
+    }
+
+    #[test]
+    fn element_items_cut_all_four_buffers_alike() {
+        let (mut p, g, mut m, mut v) = ([0.0f32; 10], [1.0f32; 10], [2.0f32; 10], [3.0f32; 10]);
+        let items = element_items((&mut p, &g), (&mut m, &mut v), 4);
+        let lens: LaneItems<[usize; 4]> = items
+            .iter()
+            .map(|(p, g, m, v)| [p.len(), g.len(), m.len(), v.len()])
+            .collect();
+        assert_eq!(lens.as_slice(), &[[3; 4], [3; 4], [2; 4], [2; 4]]);
     }
 }

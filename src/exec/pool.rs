@@ -8,13 +8,12 @@
 
 use rayon::prelude::*;
 
+use super::{Executor, LaneKernel, simd};
 use crate::adamw::{self, AdamWConfig, AdamWState};
-use crate::lanes::{Executor, LaneKernel, Serial};
-use crate::multi::{TensorError, TensorStep, finish_one, first_error, prepare_one, validate_all};
-use crate::simd;
-use crate::{CameConfig, CameState, Error, Float, Shape, StepInfo};
+use crate::came::multi::step_all_on;
+use crate::{CameConfig, CameState, Error, Float, Shape, StepInfo, TensorError, TensorStep};
 
-/// Runs lanes on the rayon pool the caller is installed in.
+/// Runs lanes and tensors on the rayon pool the caller is installed in.
 pub(crate) struct Rayon;
 
 impl Executor for Rayon {
@@ -25,10 +24,47 @@ impl Executor for Rayon {
             .for_each(|item| simd::run(kernel, item));
     }
 
-    fn parallel(&self) -> bool {
-        true
+    fn each<A, B, R, F>(&self, a: &mut [A], b: &mut [B], f: F) -> Option<(usize, R)>
+    where
+        A: Send,
+        B: Send,
+        R: Send,
+        F: Fn(usize, &mut A, &mut B) -> Option<R> + Sync + Send,
+    {
+        a.par_iter_mut()
+            .zip(b.par_iter_mut())
+            .enumerate()
+            .with_max_len(1)
+            .map(|(i, (a, b))| f(i, a, b).map(|r| (i, r)))
+            .reduce(|| None, lower)
     }
 }
+
+/// The result of the lower-numbered item.
+fn lower<R>(a: Option<(usize, R)>, b: Option<(usize, R)>) -> Option<(usize, R)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Runs `$body` with `$exec` bound to the executor of `$pool`: [`Serial`] on the calling thread
+/// for one thread, else [`Rayon`] inside the pool.
+macro_rules! on_pool {
+    ($pool:expr, |$exec:ident| $body:expr) => {
+        match $pool.rayon() {
+            None => {
+                let $exec = &$crate::exec::Serial;
+                $body
+            }
+            Some(pool) => pool.install(|| {
+                let $exec = &$crate::exec::pool::Rayon;
+                $body
+            }),
+        }
+    };
+}
+pub(crate) use on_pool;
 
 /// A pool of worker threads for parallel steps.
 ///
@@ -100,12 +136,9 @@ impl Pool {
         grad: &[T],
         state: &mut CameState<'_, T>,
     ) -> Result<StepInfo, Error> {
-        match &self.pool {
-            None => crate::step::step_on(&Serial, config, shape, param, grad, state),
-            Some(pool) => {
-                pool.install(|| crate::step::step_on(&Rayon, config, shape, param, grad, state))
-            }
-        }
+        on_pool!(self, |exec| crate::came::step_on(
+            exec, config, shape, param, grad, state
+        ))
     }
 
     /// [`crate::step_all`] on the pool: tensors run in parallel, and so do the lanes of each
@@ -118,16 +151,7 @@ impl Pool {
         config: &CameConfig,
         tensors: &mut [TensorStep<'_, '_, T>],
     ) -> Result<(), TensorError> {
-        let Some(pool) = &self.pool else {
-            return crate::step_all(config, tensors);
-        };
-        validate_all(config, tensors)?;
-        pool.install(|| {
-            if let Some(e) = each_tensor(tensors, |i, t| prepare_one(&Rayon, config, i, t)) {
-                return Err(e);
-            }
-            each_tensor(tensors, |i, t| finish_one(&Rayon, config, i, t)).map_or(Ok(()), Err)
-        })
+        on_pool!(self, |exec| step_all_on(exec, config, tensors))
     }
 
     /// [`crate::adamw::step`] with the tensor cut into chunks that run in parallel; the
@@ -141,30 +165,26 @@ impl Pool {
         param: &mut [T],
         grad: &[T],
         state: &mut AdamWState<'_, T>,
-    ) -> Result<u64, Error> {
-        match &self.pool {
-            None => adamw::step(config, param, grad, state),
-            Some(pool) => pool.install(|| adamw::step_on(&Rayon, config, param, grad, state)),
-        }
+    ) -> Result<StepInfo, Error> {
+        on_pool!(self, |exec| adamw::step_on(
+            exec, config, param, grad, state
+        ))
+    }
+
+    /// [`crate::adamw::step_all`] on the pool; the result is bit-identical to it.
+    ///
+    /// # Errors
+    /// As [`crate::adamw::step_all`].
+    pub fn adamw_step_all<T: Float>(
+        &self,
+        config: &AdamWConfig,
+        tensors: &mut [adamw::TensorStep<'_, '_, T>],
+    ) -> Result<(), TensorError> {
+        on_pool!(self, |exec| adamw::step_all_on(exec, config, tensors))
     }
 
     /// The rayon pool, if steps run on more than the calling thread.
     pub(crate) fn rayon(&self) -> Option<&rayon::ThreadPool> {
         self.pool.as_ref()
     }
-}
-
-/// Runs `one` on every tensor in parallel (one tensor per task); returns the error of the
-/// lowest-numbered tensor that failed.
-fn each_tensor<T, F>(tensors: &mut [TensorStep<'_, '_, T>], one: F) -> Option<TensorError>
-where
-    T: Float,
-    F: Fn(usize, &mut TensorStep<'_, '_, T>) -> Option<TensorError> + Sync + Send,
-{
-    tensors
-        .par_iter_mut()
-        .enumerate()
-        .with_max_len(1)
-        .map(|(i, t)| one(i, t))
-        .reduce(|| None, first_error)
 }

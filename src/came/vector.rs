@@ -6,13 +6,15 @@
 //!
 //! Nothing is written before the check passes, so every error leaves the state as it was.
 
-use super::{Clip, all_finite, clip_divisor, gradient_error, valid_statistics};
-use crate::config::Coefficients;
-use crate::kernels::{vector_apply, vector_sq_block};
-use crate::lanes::{ElementItem, Executor, LaneItems, LaneKernel, element_items, split};
 use pulp::Simd;
 
-use crate::simd::Ops;
+use super::formula::Clip;
+use super::sweeps::{vector_apply, vector_sq_block};
+use crate::check::{all_finite, gradient_error, valid_statistics};
+use crate::config::Coefficients;
+use crate::exec::lanes::{ElementItem, LaneItems, element_items, split};
+use crate::exec::simd::Ops;
+use crate::exec::{Executor, LaneKernel};
 use crate::{Error, Float, Shape};
 
 /// Elements summed in `T` before the block's sum is added up in `f64`.
@@ -90,7 +92,7 @@ pub(super) fn prepare<T: Float, E: Executor>(
             e => e,
         });
     }
-    Ok(clip_divisor(sum_sq, n, k.clip_threshold))
+    Ok(Clip::from_sum_sq(sum_sq, n, k.clip_threshold))
 }
 
 /// Sweep 2: the whole update.

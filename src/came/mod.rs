@@ -1,23 +1,46 @@
-//! One CAME step over one tensor.
+//! The CAME step. [`formula`] is the update itself, element by element, as Algorithm 1 of the
+//! paper writes it; the files beside it are the sweeps that feed it:
+//!
+//! - `sweeps.rs`: the inner loops over groups of rows (and vector blocks), in SIMD vectors;
+//! - `rows.rs`: a range of rows through the three sweeps, shared by the two ways of cutting a
+//!   factored tensor into lanes: `factored.rs` (one matrix, lanes of rows) and `batch.rs`
+//!   (a batch of matrices, lanes of matrices);
+//! - `small.rs`: matrices whose rows are too short for vectors;
+//! - `vector.rs`: rank 0 and 1 (no factoring, no confidence term);
+//! - `parts.rs`: a factored tensor's state buffer cut into its pieces;
+//! - `multi.rs`: many tensors in one all-or-nothing step.
+//!
+//! This file checks a step's inputs and sends each tensor to its sweeps, in two halves: the
+//! half that only reads ([`prepare`]) and the half that writes ([`finish`]), so that a step over
+//! many tensors can check all of them before changing any.
 
+mod batch;
 mod factored;
+pub(crate) mod formula;
+pub(crate) mod multi;
+mod parts;
+mod rows;
 mod small;
+mod sweeps;
 mod vector;
+
+use formula::Clip;
 
 use crate::config::Coefficients;
 use crate::error::Buffer;
-use crate::lanes::{Executor, Serial};
+use crate::exec::{Executor, Serial};
 use crate::state::check_len;
 use crate::{CameConfig, CameState, Error, Float, Layout, Shape};
 
-/// What a successful step reports.
+/// What a successful step of one tensor reports (CAME and AdamW alike).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepInfo {
     /// The state's step count after this step (1 after the first step).
     pub step: u64,
-    /// Root mean square of the update before clipping; above `clip_threshold` the update was
-    /// scaled down to it. 0 for an empty tensor.
-    pub update_rms: f64,
+    /// CAME: the root mean square of the update before clipping (line 9 of Algorithm 1);
+    /// above `clip_threshold` the update was scaled down to it; 0 for an empty tensor.
+    /// AdamW, which does not clip: `None`.
+    pub update_rms: Option<f64>,
 }
 
 /// Applies one CAME step to one tensor, in place, without allocating.
@@ -75,7 +98,7 @@ pub(crate) fn step_on<T: Float, E: Executor>(
     state.advance();
     Ok(StepInfo {
         step: state.step_count(),
-        update_rms: clip.rms,
+        update_rms: Some(clip.rms),
     })
 }
 
@@ -95,17 +118,21 @@ pub(crate) fn prepare<T: Float, E: Executor>(
     check_tensor_lens(shape.numel(), param.len(), grad.len())?;
     check_len(shape, state.len())?;
     if shape.numel() == 0 {
-        return Ok(Clip {
-            d: T::one(),
-            rms: 0.0,
-        });
+        return Ok(Clip::none());
     }
     let k = Coefficients::new(config);
     match shape.layout() {
         Layout::Vector { .. } => vector::prepare(exec, &k, shape, grad, state),
-        Layout::Factored { batch, rows, cols } => {
-            let dims = factored_dims(shape, batch, rows, cols);
-            factored::prepare(exec, &k, dims, param, grad, state)
+        Layout::Factored { batch, .. } => {
+            let (dims, mut parts) = parts::cut(shape, state);
+            if !parts.stats.valid() {
+                return Err(Error::NonFiniteState);
+            }
+            if batch == 1 {
+                factored::prepare(exec, &k, dims, grad, &mut parts)
+            } else {
+                batch::prepare(exec, &k, dims, param, grad, &mut parts)
+            }
         }
     }
 }
@@ -131,22 +158,19 @@ pub(crate) fn finish<T: Float, E: Executor>(
             vector::finish(exec, &k, shape, clip, param, grad, state);
             Ok(())
         }
-        Layout::Factored { batch, rows, cols } => {
-            let dims = factored_dims(shape, batch, rows, cols);
-            factored::finish(exec, &k, dims, clip, param, grad, state)
+        Layout::Factored { batch, .. } => {
+            let (dims, mut parts) = parts::cut(shape, state);
+            parts.commit_sq();
+            if batch == 1 {
+                factored::update(exec, &k, dims, clip.d, param, grad, &mut parts)
+            } else {
+                batch::update(exec, &k, dims, clip.d, param, grad, &mut parts)
+            }
         }
     }
 }
 
-fn factored_dims(shape: &Shape, batch: usize, rows: usize, cols: usize) -> factored::Dims {
-    factored::Dims {
-        batch,
-        rows,
-        cols,
-        lanes: shape.lanes(),
-    }
-}
-
+/// [`Error::LengthMismatch`] unless the parameter and the gradient have `numel` elements.
 pub(crate) fn check_tensor_lens(numel: usize, param: usize, grad: usize) -> Result<(), Error> {
     for (buffer, actual) in [(Buffer::Param, param), (Buffer::Grad, grad)] {
         if actual != numel {
@@ -158,58 +182,4 @@ pub(crate) fn check_tensor_lens(numel: usize, param: usize, grad: usize) -> Resu
         }
     }
     Ok(())
-}
-
-/// The clip of one step: the divisor `d = max(1, rms / clip_threshold)` and the update's RMS.
-#[derive(Clone, Copy, Debug)]
-pub struct Clip<T> {
-    pub(crate) d: T,
-    pub(crate) rms: f64,
-}
-
-/// The clip divisor `max(1, rms / clip_threshold)` in `T`, as the reference computes it
-/// (`norm / sqrt(numel)`, each rounded to the tensor's dtype), and the RMS in `f64`.
-fn clip_divisor<T: Float>(sum_sq: f64, numel: usize, clip_threshold: T) -> Clip<T> {
-    let norm = num_traits::Float::sqrt(sum_sq);
-    let sqrt_n = num_traits::Float::sqrt(numel as f64);
-    let rms = T::from_f64(norm) / T::from_f64(sqrt_n);
-    let ratio = rms / clip_threshold;
-    let d = if ratio > T::one() { ratio } else { T::one() };
-    Clip {
-        d,
-        rms: norm / sqrt_n,
-    }
-}
-
-/// Which error explains a non-finite statistic: a bad gradient element, or an overflow of a
-/// update from finite inputs (the state was checked before).
-fn gradient_error<T: Float>(grad: &[T]) -> Error {
-    match grad.iter().position(|g| !g.is_finite()) {
-        Some(index) => Error::NonFiniteGradient { index },
-        None => Error::NonFiniteUpdate,
-    }
-}
-
-/// Values checked between early exits: within a chunk the checks have no branch per value
-/// (the statistics of a batch of small matrices are as long as its data).
-const CHECK_CHUNK: usize = 256;
-
-/// Whether every value is finite.
-pub(crate) fn all_finite<T: Float>(values: &[T]) -> bool {
-    let finite = |ok, v: &T| ok & v.is_finite();
-    values
-        .chunks(CHECK_CHUNK)
-        .all(|c| c.iter().fold(true, finite))
-}
-
-/// Whether every value is a possible second-moment statistic: finite and not negative (an
-/// average of squares).
-pub(crate) fn valid_statistics<T: Float>(values: &[T]) -> bool {
-    let zero = T::zero();
-    // bitwise, not lazy: no branch per value
-    #[allow(clippy::needless_bitwise_bool)]
-    let valid = |ok, &v: &T| ok & v.is_finite() & (v >= zero);
-    values
-        .chunks(CHECK_CHUNK)
-        .all(|c| c.iter().fold(true, valid))
 }

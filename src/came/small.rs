@@ -10,12 +10,12 @@
 //! cachegrind on a 256 x 256 x 3 x 3 batch: those passes cost 0.1-0.5 instructions per value;
 //! the whole step about 86 per element (it was 180 with a division per row and column).
 
-use super::factored::{Factors, average, row_mean};
+use super::formula::{self, average, norm_from_quotients, scalar, sq_term, square};
 use crate::Float;
 use crate::config::Coefficients;
 
 /// Rows of fewer elements take these loops, without the vector set-up per row.
-pub(super) const SMALL_COLS: usize = 16;
+pub(crate) const SMALL_COLS: usize = 16;
 
 /// Row sums first, then the column terms and the weighted column terms of the row.
 #[inline(always)]
@@ -26,35 +26,37 @@ pub(super) fn sq_stats<T: Float>(
     (sums, weighted): (&mut [T], &mut [T]),
     k: &Coefficients<T>,
 ) {
+    let (o, c) = scalar(k);
     let n = T::from_f64(cols as f64);
-    for ((g, &o), nx) in g.chunks_exact(cols).zip(old).zip(next) {
+    for ((g, &old), nx) in g.chunks_exact(cols).zip(old).zip(next) {
         let mut s = T::zero();
         for &x in g {
-            s = s + (x * x + k.eps1);
+            s = s + sq_term(o, square(o, x), c.eps1);
         }
-        *nx = average(o, s, n, k.beta2, k.one_minus_beta2);
+        *nx = average(old, s, n, k.beta2, k.one_minus_beta2);
         let w = T::one() / *nx;
-        for ((&x, c), v) in g.iter().zip(sums.iter_mut()).zip(weighted.iter_mut()) {
-            let sq = x * x;
-            *c = *c + (sq + k.eps1);
-            *v = *v + sq * w;
+        for ((&x, col), v) in g.iter().zip(sums.iter_mut()).zip(weighted.iter_mut()) {
+            let sq = square(o, x);
+            *col = *col + sq_term(o, sq, c.eps1);
+            *v = *v + formula::weighted_term(o, sq, w);
         }
     }
 }
 
+/// Sweep 2 of some rows, with row factors `rf`, column factors `cf` and clip divisor `d`.
 #[inline(always)]
 pub(super) fn momentum<T: Float>(
     (g, m): (&[T], &mut [T]),
     cols: usize,
-    f: Factors<'_, T>,
+    (rf, cf, d): (&[T], &[T], T),
     (old, next): (&[T], &mut [T]),
     sums: &mut [T],
     k: &Coefficients<T>,
 ) {
     let n = T::from_f64(cols as f64);
     let data = g.chunks_exact(cols).zip(m.chunks_exact_mut(cols));
-    for (((g, m), &r), (&o, nx)) in data.zip(f.rf).zip(old.iter().zip(next)) {
-        let s = momentum_row((g, m), r / f.d, f.cf, sums, k);
+    for (((g, m), &r), (&o, nx)) in data.zip(rf).zip(old.iter().zip(next)) {
+        let s = momentum_row((g, m), r / d, cf, sums, k);
         *nx = average(o, s, n, k.beta3, k.one_minus_beta3);
     }
 }
@@ -69,18 +71,18 @@ fn momentum_row<T: Float>(
     sums: &mut [T],
     k: &Coefficients<T>,
 ) -> T {
+    let (o, c) = scalar(k);
     let mut s = T::zero();
-    for (((&x, mj), &c), cs) in g.iter().zip(m).zip(cf).zip(sums.iter_mut()) {
-        let u = (r * c) * x;
-        let m_new = *mj * k.beta1 + k.one_minus_beta1 * u;
+    for (((&x, mj), &f), cs) in g.iter().zip(m).zip(cf).zip(sums.iter_mut()) {
+        let (m_new, res) = formula::momentum(o, &c, (x, *mj), (r, f));
         *mj = m_new;
-        let res = (u - m_new) * (u - m_new) + k.eps2;
         s = s + res;
         *cs = *cs + res;
     }
     s
 }
 
+/// Sweep 3 of some rows: the parameters.
 #[inline(always)]
 pub(super) fn apply<T: Float>(
     (p, m): (&mut [T], &[T]),
@@ -89,14 +91,26 @@ pub(super) fn apply<T: Float>(
     cf: &[T],
     k: &Coefficients<T>,
 ) {
+    if k.decay.is_some() {
+        apply_with::<T, true>((p, m), cols, rf, cf, k);
+    } else {
+        apply_with::<T, false>((p, m), cols, rf, cf, k);
+    }
+}
+
+#[inline(always)]
+fn apply_with<T: Float, const DECAY: bool>(
+    (p, m): (&mut [T], &[T]),
+    cols: usize,
+    rf: &[T],
+    cf: &[T],
+    k: &Coefficients<T>,
+) {
+    let (o, c) = scalar(k);
     let rows = p.chunks_exact_mut(cols).zip(m.chunks_exact(cols));
     for ((p, m), &r) in rows.zip(rf) {
-        for ((pj, &mj), &c) in p.iter_mut().zip(m).zip(cf) {
-            let mut pn = *pj;
-            if let Some(decay) = k.decay {
-                pn = pn - decay * pn;
-            }
-            *pj = pn - ((r * c) * mj) * k.lr;
+        for ((pj, &mj), &f) in p.iter_mut().zip(m).zip(cf) {
+            *pj = formula::apply::<_, T, DECAY>(o, &c, (*pj, mj), (r, f));
         }
     }
 }
@@ -108,26 +122,6 @@ fn average_into<T: Float>(old: &[T], next: &mut [T], beta: T, omb: T, n: usize) 
     for (nx, &o) in next.iter_mut().zip(old) {
         *nx = average(o, *nx, n, beta, omb);
     }
-}
-
-/// `weighted_j = weighted_j / col_j`: the terms of the update's squared norm, see
-/// [`norm_from_quotients`].
-#[inline(always)]
-pub(super) fn quotients<T: Float>(weighted: &mut [T], col: &[T]) {
-    for (w, &c) in weighted.iter_mut().zip(col) {
-        *w = *w / c;
-    }
-}
-
-/// The squared norm of one matrix's unclipped update, `mean(row) sum_j q_j`, from its new row
-/// statistics and the [`quotients`] `q_j = v_j / c_j`.
-#[inline(always)]
-pub(super) fn norm_from_quotients<T: Float>(row: &[T], q: &[T]) -> f64 {
-    let mut sum = 0.0;
-    for &x in q {
-        sum += x.as_f64();
-    }
-    row_mean(row).as_f64() * sum
 }
 
 /// Calls `$f::<T, C>` with the column count as the constant `C` for the common kernel widths,
@@ -182,6 +176,7 @@ fn batch_sq_stats_with<T: Float, const C: usize>(
     k: &Coefficients<T>,
 ) -> f64 {
     let cols = width::<C>(cols);
+    let (o, c) = scalar(k);
     // raw row and column sums of g^2 + eps1
     next_col.fill(T::zero());
     let mats = g.chunks_exact(rows * cols);
@@ -191,10 +186,10 @@ fn batch_sq_stats_with<T: Float, const C: usize>(
     for (g, (nr, nc)) in mats.zip(next) {
         for (g, nx) in g.chunks_exact(cols).zip(nr) {
             let mut s = T::zero();
-            for (&x, c) in g.iter().zip(nc.iter_mut()) {
-                let u = x * x + k.eps1;
+            for (&x, col) in g.iter().zip(nc.iter_mut()) {
+                let u = sq_term(o, square(o, x), c.eps1);
                 s = s + u;
-                *c = *c + u;
+                *col = *col + u;
             }
             *nx = s;
         }
@@ -212,11 +207,11 @@ fn batch_sq_stats_with<T: Float, const C: usize>(
     for ((g, w), v) in mats.zip(scratch_col.chunks_exact_mut(cols)) {
         for (g, &w) in g.chunks_exact(cols).zip(w) {
             for (&x, v) in g.iter().zip(v.iter_mut()) {
-                *v = *v + (x * x) * w;
+                *v = *v + formula::weighted_term(o, square(o, x), w);
             }
         }
     }
-    quotients(scratch_col, next_col);
+    formula::quotients(scratch_col, next_col);
     let mut sum = 0.0;
     let mats = next_row
         .chunks_exact(rows)

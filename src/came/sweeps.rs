@@ -1,5 +1,6 @@
-//! Row kernels: the element-wise work of a step on groups of `R` rows of a matrix side by side
-//! (or on a block of a vector), in explicit SIMD vectors (see [`crate::simd`]).
+//! The sweeps' inner loops: the element formulas of [`super::formula`] over groups of `R` rows of
+//! a matrix side by side (or over a block of a vector), in explicit SIMD vectors (see
+//! [`crate::exec::simd`]); each row's tail goes through the same formulas one element at a time.
 //!
 //! Rows of a group are walked together, vector by vector, so the per-column data (column
 //! factors, column sums) is loaded once per group rather than once per row, and the group's
@@ -14,9 +15,10 @@ use core::array;
 
 use pulp::Simd;
 
+use super::formula::{self, Consts};
 use crate::Float;
 use crate::config::Coefficients;
-use crate::simd::{Ops, V};
+use crate::exec::simd::{Ops, V};
 
 /// Rows walked side by side.
 pub(crate) const GROUP: usize = 4;
@@ -75,19 +77,21 @@ fn vectors_mut<S: Simd, T: Float, const R: usize>(
 pub(crate) fn row_sq_sum<S: Simd, T: Float>(o: Ops<S, T>, g: &[T], eps: T) -> T {
     let (gv, gt) = T::as_simd::<S>(g);
     let e = o.splat(eps);
+    let term = |x| formula::sq_term(o, formula::square(o, x), e);
     let mut acc = [o.splat(T::zero()); 4];
     let (quads, rest) = gv.as_chunks::<4>();
     for q in quads {
         for a in 0..4 {
-            acc[a] = o.add(acc[a], o.add(o.mul(q[a], q[a]), e));
+            acc[a] = o.add(acc[a], term(q[a]));
         }
     }
     for (a, &x) in rest.iter().enumerate() {
-        acc[a] = o.add(acc[a], o.add(o.mul(x, x), e));
+        acc[a] = o.add(acc[a], term(x));
     }
     let mut sum = o.sum(o.add(o.add(acc[0], acc[1]), o.add(acc[2], acc[3])));
+    let s = Ops::<crate::exec::simd::Scalar, T>::new(crate::exec::simd::Scalar);
     for &x in gt {
-        sum = sum + (x * x + eps);
+        sum = sum + formula::sq_term(s, formula::square(s, x), eps);
     }
     sum
 }
@@ -113,31 +117,36 @@ pub(crate) fn col_sq_terms<S: Simd, T: Float, const R: usize>(
     let e = o.splat(eps);
     let wr = w.map(|x| o.splat(x));
     for (i, (c, v)) in cv.iter_mut().zip(&mut wv[..n]).enumerate() {
-        let mut col = e;
-        let mut acc = e;
-        for r in 0..R {
-            let x = gv[r][i];
-            let sq = o.mul(x, x);
-            let u = o.add(sq, e);
-            col = if r == 0 { u } else { o.add(col, u) };
-            let y = o.mul(sq, wr[r]);
-            acc = if r == 0 { y } else { o.add(acc, y) };
-        }
+        let (col, acc) = col_group(o, array::from_fn(|r| gv[r][i]), e, wr);
         *c = o.add(*c, col);
         *v = o.add(*v, acc);
     }
+    let s = Ops::<crate::exec::simd::Scalar, T>::new(crate::exec::simd::Scalar);
     for (j, (c, v)) in ct.iter_mut().zip(wt).enumerate() {
-        let (mut col, mut acc) = (T::zero(), T::zero());
-        for r in 0..R {
-            let sq = gt[r][j] * gt[r][j];
-            let u = sq + eps;
-            col = if r == 0 { u } else { col + u };
-            let y = sq * w[r];
-            acc = if r == 0 { y } else { acc + y };
-        }
+        let (col, acc) = col_group(s, array::from_fn(|r| gt[r][j]), eps, w);
         *c = *c + col;
         *v = *v + acc;
     }
+}
+
+/// One column position of `R` rows: `(Σ_r (g_r² + eps), Σ_r g_r² w_r)`, added row by row.
+#[inline(always)]
+fn col_group<S: Simd, T: Float, const R: usize>(
+    o: Ops<S, T>,
+    g: [V<S, T>; R],
+    eps: V<S, T>,
+    w: [V<S, T>; R],
+) -> (V<S, T>, V<S, T>) {
+    let mut col = eps;
+    let mut acc = eps;
+    for r in 0..R {
+        let sq = formula::square(o, g[r]);
+        let u = formula::sq_term(o, sq, eps);
+        col = if r == 0 { u } else { o.add(col, u) };
+        let y = formula::weighted_term(o, sq, w[r]);
+        acc = if r == 0 { y } else { o.add(acc, y) };
+    }
+    (col, acc)
 }
 
 /// For `R` rows: updates the momentum `m = beta1 m + (1 - beta1) u` with the clipped update
@@ -152,17 +161,16 @@ pub(crate) fn momentum_rows<S: Simd, T: Float, const R: usize>(
     k: &Coefficients<T>,
     col_sums: &mut [T],
 ) -> [T; R] {
-    let (beta1, omb1, eps2) = (k.beta1, k.one_minus_beta1, k.eps2);
     let (fv, ft) = T::as_simd::<S>(cf);
     let n = fv.len();
     let (gv, gt) = vectors::<S, T, R>(g, n);
     let (mv, mt) = vectors_mut::<S, T, R>(m, n);
     let (cv, ct) = T::as_mut_simd::<S>(col_sums);
-    let (b1, omb1v, e2) = (o.splat(beta1), o.splat(omb1), o.splat(eps2));
+    let c = Consts::new(o, k);
     let rfv = rf_d.map(|x| o.splat(x));
     let mut acc = [o.splat(T::zero()); R];
     let zero = o.splat(T::zero());
-    for (i, (&f, c)) in fv.iter().zip(&mut cv[..n]).enumerate() {
+    for (i, (&f, col_sum)) in fv.iter().zip(&mut cv[..n]).enumerate() {
         // every row's loads before any store: measured 5-10% faster on 4096 x 4096 f32 (rows
         // a multiple of 4 KiB apart, where a load can wait on a store to another row at the
         // same page offset)
@@ -171,30 +179,26 @@ pub(crate) fn momentum_rows<S: Simd, T: Float, const R: usize>(
             x[r] = gv[r][i];
             m_old[r] = mv[r][i];
         }
-        let mut col = e2;
+        let mut col = c.eps2;
         for r in 0..R {
-            let u = o.mul(o.mul(rfv[r], f), x[r]);
-            let m_new = o.add(o.mul(m_old[r], b1), o.mul(omb1v, u));
+            let (m_new, res) = formula::momentum(o, &c, (x[r], m_old[r]), (rfv[r], f));
             mv[r][i] = m_new;
-            let d = o.sub(u, m_new);
-            let res = o.add(o.mul(d, d), e2);
             acc[r] = o.add(acc[r], res);
             col = if r == 0 { res } else { o.add(col, res) };
         }
-        *c = o.add(*c, col);
+        *col_sum = o.add(*col_sum, col);
     }
     let mut sums = acc.map(|a| o.sum(a));
-    for (j, (&f, c)) in ft.iter().zip(ct).enumerate() {
+    let (s, sc) = formula::scalar(k);
+    for (j, (&f, col_sum)) in ft.iter().zip(ct).enumerate() {
         let mut col = T::zero();
         for r in 0..R {
-            let u = (rf_d[r] * f) * gt[r][j];
-            let m_new = mt[r][j] * beta1 + omb1 * u;
+            let (m_new, res) = formula::momentum(s, &sc, (gt[r][j], mt[r][j]), (rf_d[r], f));
             mt[r][j] = m_new;
-            let res = (u - m_new) * (u - m_new) + eps2;
             sums[r] = sums[r] + res;
             col = if r == 0 { res } else { col + res };
         }
-        *c = *c + col;
+        *col_sum = *col_sum + col;
     }
     sums
 }
@@ -209,9 +213,10 @@ pub(crate) fn apply_rows<S: Simd, T: Float, const R: usize>(
     cf: &[T],
     k: &Coefficients<T>,
 ) {
-    match k.decay {
-        Some(decay) => apply_rows_with::<S, T, R, true>(o, (p, m), rf, cf, k.lr, decay),
-        None => apply_rows_with::<S, T, R, false>(o, (p, m), rf, cf, k.lr, T::zero()),
+    if k.decay.is_some() {
+        apply_rows_with::<S, T, R, true>(o, (p, m), rf, cf, k);
+    } else {
+        apply_rows_with::<S, T, R, false>(o, (p, m), rf, cf, k);
     }
 }
 
@@ -221,14 +226,13 @@ fn apply_rows_with<S: Simd, T: Float, const R: usize, const DECAY: bool>(
     (p, m): ([&mut [T]; R], [&[T]; R]),
     rf: [T; R],
     cf: &[T],
-    lr: T,
-    decay: T,
+    k: &Coefficients<T>,
 ) {
     let (fv, ft) = T::as_simd::<S>(cf);
     let n = fv.len();
     let (pv, pt) = vectors_mut::<S, T, R>(p, n);
     let (mv, mt) = vectors::<S, T, R>(m, n);
-    let (lrv, decayv) = (o.splat(lr), o.splat(decay));
+    let c = Consts::new(o, k);
     let rfv = rf.map(|x| o.splat(x));
     let zero = o.splat(T::zero());
     for (i, &f) in fv.iter().enumerate() {
@@ -239,30 +243,16 @@ fn apply_rows_with<S: Simd, T: Float, const R: usize, const DECAY: bool>(
             mr[r] = mv[r][i];
         }
         for r in 0..R {
-            let mut p = pr[r];
-            if DECAY {
-                p = o.sub(p, o.mul(decayv, p));
-            }
-            let upd = o.mul(o.mul(o.mul(rfv[r], f), mr[r]), lrv);
-            pv[r][i] = o.sub(p, upd);
+            pv[r][i] = formula::apply::<S, T, DECAY>(o, &c, (pr[r], mr[r]), (rfv[r], f));
         }
     }
+    let (s, sc) = formula::scalar(k);
     for (j, &f) in ft.iter().enumerate() {
         for r in 0..R {
-            let mut pr = pt[r][j];
-            if DECAY {
-                pr = pr - decay * pr;
-            }
-            pt[r][j] = pr - ((rf[r] * f) * mt[r][j]) * lr;
+            let pm = (pt[r][j], mt[r][j]);
+            pt[r][j] = formula::apply::<_, T, DECAY>(s, &sc, pm, (rf[r], f));
         }
     }
-}
-
-/// 0 for a finite `x`, NaN for NaN and infinities.
-#[inline(always)]
-#[allow(clippy::eq_op)]
-pub(crate) fn finite_or_nan<T: Float>(x: T) -> T {
-    x - x
 }
 
 /// For a block of a vector: returns `(sum_j u_j^2, check)` where `u = rsqrt(v_new) g` is the
@@ -277,27 +267,20 @@ pub(crate) fn vector_sq_block<S: Simd, T: Float>(
     let (gv, gt) = T::as_simd::<S>(g);
     let (vv, vt) = T::as_simd::<S>(v);
     let (mv, mt) = T::as_simd::<S>(m);
-    let (b2, omb2, e1, one) = (
-        o.splat(k.beta2),
-        o.splat(k.one_minus_beta2),
-        o.splat(k.eps1),
-        o.splat(T::one()),
-    );
+    let c = Consts::new(o, k);
     let zero = o.splat(T::zero());
     let (mut acc, mut check) = (zero, zero);
     for ((&g, &v), &m) in gv.iter().zip(vv).zip(mv) {
-        let vn = o.add(o.mul(v, b2), o.mul(omb2, o.add(o.mul(g, g), e1)));
-        let u = o.mul(o.div(one, o.sqrt(vn)), g);
+        let (vn, u) = formula::vector_second_moment(o, &c, (g, v));
         acc = o.add(acc, o.mul(u, u));
-        // x - x is 0 for finite x and NaN for NaN and infinities
-        check = o.add(check, o.add(o.sub(vn, vn), o.sub(m, m)));
+        check = o.add(check, formula::not_finite(o, vn, m));
     }
     let (mut sum, mut check) = (o.sum(acc), o.sum(check));
+    let (s, sc) = formula::scalar(k);
     for ((&g, &v), &m) in gt.iter().zip(vt).zip(mt) {
-        let vn = v * k.beta2 + k.one_minus_beta2 * (g * g + k.eps1);
-        let u = (T::one() / vn.sqrt()) * g;
+        let (vn, u) = formula::vector_second_moment(s, &sc, (g, v));
         sum = sum + u * u;
-        check = check + finite_or_nan(vn) + finite_or_nan(m);
+        check = check + formula::not_finite(s, vn, m);
     }
     (sum, check)
 }
@@ -312,52 +295,21 @@ pub(crate) fn vector_apply<S: Simd, T: Float, const CLIP: bool, const DECAY: boo
     d: T,
     k: &Coefficients<T>,
 ) {
-    let decay = k.decay.unwrap_or(T::zero());
     let (pv, pt) = T::as_mut_simd::<S>(p);
     let (gv, gt) = T::as_simd::<S>(g);
     let (mv, mt) = T::as_mut_simd::<S>(m);
     let (vv, vt) = T::as_mut_simd::<S>(v);
-    let (b1, omb1, b2, omb2) = (
-        o.splat(k.beta1),
-        o.splat(k.one_minus_beta1),
-        o.splat(k.beta2),
-        o.splat(k.one_minus_beta2),
-    );
-    let (e1, one, dv, lr, decayv) = (
-        o.splat(k.eps1),
-        o.splat(T::one()),
-        o.splat(d),
-        o.splat(k.lr),
-        o.splat(decay),
-    );
+    let c = Consts::new(o, k);
+    let dv = o.splat(d);
     for (((p, &g), m), v) in pv.iter_mut().zip(gv).zip(mv.iter_mut()).zip(vv.iter_mut()) {
-        let vn = o.add(o.mul(*v, b2), o.mul(omb2, o.add(o.mul(g, g), e1)));
+        let (vn, u) = formula::vector_second_moment(o, &c, (g, *v));
         *v = vn;
-        let mut u = o.mul(o.div(one, o.sqrt(vn)), g);
-        if CLIP {
-            u = o.div(u, dv);
-        }
-        let m_new = o.add(o.mul(*m, b1), o.mul(omb1, u));
-        *m = m_new;
-        let mut pn = *p;
-        if DECAY {
-            pn = o.sub(pn, o.mul(decayv, pn));
-        }
-        *p = o.sub(pn, o.mul(m_new, lr));
+        (*m, *p) = formula::vector_update::<S, T, CLIP, DECAY>(o, &c, (u, dv), (*m, *p));
     }
+    let (s, sc) = formula::scalar(k);
     for (((p, &g), m), v) in pt.iter_mut().zip(gt).zip(mt.iter_mut()).zip(vt.iter_mut()) {
-        let vn = *v * k.beta2 + k.one_minus_beta2 * (g * g + k.eps1);
+        let (vn, u) = formula::vector_second_moment(s, &sc, (g, *v));
         *v = vn;
-        let mut u = (T::one() / vn.sqrt()) * g;
-        if CLIP {
-            u = u / d;
-        }
-        let m_new = *m * k.beta1 + k.one_minus_beta1 * u;
-        *m = m_new;
-        let mut pn = *p;
-        if DECAY {
-            pn = pn - decay * pn;
-        }
-        *p = pn - m_new * k.lr;
+        (*m, *p) = formula::vector_update::<_, T, CLIP, DECAY>(s, &sc, (u, d), (*m, *p));
     }
 }

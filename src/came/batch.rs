@@ -1,0 +1,245 @@
+//! A batch of matrices (a tensor of rank > 2): the three sweeps of `factored.rs`, with the
+//! tensor cut into lanes of whole matrices.
+//!
+//! Per sweep, a lane first does its per-matrix statistics, then computes the factors of all its
+//! matrices in one vectorised pass (for small matrices, such as the 3x3 kernels of a
+//! convolution, the square roots and divisions of the factors cost more than the sweeps
+//! themselves), then uses them.
+
+use pulp::Simd;
+
+use super::formula::{Clip, norm_from_quotients, quotients};
+use super::parts::{Dims, Parts, Work};
+use super::rows::{self, Factors, batch_factors, finish_cols};
+use super::small::{self, SMALL_COLS};
+use crate::check::{all_finite, gradient_error};
+use crate::config::Coefficients;
+use crate::exec::lanes::{LaneItems, split, split_mut};
+use crate::exec::simd::Ops;
+use crate::exec::{Executor, LaneKernel};
+use crate::{Error, Float};
+
+/// Sweep 1 of every matrix: new squared-gradient statistics and factors, and the clip.
+pub(super) fn prepare<T: Float, E: Executor>(
+    exec: &E,
+    k: &Coefficients<T>,
+    dims: Dims,
+    param: &mut [T],
+    grad: &[T],
+    parts: &mut Parts<'_, T>,
+) -> Result<Clip<T>, Error> {
+    let (_, sum_sq) = run(exec, k, dims, Sweep::Norm, T::one(), param, grad, parts)?;
+    if !sum_sq.is_finite() {
+        return Err(gradient_error(grad));
+    }
+    Ok(Clip::from_sum_sq(sum_sq, grad.len(), k.clip_threshold))
+}
+
+/// Sweeps 2 and 3 of every matrix, after the squared-gradient statistics were committed.
+pub(super) fn update<T: Float, E: Executor>(
+    exec: &E,
+    k: &Coefficients<T>,
+    dims: Dims,
+    d: T,
+    param: &mut [T],
+    grad: &[T],
+    parts: &mut Parts<'_, T>,
+) -> Result<(), Error> {
+    let (finite, _) = run(exec, k, dims, Sweep::Momentum, d, param, grad, parts)?;
+    if !finite {
+        return Err(Error::NonFiniteState);
+    }
+    if k.confidence {
+        parts.commit_res();
+    }
+    run(exec, k, dims, Sweep::Apply, d, param, grad, parts)?;
+    Ok(())
+}
+
+/// One lane of a batch: its share of the matrices' data and statistics.
+struct Lane<'a, T> {
+    /// gradients
+    g: &'a [T],
+    /// momentum (written in sweep 2)
+    m: &'a mut [T],
+    /// parameters (written in sweep 3)
+    p: &'a mut [T],
+    /// committed statistics: squared gradient rows, columns; instability rows, columns
+    stats: [&'a [T]; 4],
+    /// new row and column statistics, checked before they are committed
+    next: (&'a mut [T], &'a mut [T]),
+    /// row and column factors of every matrix of the lane
+    factors: (&'a mut [T], &'a mut [T]),
+    /// one matrix's column sums and weighted column sums
+    sums: (&'a mut [T], &'a mut [T]),
+    /// all new statistics finite
+    finite: bool,
+    /// squared norm of the unclipped update
+    sum_sq: f64,
+}
+
+/// Which sweep of a batch a lane runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sweep {
+    /// sweep 1: squared-gradient statistics, the update's norm, factors
+    Norm,
+    /// sweep 2: momentum and instability statistics, then their factors
+    Momentum,
+    /// sweep 3: the parameters
+    Apply,
+}
+
+struct Batch<'a, T> {
+    rows: usize,
+    cols: usize,
+    d: T,
+    k: &'a Coefficients<T>,
+    sweep: Sweep,
+}
+
+impl<'a, T: Float> LaneKernel for Batch<'a, T> {
+    type Item = Lane<'a, T>;
+
+    #[inline(always)]
+    fn run<S: Simd>(&self, simd: S, lane: &mut Self::Item) {
+        let (rows, cols, k, o) = (self.rows, self.cols, self.k, Ops::new(simd));
+        let size = rows * cols;
+        let (fr, fc) = (&mut *lane.factors.0, &mut *lane.factors.1);
+        let (nr, nc) = (&mut *lane.next.0, &mut *lane.next.1);
+        let [sq_row, sq_col, res_row, res_col] = lane.stats;
+        let (sums, weighted) = (&mut *lane.sums.0, &mut *lane.sums.1);
+        match self.sweep {
+            Sweep::Norm if cols < SMALL_COLS => {
+                let stats = (sq_row, sq_col);
+                lane.sum_sq =
+                    small::batch_sq_stats(lane.g, (rows, cols), stats, (nr, nc), (fr, fc), k);
+                lane.finite = all_finite(nr) && all_finite(nc);
+                batch_factors(o, rows, (nr, nc), (fr, fc));
+            }
+            Sweep::Norm => {
+                let mats = lane.g.chunks_exact(size);
+                let old = sq_row.chunks_exact(rows).zip(sq_col.chunks_exact(cols));
+                let next = nr.chunks_exact_mut(rows).zip(nc.chunks_exact_mut(cols));
+                for ((g, (r, c)), (nr, nc)) in mats.zip(old).zip(next) {
+                    sums.fill(T::zero());
+                    weighted.fill(T::zero());
+                    rows::sq_stats(o, g, cols, (r, nr), (sums, &mut *weighted), k);
+                    finish_cols(sums, rows, c, nc, k.beta2, k.one_minus_beta2);
+                    quotients(weighted, nc);
+                    lane.sum_sq += norm_from_quotients(nr, weighted);
+                }
+                lane.finite = all_finite(nr) && all_finite(nc);
+                batch_factors(o, rows, (nr, nc), (fr, fc));
+            }
+            Sweep::Momentum => {
+                if cols < SMALL_COLS {
+                    let (gm, f) = ((lane.g, &mut *lane.m), (&mut *fr, &*fc));
+                    let old = (res_row, res_col);
+                    small::batch_momentum(gm, (rows, cols), f, self.d, old, (nr, nc), k);
+                } else {
+                    let mats = lane.g.chunks_exact(size).zip(lane.m.chunks_exact_mut(size));
+                    let f = fr.chunks_exact(rows).zip(fc.chunks_exact(cols));
+                    let old = res_row.chunks_exact(rows).zip(res_col.chunks_exact(cols));
+                    let next = nr.chunks_exact_mut(rows).zip(nc.chunks_exact_mut(cols));
+                    for ((((g, m), (rf, cf)), (rr, rc)), (nr, nc)) in mats.zip(f).zip(old).zip(next)
+                    {
+                        sums.fill(T::zero());
+                        let f = Factors { rf, cf, d: self.d };
+                        rows::momentum(o, (g, m), cols, f, (rr, nr), sums, k);
+                        finish_cols(sums, rows, rc, nc, k.beta3, k.one_minus_beta3);
+                    }
+                }
+                lane.finite = all_finite(nr) && all_finite(nc);
+                if k.confidence {
+                    batch_factors(o, rows, (nr, nc), (fr, fc));
+                } else {
+                    fr.fill(T::one());
+                    fc.fill(T::one());
+                }
+            }
+            Sweep::Apply if cols < SMALL_COLS => {
+                let pm = (&mut *lane.p, &*lane.m);
+                small::batch_apply(pm, (rows, cols), (&*fr, &*fc), k);
+            }
+            Sweep::Apply => {
+                let mats = lane.p.chunks_exact_mut(size).zip(lane.m.chunks_exact(size));
+                let f = fr.chunks_exact(rows).zip(fc.chunks_exact(cols));
+                for ((p, m), (rf, cf)) in mats.zip(f) {
+                    rows::apply(o, (p, m), cols, rf, cf, k);
+                }
+            }
+        }
+    }
+}
+
+/// Runs one sweep of a batch over all lanes; returns whether all new statistics are finite and
+/// the squared norm of the update (sweep [`Sweep::Norm`]).
+#[allow(clippy::too_many_arguments)]
+fn run<T: Float, E: Executor>(
+    exec: &E,
+    k: &Coefficients<T>,
+    dims: Dims,
+    sweep: Sweep,
+    d: T,
+    param: &mut [T],
+    grad: &[T],
+    parts: &mut Parts<'_, T>,
+) -> Result<(bool, f64), Error> {
+    let Dims {
+        batch,
+        rows,
+        cols,
+        lanes,
+    } = dims;
+    let size = rows * cols;
+    let Work {
+        next_row,
+        next_col,
+        row_factors: fac_row,
+        col_factors: fac_col,
+        col_sums,
+        weighted_sums: weighted,
+    } = &mut parts.work;
+    let stats = &parts.stats;
+    let mut items: LaneItems<_> = split(grad, size, batch, lanes)
+        .zip(split_mut(parts.m, size, batch, lanes))
+        .zip(split_mut(param, size, batch, lanes))
+        .zip(split(stats.sq_row, rows, batch, lanes).zip(split(stats.sq_col, cols, batch, lanes)))
+        .zip(split(stats.res_row, rows, batch, lanes).zip(split(stats.res_col, cols, batch, lanes)))
+        .zip(split_mut(next_row, rows, batch, lanes).zip(split_mut(next_col, cols, batch, lanes)))
+        .zip(split_mut(fac_row, rows, batch, lanes).zip(split_mut(fac_col, cols, batch, lanes)))
+        .zip(
+            col_sums
+                .chunks_exact_mut(cols)
+                .zip(weighted.chunks_exact_mut(cols)),
+        )
+        .map(
+            |(((((((g, m), p), (sr, sc)), (rr, rc)), next), factors), sums)| Lane {
+                g,
+                m,
+                p,
+                stats: [sr, sc, rr, rc],
+                next,
+                factors,
+                sums,
+                finite: true,
+                sum_sq: 0.0,
+            },
+        )
+        .collect();
+    exec.run(
+        &Batch {
+            rows,
+            cols,
+            d,
+            k,
+            sweep,
+        },
+        &mut items,
+    );
+    let finite = items.iter().all(|it| it.finite);
+    if sweep == Sweep::Norm && !finite {
+        return Err(gradient_error(grad));
+    }
+    Ok((finite, items.iter().map(|it| it.sum_sq).sum::<f64>()))
+}

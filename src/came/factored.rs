@@ -1,0 +1,251 @@
+//! The factored step (rank >= 2) in three sweeps over the tensor:
+//!
+//! 1. read `g`: row and column sums of `g^2 + eps1`, the new statistics `r`, `c`, and the
+//!    squared norm of the unclipped update `u`, for the clip;
+//! 2. read `g` and `m`, write `m`: the momentum and the instability statistics `R`, `C`;
+//! 3. read `m` and `p`, write `p`: the confidence-scaled update.
+//!
+//! The norm needs the new statistics of every row and column, so a direct computation would
+//! read `g` once more after sweep 1. Instead sweep 1 reads each group of rows twice while it is
+//! still in cache: first for the row sums, which give the rows' new statistics `r_i`, then for
+//! the column sums and the weighted column sums `v_j = sum_i g_ij^2 / r_i`. With the
+//! reference's factors `rf_i^2 = mean(r) / r_i` and `cf_j^2 = 1 / c_j`, the squared norm is
+//! `sum_ij (rf_i cf_j g_ij)^2 = mean(r) sum_j v_j / c_j`: the same value, rounded differently
+//! (a relative difference of a few units in the last place in the clip divisor).
+//!
+//! New statistics go to the workspace first and are committed only once checked finite, so a
+//! bad gradient or an overflow leaves the state as it was. This file steps a single matrix, cut
+//! into lanes of rows (each lane keeps its own column partial sums, added up in lane order
+//! afterwards); `batch.rs` steps a batch of matrices, cut into lanes of whole matrices.
+//!
+//! The update follows the reference operation for operation with one exception: when the
+//! update is clipped, the clip divisor `d` divides the row factor once per row
+//! (`((rf / d) * cf) * g`) instead of every element (`((rf * cf) * g) / d`), which saves a
+//! division per element and moves the result by at most a few units in the last place.
+
+use pulp::Simd;
+
+use super::formula::{Clip, norm_from_quotients, quotients};
+use super::parts::{Dims, Parts, Stats, Work};
+use super::rows::{self, Factors, combine_lanes, factors, finish_cols};
+use crate::check::{all_finite, gradient_error};
+use crate::config::Coefficients;
+use crate::exec::lanes::{LaneItems, split, split_mut};
+use crate::exec::simd::Ops;
+use crate::exec::{Executor, LaneKernel};
+use crate::{Error, Float};
+
+/// Sweep 1: the new squared-gradient statistics and their factors (kept in the workspace) and
+/// the clip. Writes nothing but the workspace.
+pub(super) fn prepare<T: Float, E: Executor>(
+    exec: &E,
+    k: &Coefficients<T>,
+    dims: Dims,
+    grad: &[T],
+    parts: &mut Parts<'_, T>,
+) -> Result<Clip<T>, Error> {
+    let sum_sq = matrix_norm(exec, k, dims, grad, &parts.stats, &mut parts.work)?;
+    if !sum_sq.is_finite() {
+        return Err(gradient_error(grad));
+    }
+    Ok(Clip::from_sum_sq(sum_sq, grad.len(), k.clip_threshold))
+}
+
+// ---- one matrix, lanes of rows ----
+
+/// Sweep 1 of one matrix: squared-gradient statistics of a lane's rows.
+struct SqStats<'a, T> {
+    cols: usize,
+    k: &'a Coefficients<T>,
+}
+
+impl<'a, T: Float> LaneKernel for SqStats<'a, T> {
+    /// gradient rows, old row statistics, new row statistics, column partial sums, weighted
+    /// column partial sums
+    type Item = (&'a [T], &'a [T], &'a mut [T], &'a mut [T], &'a mut [T]);
+
+    #[inline(always)]
+    fn run<S: Simd>(&self, simd: S, (g, old, next, sums, weighted): &mut Self::Item) {
+        sums.fill(T::zero());
+        weighted.fill(T::zero());
+        let (o, k) = (Ops::new(simd), self.k);
+        rows::sq_stats(o, g, self.cols, (old, next), (sums, weighted), k);
+    }
+}
+
+/// Sweep 2 of one matrix: momentum and instability statistics of a lane's rows.
+struct Momentum<'a, T> {
+    cols: usize,
+    cf: &'a [T],
+    d: T,
+    k: &'a Coefficients<T>,
+}
+
+impl<'a, T: Float> LaneKernel for Momentum<'a, T> {
+    /// gradient rows, momentum rows, row factors, old and new instability row statistics,
+    /// column partial sums
+    type Item = (
+        &'a [T],
+        &'a mut [T],
+        &'a [T],
+        &'a [T],
+        &'a mut [T],
+        &'a mut [T],
+    );
+
+    #[inline(always)]
+    fn run<S: Simd>(&self, simd: S, (g, m, rf, old, next, sums): &mut Self::Item) {
+        sums.fill(T::zero());
+        let f = Factors {
+            rf,
+            cf: self.cf,
+            d: self.d,
+        };
+        rows::momentum(
+            Ops::new(simd),
+            (g, m),
+            self.cols,
+            f,
+            (old, next),
+            sums,
+            self.k,
+        );
+    }
+}
+
+/// Sweep 3 of one matrix: the parameter update of a lane's rows.
+struct Apply<'a, T> {
+    cols: usize,
+    cf: &'a [T],
+    k: &'a Coefficients<T>,
+}
+
+impl<'a, T: Float> LaneKernel for Apply<'a, T> {
+    /// parameter rows, momentum rows, row factors
+    type Item = (&'a mut [T], &'a [T], &'a [T]);
+
+    #[inline(always)]
+    fn run<S: Simd>(&self, simd: S, (p, m, rf): &mut Self::Item) {
+        rows::apply(Ops::new(simd), (p, m), self.cols, rf, self.cf, self.k);
+    }
+}
+
+/// Sweep 1 of one matrix: returns the squared norm of the unclipped update, with the new
+/// statistics and their factors in the workspace.
+fn matrix_norm<T: Float, E: Executor>(
+    exec: &E,
+    k: &Coefficients<T>,
+    dims: Dims,
+    grad: &[T],
+    stats: &Stats<'_, T>,
+    work: &mut Work<'_, T>,
+) -> Result<f64, Error> {
+    let Dims {
+        rows, cols, lanes, ..
+    } = dims;
+    let Work {
+        next_row,
+        next_col,
+        row_factors: rf,
+        col_factors: cf,
+        col_sums: col_parts,
+        weighted_sums: weighted,
+    } = work;
+
+    // Sweep 1: squared-gradient statistics and the update's norm.
+    {
+        let mut items: LaneItems<_> = split(grad, cols, rows, lanes)
+            .zip(split(stats.sq_row, 1, rows, lanes))
+            .zip(split_mut(next_row, 1, rows, lanes))
+            .zip(col_parts.chunks_exact_mut(cols))
+            .zip(weighted.chunks_exact_mut(cols))
+            .map(|((((g, old), next), sums), w)| (g, old, next, sums, w))
+            .collect();
+        exec.run(&SqStats { cols, k }, &mut items);
+    }
+    combine_lanes(col_parts, cols);
+    combine_lanes(weighted, cols);
+    finish_cols(
+        &col_parts[..cols],
+        rows,
+        stats.sq_col,
+        next_col,
+        k.beta2,
+        k.one_minus_beta2,
+    );
+    if !(all_finite(next_row) && all_finite(next_col)) {
+        return Err(gradient_error(grad));
+    }
+    factors(next_row, next_col, rf, cf);
+    let q = &mut weighted[..cols];
+    quotients(q, next_col);
+    Ok(norm_from_quotients(next_row, q))
+}
+
+/// Sweeps 2 and 3 of one matrix, after the squared-gradient statistics were committed.
+pub(super) fn update<T: Float, E: Executor>(
+    exec: &E,
+    k: &Coefficients<T>,
+    dims: Dims,
+    d: T,
+    param: &mut [T],
+    grad: &[T],
+    parts: &mut Parts<'_, T>,
+) -> Result<(), Error> {
+    let Dims {
+        rows, cols, lanes, ..
+    } = dims;
+    let stats = &mut parts.stats;
+    let m = &mut *parts.m;
+    let Work {
+        next_row,
+        next_col,
+        row_factors: rf,
+        col_factors: cf,
+        col_sums: col_parts,
+        ..
+    } = &mut parts.work;
+
+    // Sweep 2: momentum and instability statistics.
+    {
+        let mut items: LaneItems<_> = split(grad, cols, rows, lanes)
+            .zip(split_mut(m, cols, rows, lanes))
+            .zip(split(rf, 1, rows, lanes))
+            .zip(split(stats.res_row, 1, rows, lanes))
+            .zip(split_mut(next_row, 1, rows, lanes))
+            .zip(col_parts.chunks_exact_mut(cols))
+            .map(|(((((g, m), f), old), next), sums)| (g, m, f, old, next, sums))
+            .collect();
+        exec.run(&Momentum { cols, cf, d, k }, &mut items);
+    }
+    combine_lanes(col_parts, cols);
+    finish_cols(
+        &col_parts[..cols],
+        rows,
+        stats.res_col,
+        next_col,
+        k.beta3,
+        k.one_minus_beta3,
+    );
+    if !(all_finite(next_row) && all_finite(next_col)) {
+        return Err(Error::NonFiniteState);
+    }
+    if k.confidence {
+        stats.res_row.copy_from_slice(next_row);
+        stats.res_col.copy_from_slice(next_col);
+        factors(stats.res_row, stats.res_col, rf, cf);
+    } else {
+        rf.fill(T::one());
+        cf.fill(T::one());
+    }
+
+    // Sweep 3: the parameters.
+    let mut items: LaneItems<_> = split_mut(param, cols, rows, lanes)
+        .zip(split(m, cols, rows, lanes))
+        .zip(split(rf, 1, rows, lanes))
+        .map(|((p, m), f)| (p, m, f))
+        .collect();
+    let cf = &**cf;
+    exec.run(&Apply { cols, cf, k }, &mut items);
+    Ok(())
+}

@@ -1,0 +1,283 @@
+//! The three sweeps on a range of whole rows of one matrix: the building blocks that a single
+//! matrix (cut into lanes of rows, `factored.rs`) and a batch of matrices (cut into lanes of
+//! matrices, `batch.rs`) share.
+//!
+//! Wide rows are walked `GROUP` side by side and the remaining rows one at a time, so the same
+//! rows are always grouped the same way; rows too short for vectors take the loops of
+//! `small.rs`.
+
+use pulp::Simd;
+
+use super::formula::{average, row_mean, rsqrt};
+use super::small::{self, SMALL_COLS};
+use super::sweeps::{GROUP, apply_rows, col_sq_terms, momentum_rows, row_sq_sum, rows, rows_mut};
+use crate::Float;
+use crate::config::Coefficients;
+use crate::exec::simd::{Ops, Scalar};
+
+/// How many of `rows` rows of `cols` elements are walked `GROUP` at a time (the rest one at a
+/// time). Narrow rows are walked one after another: the tensor is then one sequential stream
+/// per array, which the hardware prefetchers follow best, and the per-column data stays in the
+/// L1 cache anyway. Wide rows are walked in groups, which loads the per-column data (too big
+/// to stay in L1 beside the streams) once per group and keeps `GROUP` long streams in flight.
+#[inline(always)]
+fn grouped<T>(cols: usize, rows: usize) -> usize {
+    if cols * size_of::<T>() > NARROW_ROW_BYTES {
+        rows / GROUP * GROUP
+    } else {
+        0
+    }
+}
+
+/// Rows up to this many bytes are walked one at a time.
+const NARROW_ROW_BYTES: usize = 8192;
+
+/// Sweep 1 on some rows: `next = beta2 old + (1 - beta2) mean_j(g^2 + eps1)` per row; column
+/// terms added to `sums`, weighted column terms `g_ij^2 / next_i` to `weighted`.
+#[inline(always)]
+pub(super) fn sq_stats<S: Simd, T: Float>(
+    o: Ops<S, T>,
+    g: &[T],
+    cols: usize,
+    (old, next): (&[T], &mut [T]),
+    sums: (&mut [T], &mut [T]),
+    k: &Coefficients<T>,
+) {
+    if cols < SMALL_COLS {
+        return small::sq_stats(g, cols, (old, next), sums, k);
+    }
+    let split = grouped::<T>(cols, next.len());
+    let (g4, g1) = g.split_at(split * cols);
+    let (old4, old1) = old.split_at(split);
+    let (next4, next1) = next.split_at_mut(split);
+    let (sums, weighted) = sums;
+    sq_stats_by::<S, T, GROUP>(o, g4, cols, (old4, next4), (sums, weighted), k);
+    sq_stats_by::<S, T, 1>(o, g1, cols, (old1, next1), (sums, weighted), k);
+}
+
+#[inline(always)]
+fn sq_stats_by<S: Simd, T: Float, const R: usize>(
+    o: Ops<S, T>,
+    g: &[T],
+    cols: usize,
+    (old, next): (&[T], &mut [T]),
+    (sums, weighted): (&mut [T], &mut [T]),
+    k: &Coefficients<T>,
+) {
+    let n = T::from_f64(cols as f64);
+    let groups = g.chunks_exact(R * cols).zip(old.chunks_exact(R));
+    for ((g, old), next) in groups.zip(next.chunks_exact_mut(R)) {
+        let g = rows::<T, R>(g, cols);
+        let mut s = [T::zero(); R];
+        for r in 0..R {
+            s[r] = row_sq_sum(o, g[r], k.eps1);
+        }
+        for r in 0..R {
+            next[r] = average(old[r], s[r], n, k.beta2, k.one_minus_beta2);
+        }
+        let w: [T; R] = core::array::from_fn(|r| T::one() / next[r]);
+        col_sq_terms::<S, T, R>(o, g, k.eps1, w, (&mut *sums, &mut *weighted));
+    }
+}
+
+/// The row factors, the column factors and the clip divisor of the update.
+#[derive(Clone, Copy)]
+pub(super) struct Factors<'a, T> {
+    pub(super) rf: &'a [T],
+    pub(super) cf: &'a [T],
+    pub(super) d: T,
+}
+
+/// Sweep 2 on some rows: their momentum and instability, `next` row statistics, column terms
+/// added to `sums`.
+#[inline(always)]
+pub(super) fn momentum<S: Simd, T: Float>(
+    o: Ops<S, T>,
+    (g, m): (&[T], &mut [T]),
+    cols: usize,
+    f: Factors<'_, T>,
+    (old, next): (&[T], &mut [T]),
+    sums: &mut [T],
+    k: &Coefficients<T>,
+) {
+    if cols < SMALL_COLS {
+        return small::momentum((g, m), cols, (f.rf, f.cf, f.d), (old, next), sums, k);
+    }
+    let split = grouped::<T>(cols, next.len());
+    let (g4, g1) = g.split_at(split * cols);
+    let (m4, m1) = m.split_at_mut(split * cols);
+    let (rf4, rf1) = f.rf.split_at(split);
+    let (old4, old1) = old.split_at(split);
+    let (next4, next1) = next.split_at_mut(split);
+    let f4 = Factors { rf: rf4, ..f };
+    let f1 = Factors { rf: rf1, ..f };
+    momentum_by::<S, T, GROUP>(o, (g4, m4), cols, f4, (old4, next4), sums, k);
+    momentum_by::<S, T, 1>(o, (g1, m1), cols, f1, (old1, next1), sums, k);
+}
+
+#[inline(always)]
+fn momentum_by<S: Simd, T: Float, const R: usize>(
+    o: Ops<S, T>,
+    (g, m): (&[T], &mut [T]),
+    cols: usize,
+    f: Factors<'_, T>,
+    (old, next): (&[T], &mut [T]),
+    sums: &mut [T],
+    k: &Coefficients<T>,
+) {
+    let n = T::from_f64(cols as f64);
+    let data = g.chunks_exact(R * cols).zip(m.chunks_exact_mut(R * cols));
+    let row_stats = f.rf.chunks_exact(R).zip(old.chunks_exact(R));
+    for ((g, m), ((rf, old), next)) in data.zip(row_stats.zip(next.chunks_exact_mut(R))) {
+        // the clip divisor divides the row factor (exactly 1 when the update is not clipped)
+        let rf_d: [T; R] = core::array::from_fn(|r| rf[r] / f.d);
+        let data = (rows(g, cols), rows_mut(m, cols));
+        let s = momentum_rows::<S, T, R>(o, data, rf_d, f.cf, k, sums);
+        for r in 0..R {
+            next[r] = average(old[r], s[r], n, k.beta3, k.one_minus_beta3);
+        }
+    }
+}
+
+/// Sweep 3 on some rows: the parameters.
+#[inline(always)]
+pub(super) fn apply<S: Simd, T: Float>(
+    o: Ops<S, T>,
+    (p, m): (&mut [T], &[T]),
+    cols: usize,
+    rf: &[T],
+    cf: &[T],
+    k: &Coefficients<T>,
+) {
+    if cols < SMALL_COLS {
+        return small::apply((p, m), cols, rf, cf, k);
+    }
+    let split = grouped::<T>(cols, rf.len());
+    let (p4, p1) = p.split_at_mut(split * cols);
+    let (m4, m1) = m.split_at(split * cols);
+    let (rf4, rf1) = rf.split_at(split);
+    apply_by::<S, T, GROUP>(o, (p4, m4), cols, rf4, cf, k);
+    apply_by::<S, T, 1>(o, (p1, m1), cols, rf1, cf, k);
+}
+
+#[inline(always)]
+fn apply_by<S: Simd, T: Float, const R: usize>(
+    o: Ops<S, T>,
+    (p, m): (&mut [T], &[T]),
+    cols: usize,
+    rf: &[T],
+    cf: &[T],
+    k: &Coefficients<T>,
+) {
+    let data = p.chunks_exact_mut(R * cols).zip(m.chunks_exact(R * cols));
+    for ((p, m), rf) in data.zip(rf.chunks_exact(R)) {
+        let rf: [T; R] = core::array::from_fn(|r| rf[r]);
+        apply_rows::<S, T, R>(o, (rows_mut(p, cols), rows(m, cols)), rf, cf, k);
+    }
+}
+
+/// Column statistics from column sums over `rows` rows.
+#[inline(always)]
+pub(super) fn finish_cols<T: Float>(
+    sums: &[T],
+    rows: usize,
+    old: &[T],
+    next: &mut [T],
+    beta: T,
+    omb: T,
+) {
+    let n = T::from_f64(rows as f64);
+    for ((nx, &o), &s) in next.iter_mut().zip(old).zip(sums) {
+        *nx = average(o, s, n, beta, omb);
+    }
+}
+
+/// The factors of one matrix's statistics (lines 7-8 or 14-15 of Algorithm 1):
+/// `rf = rsqrt(row / mean(row))`, `cf = rsqrt(col)`.
+#[inline(always)]
+pub(super) fn factors<T: Float>(row: &[T], col: &[T], rf: &mut [T], cf: &mut [T]) {
+    let (s, one) = (Ops::<Scalar, T>::new(Scalar), T::one());
+    let mean = row_mean(row);
+    for (f, &r) in rf.iter_mut().zip(row) {
+        *f = rsqrt(s, one, r / mean);
+    }
+    for (f, &c) in cf.iter_mut().zip(col) {
+        *f = rsqrt(s, one, c);
+    }
+}
+
+/// `x = rsqrt(x)` over a slice, in vectors.
+#[inline(always)]
+pub(super) fn rsqrt_in_place<S: Simd, T: Float>(o: Ops<S, T>, x: &mut [T]) {
+    let (xv, xt) = T::as_mut_simd::<S>(x);
+    let one = o.splat(T::one());
+    for v in xv {
+        *v = rsqrt(o, one, *v);
+    }
+    let s = Ops::<Scalar, T>::new(Scalar);
+    for v in xt {
+        *v = rsqrt(s, T::one(), *v);
+    }
+}
+
+/// The factors of every matrix of a batch lane (lines 7-8 or 14-15), in vector passes over
+/// the lane: each matrix's mean in all its row slots, one division pass, then the square roots.
+#[inline(always)]
+pub(super) fn batch_factors<S: Simd, T: Float>(
+    o: Ops<S, T>,
+    rows: usize,
+    (row, col): (&[T], &[T]),
+    (rf, cf): (&mut [T], &mut [T]),
+) {
+    for (row, rf) in row.chunks_exact(rows).zip(rf.chunks_exact_mut(rows)) {
+        rf.fill(row_mean(row));
+    }
+    for (f, &r) in rf.iter_mut().zip(row) {
+        *f = r / *f;
+    }
+    rsqrt_in_place(o, rf);
+    cf.copy_from_slice(col);
+    rsqrt_in_place(o, cf);
+}
+
+/// Adds lane `l`'s column partial sums into lane 0's, in lane order.
+pub(super) fn combine_lanes<T: Float>(parts: &mut [T], cols: usize) {
+    let (first, others) = parts.split_at_mut(cols);
+    for part in others.chunks_exact(cols) {
+        for (a, &b) in first.iter_mut().zip(part) {
+            *a = *a + b;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wide_rows_are_grouped_and_narrow_rows_are_not() {
+        // 8 KiB rows are narrow, one element more is wide
+        assert_eq!(grouped::<f32>(2048, 10), 0);
+        assert_eq!(grouped::<f32>(2049, 10), 8);
+        assert_eq!(grouped::<f64>(1025, 3), 0);
+        assert_eq!(grouped::<f64>(1025, 4), 4);
+    }
+
+    #[test]
+    #[allow(clippy::float_cmp)]
+    fn lanes_combine_in_order() {
+        let mut parts = [1.0f32, 2.0, 10.0, 20.0, 100.0, 200.0];
+        combine_lanes(&mut parts, 2);
+        assert_eq!(&parts[..2], &[111.0, 222.0]);
+    }
+
+    #[test]
+    #[allow(clippy::float_cmp)] // exact: the same operations as the reference
+    fn factors_are_reciprocal_square_roots() {
+        let (mut rf, mut cf) = ([0.0f64; 2], [0.0f64; 3]);
+        factors(&[1.0, 4.0], &[4.0, 16.0, 0.25], &mut rf, &mut cf);
+        // mean(row) = 2.5: rf = 1 / sqrt(row / 2.5)
+        assert_eq!(rf, [1.0 / (0.4f64).sqrt(), 1.0 / (1.6f64).sqrt()]);
+        assert_eq!(cf, [0.5, 0.25, 2.0]);
+    }
+}

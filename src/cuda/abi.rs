@@ -1,0 +1,133 @@
+//! The `#[repr(C)]` structs the kernels read, field for field as `came.cu` declares them, and
+//! the sizes both sides agree on.
+// Offsets and sizes go to the device as `long long`; device memory is far below 2^63 elements.
+#![allow(clippy::cast_possible_wrap)]
+
+use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
+
+use crate::config::Coefficients;
+use crate::{CameConfig, Float};
+
+/// Rows of a tile (`TILE_R` in `came.cu`).
+pub(super) const TILE_R: usize = 64;
+/// Columns of a tile (`TILE_C`).
+pub(super) const TILE_C: usize = 256;
+/// Threads per block (`THREADS`).
+pub(super) const THREADS: u32 = 256;
+/// Elements of a vector chunk (`VEC_CHUNK`).
+pub(super) const VEC_CHUNK: usize = 4096;
+/// A non-finite gradient, or an overflow from finite inputs (`STATUS_GRAD`).
+pub(super) const STATUS_GRAD: i32 = 1;
+/// A non-finite value in the state (`STATUS_STATE`).
+pub(super) const STATUS_STATE: i32 = 2;
+
+/// The element types the GPU path runs: `f32` and `f64`.
+pub trait CudaFloat: Float + DeviceRepr + ValidAsZeroBits {
+    /// The suffix of the kernels' names.
+    const SUFFIX: &'static str;
+}
+
+impl CudaFloat for f32 {
+    const SUFFIX: &'static str = "f32";
+}
+
+impl CudaFloat for f64 {
+    const SUFFIX: &'static str = "f64";
+}
+
+/// A tensor's place in the device buffers, as `struct Tensor` of `came.cu` lays it out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct TensorDesc {
+    pub numel: i64,
+    pub batch: i64,
+    pub rows: i64,
+    pub cols: i64,
+    pub m: i64,
+    pub sq_row: i64,
+    pub sq_col: i64,
+    pub res_row: i64,
+    pub res_col: i64,
+    pub next_row: i64,
+    pub next_col: i64,
+    pub fac_row: i64,
+    pub fac_col: i64,
+    pub row_part: i64,
+    pub col_part: i64,
+    pub tiles_r: i64,
+    pub tiles_c: i64,
+    pub norm_part: i64,
+    pub norm_parts: i64,
+    pub factored: i32,
+    pub group: i32,
+}
+
+/// A group's coefficients, as `struct Group<T>` of `came.cu` lays them out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(super) struct GroupDesc<T> {
+    pub beta1: T,
+    pub beta2: T,
+    pub beta3: T,
+    pub omb1: T,
+    pub omb2: T,
+    pub omb3: T,
+    pub eps1: T,
+    pub eps2: T,
+    pub clip: T,
+    pub lr: T,
+    pub decay: T,
+    pub has_decay: i32,
+    pub pad: i32,
+}
+
+/// A tile or a vector chunk, as `struct Task`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Task {
+    pub tensor: i32,
+    pub pad: i32,
+    pub b: i64,
+    pub tr: i64,
+    pub tc: i64,
+}
+
+/// Up to 256 consecutive row or column statistics of one tensor, as `struct Span`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Span {
+    pub tensor: i32,
+    pub cols: i32,
+    pub start: i64,
+    pub len: i64,
+}
+
+// SAFETY: plain `#[repr(C)]` data of integers, the same fields in the same order as the
+// structs of `came.cu`, so the kernels read them as laid out here.
+unsafe impl DeviceRepr for TensorDesc {}
+// SAFETY: as above; `T` is `f32` or `f64`, `#[repr(C)]` like `struct Group<T>`.
+unsafe impl<T: CudaFloat> DeviceRepr for GroupDesc<T> {}
+// SAFETY: as above, `struct Task`.
+unsafe impl DeviceRepr for Task {}
+// SAFETY: as above, `struct Span`.
+unsafe impl DeviceRepr for Span {}
+
+/// A group's coefficients as the kernels take them.
+pub(super) fn group_desc<T: CudaFloat>(config: &CameConfig) -> GroupDesc<T> {
+    let k = Coefficients::<T>::new(config);
+    GroupDesc {
+        beta1: k.beta1,
+        beta2: k.beta2,
+        beta3: k.beta3,
+        omb1: k.one_minus_beta1,
+        omb2: k.one_minus_beta2,
+        omb3: k.one_minus_beta3,
+        eps1: k.eps1,
+        eps2: k.eps2,
+        clip: k.clip_threshold,
+        lr: k.lr,
+        decay: k.decay.unwrap_or(T::zero()),
+        has_decay: i32::from(k.decay.is_some()),
+        pad: 0,
+    }
+}

@@ -1,0 +1,412 @@
+//! Checkpoints as `.safetensors` files, in the layout of the reference's mid-run files.
+//!
+//! Tensors `state.<i>.<key>` (the reference's state names, `i` the tensor's registration
+//! position) and optionally `param.<i>`; metadata `optimizer`, `config` (JSON of group 0),
+//! `step.<i>`, `shape.<i>` (JSON), and, written by this crate, `groups` (JSON array of every
+//! group's config), `group.<i>`, `name.<i>` and `source`. A file written by came-pytorch's
+//! conversion script (`scripts/convert_checkpoint.py`) or by the reference fixtures has only the
+//! first set; the rest default to one group and unchecked names.
+
+mod error;
+mod file;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::format;
+use std::fs;
+use std::path::Path;
+use std::string::{String, ToString};
+use std::vec;
+use std::vec::Vec;
+
+use safetensors::tensor::{Dtype, SafeTensors};
+use serde_json::Value;
+
+pub use error::CheckpointError;
+use file::{Bytes, decode, dtype_of, write_atomic};
+
+use super::cpu::CpuOptimizer;
+use super::rule::Rule;
+use super::rule::sealed::RuleImpl;
+use crate::Float;
+
+fn json_string(v: &Value) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn dtype_name(d: Dtype) -> String {
+    format!("{d:?}")
+}
+
+/// A tensor's state and metadata read from a file, not yet committed.
+struct Staged<T> {
+    state: Vec<T>,
+    step: u64,
+    param: Option<Vec<T>>,
+}
+
+impl<T: Float, C: Rule> CpuOptimizer<T, C> {
+    /// Saves the whole optimizer state to `path`, atomically, with the parameters when given
+    /// (the trait's [`save`](super::Optimizer::save) gives none).
+    pub(crate) fn save_to(
+        &self,
+        path: &Path,
+        params: Option<&[&[T]]>,
+    ) -> Result<(), CheckpointError> {
+        let bytes = self.to_safetensors(params)?;
+        Ok(write_atomic(path, &bytes)?)
+    }
+
+    /// [`Optimizer::save`](super::Optimizer::save), with the parameters too (`param.<i>`, in
+    /// registration order), so the file alone resumes a run.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Params`] if `params` does not match the registered tensors;
+    /// [`CheckpointError::Io`].
+    pub fn save_with_params(
+        &self,
+        path: impl AsRef<Path>,
+        params: &[&[T]],
+    ) -> Result<(), CheckpointError> {
+        self.save_to(path.as_ref(), Some(params))
+    }
+
+    /// The checkpoint as the bytes of a `.safetensors` file.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Params`] if `params` does not match the registered tensors;
+    /// [`CheckpointError::Format`] if serialisation fails.
+    pub fn to_safetensors(&self, params: Option<&[&[T]]>) -> Result<Vec<u8>, CheckpointError> {
+        if let Some(params) = params {
+            self.check_params(params.iter().map(|p| p.len()))?;
+        }
+        let mut meta = HashMap::new();
+        meta.insert("optimizer".to_string(), C::NAME.to_string());
+        meta.insert(
+            "source".to_string(),
+            concat!("came (Rust) ", env!("CARGO_PKG_VERSION")).to_string(),
+        );
+        let registry = &self.registry;
+        meta.insert(
+            "config".to_string(),
+            json_string(&registry.groups()[0].to_json()),
+        );
+        let groups: Vec<Value> = registry.groups().iter().map(RuleImpl::to_json).collect();
+        meta.insert("groups".to_string(), json_string(&Value::from(groups)));
+        let mut tensors: Vec<(String, Bytes)> = Vec::new();
+        for (i, (t, slot)) in registry.tensors().iter().zip(&self.slots).enumerate() {
+            meta.insert(format!("step.{i}"), t.step.to_string());
+            meta.insert(
+                format!("shape.{i}"),
+                json_string(&Value::from(t.dims.clone())),
+            );
+            meta.insert(format!("group.{i}"), t.group.to_string());
+            meta.insert(format!("name.{i}"), t.name.clone());
+            for piece in t.state.pieces() {
+                let values = &slot.state[piece.range];
+                tensors.push((
+                    format!("state.{i}.{}", piece.key),
+                    Bytes::new(piece.dims.of(&t.dims).collect(), values),
+                ));
+            }
+            if let Some(params) = params {
+                tensors.push((format!("param.{i}"), Bytes::new(t.dims.clone(), params[i])));
+            }
+        }
+        let views = tensors.iter().map(|(k, b)| (k.as_str(), b));
+        safetensors::serialize(views, Some(meta))
+            .map_err(|e| CheckpointError::Format(e.to_string()))
+    }
+
+    /// Loads a checkpoint written by [`save`](super::Optimizer::save) or in the reference's
+    /// layout; the registered tensors must match the file's, in order and shape. Parameters
+    /// stored in the file are restored into `params` when given, else ignored. Group configs
+    /// are replaced by the file's, as PyTorch's `load_state_dict` does.
+    pub(crate) fn load_from(
+        &mut self,
+        path: &Path,
+        params: Option<&mut [&mut [T]]>,
+    ) -> Result<(), CheckpointError> {
+        let bytes = fs::read(path)?;
+        self.load_safetensors(&bytes, params)
+    }
+
+    /// [`Optimizer::load`](super::Optimizer::load), also restoring the parameters from the
+    /// file's `param.<i>`.
+    ///
+    /// # Errors
+    /// Any [`CheckpointError`] ([`CheckpointError::MissingKey`] if the file has no
+    /// parameters); on error neither the optimizer nor `params` is changed.
+    pub fn load_with_params(
+        &mut self,
+        path: impl AsRef<Path>,
+        params: &mut [&mut [T]],
+    ) -> Result<(), CheckpointError> {
+        self.load_from(path.as_ref(), Some(params))
+    }
+
+    /// Loads a checkpoint from the bytes of a `.safetensors` file (see
+    /// [`Optimizer::load`](super::Optimizer::load)).
+    ///
+    /// # Errors
+    /// Any [`CheckpointError`]; on error neither the optimizer nor `params` is changed.
+    pub fn load_safetensors(
+        &mut self,
+        bytes: &[u8],
+        params: Option<&mut [&mut [T]]>,
+    ) -> Result<(), CheckpointError> {
+        if let Some(p) = &params {
+            self.check_params(p.iter().map(|p| p.len()))?;
+        }
+        let file =
+            SafeTensors::deserialize(bytes).map_err(|e| CheckpointError::Format(e.to_string()))?;
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| CheckpointError::Format(e.to_string()))?;
+        let meta: BTreeMap<String, String> = header
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let groups = self.read_groups(&meta)?;
+        let want_params = params.is_some();
+        let mut known_meta: BTreeSet<String> = ["optimizer", "source", "config", "groups"]
+            .iter()
+            .map(|s| (*s).to_string())
+            .collect();
+        let mut known_tensors = BTreeSet::new();
+        let count = self.registry.tensors().len();
+        let mut staged = Vec::with_capacity(count);
+        for i in 0..count {
+            for key in ["step", "shape", "group", "name"] {
+                known_meta.insert(format!("{key}.{i}"));
+            }
+            staged.push(self.stage(i, &file, &meta, want_params, &mut known_tensors)?);
+        }
+        if let Some(k) = meta.keys().find(|k| !known_meta.contains(*k)) {
+            return Err(CheckpointError::UnknownKey(k.clone()));
+        }
+        if let Some(k) = file
+            .names()
+            .into_iter()
+            .find(|k| !known_tensors.contains(*k))
+        {
+            return Err(CheckpointError::UnknownKey(k.to_string()));
+        }
+        // everything is checked: commit
+        self.registry.replace_groups(groups);
+        let tensors = self.registry.tensors_mut().iter_mut();
+        for ((t, slot), s) in tensors.zip(&mut self.slots).zip(&mut staged) {
+            slot.state = core::mem::take(&mut s.state);
+            t.step = s.step;
+        }
+        if let Some(params) = params {
+            for (p, s) in params.iter_mut().zip(staged) {
+                if let Some(values) = s.param {
+                    p.copy_from_slice(&values);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and checks tensor `i`'s metadata, state and (when wanted) parameters.
+    fn stage(
+        &self,
+        i: usize,
+        file: &SafeTensors<'_>,
+        meta: &BTreeMap<String, String>,
+        want_params: bool,
+        known_tensors: &mut BTreeSet<String>,
+    ) -> Result<Staged<T>, CheckpointError> {
+        let t = &self.registry.tensors()[i];
+        let shape_key = format!("shape.{i}");
+        let dims = parse_dims(&shape_key, meta_get(meta, &shape_key)?)?;
+        if dims != t.dims {
+            return Err(CheckpointError::ShapeMismatch {
+                key: shape_key,
+                expected: t.dims.clone(),
+                found: dims,
+            });
+        }
+        let step_key = format!("step.{i}");
+        let step = meta_get(meta, &step_key)?
+            .trim()
+            .parse::<u64>()
+            .map_err(|e| bad(&step_key, &e.to_string()))?;
+        if let Some(g) = meta.get(&format!("group.{i}")) {
+            let g: usize = g
+                .trim()
+                .parse()
+                .map_err(|_| bad(&format!("group.{i}"), g))?;
+            if g != t.group {
+                return Err(bad(
+                    &format!("group.{i}"),
+                    &format!("tensor {i} is in group {}, the file says {g}", t.group),
+                ));
+            }
+        }
+        if let Some(name) = meta.get(&format!("name.{i}"))
+            && *name != t.name
+        {
+            return Err(bad(
+                &format!("name.{i}"),
+                &format!(
+                    "tensor {i} is registered as {:?}, the file says {name:?}",
+                    t.name
+                ),
+            ));
+        }
+        let mut state = vec![T::zero(); t.state.len()];
+        for piece in t.state.pieces() {
+            let key = format!("state.{i}.{}", piece.key);
+            let dims: Vec<usize> = piece.dims.of(&t.dims).collect();
+            let values = read_tensor::<T>(file, &key, &dims)?;
+            if values.iter().any(|v| !v.is_finite()) {
+                return Err(CheckpointError::NonFinite { key });
+            }
+            if piece.key != "exp_avg" && values.iter().any(|&v| v < T::zero()) {
+                return Err(CheckpointError::NegativeStatistic { key });
+            }
+            state[piece.range].copy_from_slice(&values);
+            known_tensors.insert(key);
+        }
+        let param_key = format!("param.{i}");
+        known_tensors.insert(param_key.clone());
+        let param = if want_params {
+            Some(read_tensor::<T>(file, &param_key, &t.dims)?)
+        } else {
+            None
+        };
+        Ok(Staged { state, step, param })
+    }
+
+    fn check_params(
+        &self,
+        lens: impl ExactSizeIterator<Item = usize>,
+    ) -> Result<(), CheckpointError> {
+        let tensors = self.registry.tensors();
+        if lens.len() != tensors.len() {
+            return Err(CheckpointError::Params {
+                tensor: tensors.len(),
+                expected: tensors.len(),
+                actual: lens.len(),
+            });
+        }
+        for (i, (len, t)) in lens.zip(tensors).enumerate() {
+            if len != t.shape.numel() {
+                return Err(CheckpointError::Params {
+                    tensor: i,
+                    expected: t.shape.numel(),
+                    actual: len,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The groups a file holds: `groups` if present, else the one `config`.
+    fn read_groups(&self, meta: &BTreeMap<String, String>) -> Result<Vec<C>, CheckpointError> {
+        let optimizer = meta_get(meta, "optimizer")?;
+        if optimizer != C::NAME {
+            return Err(CheckpointError::WrongOptimizer {
+                expected: C::NAME,
+                found: optimizer.clone(),
+            });
+        }
+        let parse = |key: &str, v: &Value| -> Result<C, CheckpointError> {
+            let c = C::from_json(v).ok_or_else(|| bad(key, "not a config of this optimizer"))?;
+            c.validate().map_err(CheckpointError::Config)?;
+            Ok(c)
+        };
+        let config_json: Value = serde_json::from_str(meta_get(meta, "config")?)
+            .map_err(|e| bad("config", &e.to_string()))?;
+        let config = parse("config", &config_json)?;
+        let groups = match meta.get("groups") {
+            None => vec![config],
+            Some(text) => {
+                let v: Value =
+                    serde_json::from_str(text).map_err(|e| bad("groups", &e.to_string()))?;
+                let list = v.as_array().ok_or_else(|| bad("groups", "not an array"))?;
+                let groups = list
+                    .iter()
+                    .map(|g| parse("groups", g))
+                    .collect::<Result<Vec<C>, _>>()?;
+                if groups.first() != Some(&config) {
+                    return Err(bad("config", "differs from the first of groups"));
+                }
+                groups
+            }
+        };
+        let here = self.registry.groups().len();
+        if groups.len() != here {
+            return Err(bad(
+                "groups",
+                &format!(
+                    "the file has {} parameter groups, the optimizer {}",
+                    groups.len(),
+                    here
+                ),
+            ));
+        }
+        Ok(groups)
+    }
+}
+
+fn bad(key: &str, reason: &str) -> CheckpointError {
+    CheckpointError::BadMetadata {
+        key: key.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn meta_get<'m>(
+    meta: &'m BTreeMap<String, String>,
+    key: &str,
+) -> Result<&'m String, CheckpointError> {
+    meta.get(key)
+        .ok_or_else(|| CheckpointError::MissingKey(key.to_string()))
+}
+
+fn parse_dims(key: &str, text: &str) -> Result<Vec<usize>, CheckpointError> {
+    let v: Value = serde_json::from_str(text).map_err(|e| bad(key, &e.to_string()))?;
+    v.as_array()
+        .ok_or_else(|| bad(key, "not an array"))?
+        .iter()
+        .map(|d| {
+            d.as_u64()
+                .and_then(|d| usize::try_from(d).ok())
+                .ok_or_else(|| bad(key, "not a list of sizes"))
+        })
+        .collect()
+}
+
+fn read_tensor<T: Float>(
+    file: &SafeTensors<'_>,
+    key: &str,
+    dims: &[usize],
+) -> Result<Vec<T>, CheckpointError> {
+    let view = file
+        .tensor(key)
+        .map_err(|_| CheckpointError::MissingKey(key.to_string()))?;
+    if view.dtype() != dtype_of::<T>() {
+        return Err(CheckpointError::WrongDtype {
+            key: key.to_string(),
+            expected: T::DTYPE,
+            found: dtype_name(view.dtype()),
+        });
+    }
+    if view.shape() != dims {
+        return Err(CheckpointError::ShapeMismatch {
+            key: key.to_string(),
+            expected: dims.to_vec(),
+            found: view.shape().to_vec(),
+        });
+    }
+    let numel: usize = dims.iter().product();
+    if view.data().len() != numel * size_of::<T>() {
+        return Err(CheckpointError::Format(format!(
+            "{key}: data length does not match its shape"
+        )));
+    }
+    Ok(decode(view.data()))
+}

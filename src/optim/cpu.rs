@@ -1,0 +1,318 @@
+//! The owned optimizer with every tensor's state in host memory.
+
+use std::path::Path;
+use std::vec;
+use std::vec::Vec;
+
+use super::registry::Registry;
+use super::rule::Rule;
+use super::{
+    CheckpointError, GroupId, Optimizer, OptimizerError, StepReport, TensorId, TensorInfo,
+};
+use crate::adamw::AdamWConfig;
+use crate::exec::all_or_nothing_pairs;
+use crate::exec::pool::on_pool;
+use crate::{CameConfig, Float, Pool};
+
+/// The CAME optimizer over owned state: `Came::<f32>::new(CameConfig::new(1e-3))`.
+pub type Came<T> = CpuOptimizer<T, CameConfig>;
+
+/// The AdamW optimizer over owned state, with the same interface as [`Came`].
+pub type AdamW<T> = CpuOptimizer<T, AdamWConfig>;
+
+/// One registered tensor's state, and the half-step waiting between a step's two halves.
+#[derive(Debug)]
+pub(crate) struct Slot<T: Float, C: Rule> {
+    pub state: Vec<T>,
+    pending: Option<C::Pending<T>>,
+    /// Whether the step in progress has finished this tensor.
+    stepped: bool,
+}
+
+/// An optimizer that owns the state of many tensors in host memory: CAME ([`Came`]) or AdamW
+/// ([`AdamW`]). Its calls are those of the [`Optimizer`] trait, plus threads, the non-finite
+/// guard and checkpoints that carry the parameters too.
+///
+/// Steps run on as many threads as the optimizer was given ([`CpuOptimizer::set_threads`]),
+/// with bit-identical results for any thread count.
+///
+/// ```
+/// use came::{Came, CameConfig, Optimizer};
+///
+/// let mut opt = Came::<f32>::new(CameConfig::new(1e-3))?;
+/// let no_decay = opt.add_group(CameConfig::new(1e-3).with_weight_decay(0.0))?;
+/// opt.register("w", &[4, 3])?;
+/// opt.register_in(no_decay, "b", &[3])?;
+///
+/// let (mut w, mut b) = (vec![0.5f32; 12], vec![0.0f32; 3]);
+/// for step in 0..10 {
+///     opt.set_learning_rate(1e-3 * (1.0 - step as f64 / 10.0).max(0.1))?; // a schedule
+///     let (gw, gb) = (w.clone(), vec![0.1f32; 3]);
+///     let report = opt.step(&mut [(&mut w, &gw), (&mut b, &gb)])?;
+///     assert!(report.max_update_rms.is_some());
+/// }
+/// assert!(opt.state_bytes() > 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct CpuOptimizer<T: Float, C: Rule> {
+    pub(super) registry: Registry<C>,
+    pub(super) slots: Vec<Slot<T, C>>,
+    pool: Pool,
+    guard: bool,
+}
+
+impl<T: Float, C: Rule> CpuOptimizer<T, C> {
+    /// An optimizer with one parameter group of `config` (group 0, where
+    /// [`Optimizer::register`] puts tensors), stepping on the calling thread, with the
+    /// non-finite guard on.
+    ///
+    /// # Errors
+    /// [`OptimizerError::Config`] if `config` is invalid.
+    pub fn new(config: C) -> Result<Self, OptimizerError> {
+        Ok(Self {
+            registry: Registry::new(config)?,
+            slots: Vec::new(),
+            pool: Pool::serial(),
+            guard: true,
+        })
+    }
+
+    /// Steps on `threads` threads (0: one per CPU). Results do not depend on it.
+    ///
+    /// # Errors
+    /// If the operating system refuses to start the threads.
+    pub fn set_threads(&mut self, threads: usize) -> std::io::Result<()> {
+        self.pool = Pool::new(threads)?;
+        Ok(())
+    }
+
+    /// Number of threads steps run on.
+    #[must_use]
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
+    /// Turns the non-finite guard on (the default) or off.
+    ///
+    /// On, a step first checks every tensor's gradient (CAME: within the sweeps a step makes
+    /// anyway, so at no extra cost; AdamW: one read of each gradient) and, if any holds a NaN
+    /// or an infinity, or would overflow, returns [`OptimizerError::Tensor`] for the first such
+    /// tensor and changes nothing at all, like the loss-scale guard of a mixed-precision
+    /// trainer. Off, each tensor is stepped on its own: a bad tensor is left unchanged and
+    /// reported, the others take their step.
+    pub fn set_nonfinite_guard(&mut self, on: bool) {
+        self.guard = on;
+    }
+
+    /// Replaces a group's config (all of its hyperparameters).
+    ///
+    /// # Errors
+    /// [`OptimizerError::UnknownGroup`], [`OptimizerError::Config`].
+    pub fn set_group_config(&mut self, group: GroupId, config: C) -> Result<(), OptimizerError> {
+        self.registry.set_group_config(group, config)
+    }
+
+    /// The named pieces of a tensor's state under the reference's names (`exp_avg`, ...),
+    /// with their shapes.
+    #[must_use]
+    pub fn state(&self, id: TensorId) -> Option<Vec<StatePiece<'_, T>>> {
+        let t = self.registry.tensors().get(id.0)?;
+        let state = &self.slots[id.0].state;
+        Some(
+            t.state
+                .pieces()
+                .into_iter()
+                .map(|p| StatePiece {
+                    name: p.key,
+                    dims: p.dims.of(&t.dims).collect(),
+                    values: &state[p.range],
+                })
+                .collect(),
+        )
+    }
+
+    /// An optimizer over `registry`'s groups and tensors, each tensor's named state (the part
+    /// before the workspace) taken from `named` where given, else fresh.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn from_registry<'a>(
+        registry: Registry<C>,
+        named: impl Iterator<Item = Option<&'a [T]>>,
+    ) -> Self {
+        let mut named = named;
+        let slots = registry
+            .tensors()
+            .iter()
+            .map(|t| {
+                let mut state = vec![T::zero(); t.state.len()];
+                if let Some(values) = named.next().flatten() {
+                    state[..values.len()].copy_from_slice(values);
+                }
+                Slot {
+                    state,
+                    pending: None,
+                    stepped: false,
+                }
+            })
+            .collect();
+        Self {
+            registry,
+            slots,
+            pool: Pool::serial(),
+            guard: true,
+        }
+    }
+
+    /// The groups and registered tensors.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn registry(&self) -> &Registry<C> {
+        &self.registry
+    }
+
+    /// Tensor `i`'s whole state buffer, laid out as its [`crate::StateLayout`] says.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn state_buffer(&self, i: usize) -> &[T] {
+        &self.slots[i].state
+    }
+
+    /// Zeroes every tensor's state and step count: a fresh optimizer with the same tensors.
+    pub fn reset(&mut self) {
+        for (t, slot) in self.registry.tensors_mut().iter_mut().zip(&mut self.slots) {
+            slot.state.fill(T::zero());
+            slot.pending = None;
+            t.step = 0;
+        }
+    }
+}
+
+impl<T: Float, C: Rule> Optimizer for CpuOptimizer<T, C> {
+    type Config = C;
+    type Param = [T];
+    type Grad = [T];
+    type Error = OptimizerError;
+    type CheckpointError = CheckpointError;
+
+    fn add_group(&mut self, config: C) -> Result<GroupId, OptimizerError> {
+        self.registry.add_group(config)
+    }
+
+    fn groups(&self) -> &[C] {
+        self.registry.groups()
+    }
+
+    fn register_in(
+        &mut self,
+        group: GroupId,
+        name: &str,
+        dims: &[usize],
+    ) -> Result<TensorId, OptimizerError> {
+        let id = self.registry.register(group, name, dims)?;
+        let len = self.registry.tensors()[id.0].state.len();
+        self.slots.push(Slot {
+            state: vec![T::zero(); len],
+            pending: None,
+            stepped: false,
+        });
+        Ok(id)
+    }
+
+    fn len(&self) -> usize {
+        self.registry.tensors().len()
+    }
+
+    fn tensor(&self, id: TensorId) -> Option<TensorInfo<'_>> {
+        self.registry.tensor(id)
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.registry.lr()
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) -> Result<(), OptimizerError> {
+        self.registry.set_lr(lr)
+    }
+
+    fn set_group_lr(&mut self, group: GroupId, lr: f64) -> Result<(), OptimizerError> {
+        self.registry.set_group_lr(group, lr)
+    }
+
+    /// Steps every tensor, given `(param, grad)` for each in registration order.
+    ///
+    /// # Errors
+    /// - [`OptimizerError::TensorCount`] if the number of pairs is wrong (nothing changed);
+    /// - [`OptimizerError::Tensor`] for the first tensor that fails: a slice of the wrong
+    ///   length (nothing changed), a non-finite gradient, an overflow or a corrupt state.
+    ///   With the guard on (the default) nothing is changed by those either, except after a
+    ///   corrupt momentum ([`crate::Error::NonFiniteState`]); with it off, the other tensors
+    ///   take their step.
+    fn step(&mut self, tensors: &mut [(&mut [T], &[T])]) -> Result<StepReport, OptimizerError> {
+        self.registry
+            .check_step(tensors.iter().map(|(p, g)| (p.len(), g.len())))?;
+        let groups = self.registry.groups();
+        let registered = self.registry.tensors();
+        let failed = on_pool!(self.pool, |exec| all_or_nothing_pairs(
+            exec,
+            (&mut self.slots, tensors),
+            self.guard,
+            |i, slot, (p, g)| {
+                let t = &registered[i];
+                slot.pending = None;
+                let data = (&mut **p, *g);
+                let pending =
+                    groups[t.group].prepare(exec, &t.shape, data, &mut slot.state, t.step)?;
+                slot.pending = Some(pending);
+                slot.stepped = false;
+                Ok(())
+            },
+            |i, slot, (p, g)| {
+                let t = &registered[i];
+                if let Some(pending) = slot.pending {
+                    let data = (&mut **p, *g);
+                    groups[t.group].finish(exec, &t.shape, pending, data, &mut slot.state)?;
+                    slot.stepped = true;
+                }
+                Ok(())
+            },
+            |slot| slot.pending = None,
+        ));
+        let mut report = StepReport::default();
+        let tensors = self.registry.tensors_mut().iter_mut();
+        for (t, slot) in tensors.zip(&mut self.slots) {
+            let pending = slot.pending.take();
+            if core::mem::take(&mut slot.stepped) {
+                t.step = t.step.saturating_add(1);
+                report.add(pending.and_then(|p| C::measured(&p)));
+            }
+        }
+        match failed {
+            Some((i, error)) => Err(self.registry.error(i, error)),
+            None => Ok(report),
+        }
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|s| s.state.len() * size_of::<T>())
+            .sum()
+    }
+
+    fn save(&self, path: &Path) -> Result<(), CheckpointError> {
+        self.save_to(path, None)
+    }
+
+    fn load(&mut self, path: &Path) -> Result<(), CheckpointError> {
+        self.load_from(path, None)
+    }
+}
+
+/// One named piece of a tensor's state, as [`CpuOptimizer::state`] returns it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatePiece<'a, T> {
+    /// The reference's name: `exp_avg`, `exp_avg_sq_row`, ...
+    pub name: &'static str,
+    /// Its shape, as the reference's state tensor has it.
+    pub dims: Vec<usize>,
+    /// Its values, row-major.
+    pub values: &'a [T],
+}
