@@ -272,14 +272,14 @@ pub(crate) fn vector_sq_block<S: Simd, T: Float>(
     let (mut acc, mut check) = (zero, zero);
     for ((&g, &v), &m) in gv.iter().zip(vv).zip(mv) {
         let (vn, u) = formula::vector_second_moment(o, &c, (g, v));
-        acc = o.add(acc, o.mul(u, u));
+        acc = o.add(acc, formula::square(o, u));
         check = o.add(check, formula::not_finite(o, vn, m));
     }
     let (mut sum, mut check) = (o.sum(acc), o.sum(check));
     let (s, sc) = formula::scalar(k);
     for ((&g, &v), &m) in gt.iter().zip(vt).zip(mt) {
         let (vn, u) = formula::vector_second_moment(s, &sc, (g, v));
-        sum = sum + u * u;
+        sum = sum + formula::square(s, u);
         check = check + formula::not_finite(s, vn, m);
     }
     (sum, check)
