@@ -91,7 +91,10 @@ pub use exec::pool::Pool;
 pub use float::Float;
 pub use layout::{FACTORED_KEYS, Layout, Piece, PieceDims, StateLayout, VECTOR_KEYS};
 #[cfg(feature = "std")]
-pub use optim::{AdamW, Came, CheckpointError, CpuOptimizer, Optimizer, OptimizerError};
+pub use optim::{
+    AdamW, Came, CheckpointError, CpuOptimizer, GroupId, Optimizer, OptimizerError, StepReport,
+    TensorId,
+};
 pub use shape::{Shape, state_len};
 pub use state::{CameState, StateParts};
 

@@ -177,14 +177,17 @@ pub trait Optimizer {
     fn state_bytes(&self) -> usize;
 
     /// Saves every tensor's state, the step counts and the groups' configs to a safetensors
-    /// file, atomically.
+    /// file, atomically. `path` is a `&Path` so that the trait stays usable as a trait object:
+    /// pass `Path::new("opt.safetensors")` or a `&PathBuf`.
     ///
     /// # Errors
     /// The file cannot be written (the previous file is then untouched).
     fn save(&self, path: &Path) -> Result<(), Self::CheckpointError>;
 
     /// Loads a checkpoint written by [`Optimizer::save`] (or converted from PyTorch) into the
-    /// registered tensors, which must match the file's.
+    /// registered tensors, which must match the file's. Every group's config (learning rate,
+    /// betas, weight decay, ...) is replaced by the file's, as PyTorch's `load_state_dict`
+    /// does; set a different lr after loading if the run should change it.
     ///
     /// # Errors
     /// A missing, corrupt or mismatching file; then nothing is changed.
