@@ -82,8 +82,8 @@ pub struct Piece {
 /// The buffer holds, in order: `exp_avg` (the momentum, `numel` values); for a factored tensor
 /// `exp_avg_sq_row`, `exp_avg_sq_col`, `exp_avg_res_row`, `exp_avg_res_col` (`batch x rows` or
 /// `batch x cols` each), then the workspace a step uses instead of allocating (new row and column
-/// statistics and row and column factors of every matrix, and a column sum and a weighted column
-/// sum per lane); for a vector `exp_avg_sq` (`numel` values) and no workspace. The named pieces
+/// statistics and row and column factors of every matrix, and per lane a column sum and a
+/// weighted column sum, each a block, a compensated total and its compensation); for a vector `exp_avg_sq` (`numel` values) and no workspace. The named pieces
 /// come first and are contiguous: `..named_len()` is what checkpoints and the GPU hold.
 ///
 /// ```
@@ -117,17 +117,18 @@ pub(crate) struct Workspace {
     pub row_factors: Range<usize>,
     /// Column factors of every matrix (`batch x cols`).
     pub col_factors: Range<usize>,
-    /// A column sum per lane (`lanes x cols`).
+    /// A column sum per lane: block, compensated total, compensation (`lanes x 3 x cols`).
     pub col_sums: Range<usize>,
-    /// A weighted column sum per lane (`lanes x cols`).
+    /// A weighted column sum per lane, likewise (`lanes x 3 x cols`).
     pub weighted_sums: Range<usize>,
 }
 
 impl StateLayout {
-    /// The layout of a tensor stepped as `layout` in `lanes` lanes; `None` when a length
-    /// overflows `usize`.
+    /// The layout of a tensor stepped as `layout` in `lanes` lanes ([`crate::Shape::lanes`]);
+    /// `None` when a length overflows `usize`. Users get it from
+    /// [`crate::Shape::state_layout`].
     #[must_use]
-    pub const fn new(layout: Layout, lanes: usize) -> Option<Self> {
+    pub(crate) const fn new(layout: Layout, lanes: usize) -> Option<Self> {
         let (numel, named, workspace) = match layout {
             Layout::Vector { len } => match len.checked_mul(2) {
                 Some(named) => (len, named, 0),
@@ -137,7 +138,7 @@ impl StateLayout {
                 let (Some(numel), Some(stats), Some(per_lane)) = (
                     checked_mul3(batch, rows, cols),
                     checked_stats(batch, rows, cols),
-                    checked_mul3(2, cols, lanes),
+                    checked_mul3(6, cols, lanes),
                 ) else {
                     return None;
                 };
@@ -229,7 +230,7 @@ impl StateLayout {
     pub(crate) fn workspace(&self) -> Workspace {
         let (r, c, l) = match self.layout {
             Layout::Factored { batch, rows, cols } => {
-                (batch * rows, batch * cols, self.lanes * cols)
+                (batch * rows, batch * cols, 3 * self.lanes * cols)
             }
             Layout::Vector { .. } => (0, 0, 0),
         };
@@ -298,9 +299,9 @@ mod tests {
         assert_eq!(w.next_col, 126..141);
         assert_eq!(w.row_factors, 141..153);
         assert_eq!(w.col_factors, 153..168);
-        assert_eq!(w.col_sums, 168..178);
-        assert_eq!(w.weighted_sums, 178..188);
-        assert_eq!(l.len(), 188);
+        assert_eq!(w.col_sums, 168..198);
+        assert_eq!(w.weighted_sums, 198..228);
+        assert_eq!(l.len(), 228);
     }
 
     #[test]

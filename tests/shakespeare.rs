@@ -124,8 +124,9 @@ fn came_state_is_about_half_of_adamw() {
         hidden: 384,
     };
     // CAME: the momentum, four statistics of rows + cols, and the kernels' O(rows + cols)
-    // workspace (new statistics and factors 2 (rows + cols), two column sums per lane) per
-    // matrix; momentum and second moment per vector
+    // workspace (new statistics and factors 2 (rows + cols), two column sums per lane, each a
+    // block, a compensated total and its compensation) per matrix; momentum and second moment
+    // per vector
     let formula: usize = config
         .tensors()
         .iter()
@@ -136,7 +137,7 @@ fn came_state_is_about_half_of_adamw() {
                     rows * cols * batch
                         + 2 * batch * (rows + cols)
                         + 2 * batch * (rows + cols)
-                        + 2 * shape.lanes() * cols
+                        + 6 * shape.lanes() * cols
                 }
                 Layout::Vector { len } => 2 * len,
             }

@@ -12,6 +12,7 @@ use super::formula::{Clip, norm_from_quotients, quotients};
 use super::parts::{Dims, Parts, Work};
 use super::rows::{self, Factors, batch_factors, finish_cols};
 use super::small::{self, SMALL_COLS};
+use super::sum::{BLOCK_ROWS, ColSums};
 use crate::check::{all_finite, gradient_error};
 use crate::config::Coefficients;
 use crate::exec::lanes::{LaneItems, split, split_mut};
@@ -70,7 +71,7 @@ struct Lane<'a, T> {
     next: (&'a mut [T], &'a mut [T]),
     /// row and column factors of every matrix of the lane
     factors: (&'a mut [T], &'a mut [T]),
-    /// one matrix's column sums and weighted column sums
+    /// one matrix's column sums and weighted column sums (see [`ColSums`])
     sums: (&'a mut [T], &'a mut [T]),
     /// all new statistics finite
     finite: bool,
@@ -107,9 +108,13 @@ impl<'a, T: Float> LaneKernel for Batch<'a, T> {
         let (fr, fc) = (&mut *lane.factors.0, &mut *lane.factors.1);
         let (nr, nc) = (&mut *lane.next.0, &mut *lane.next.1);
         let [sq_row, sq_col, res_row, res_col] = lane.stats;
-        let (sums, weighted) = (&mut *lane.sums.0, &mut *lane.sums.1);
+        let mut sums = ColSums::new(&mut *lane.sums.0, cols);
+        let mut weighted = ColSums::new(&mut *lane.sums.1, cols);
+        // small matrices take passes over the whole lane, whose column sums are plain: only
+        // while their rows fit in one block of a compensated sum
+        let small = cols < SMALL_COLS && rows <= BLOCK_ROWS;
         match self.sweep {
-            Sweep::Norm if cols < SMALL_COLS => {
+            Sweep::Norm if small => {
                 let stats = (sq_row, sq_col);
                 lane.sum_sq =
                     small::batch_sq_stats(lane.g, (rows, cols), stats, (nr, nc), (fr, fc), k);
@@ -121,18 +126,18 @@ impl<'a, T: Float> LaneKernel for Batch<'a, T> {
                 let old = sq_row.chunks_exact(rows).zip(sq_col.chunks_exact(cols));
                 let next = nr.chunks_exact_mut(rows).zip(nc.chunks_exact_mut(cols));
                 for ((g, (r, c)), (nr, nc)) in mats.zip(old).zip(next) {
-                    sums.fill(T::zero());
-                    weighted.fill(T::zero());
-                    rows::sq_stats(o, g, cols, (r, nr), (sums, &mut *weighted), k);
-                    finish_cols(sums, rows, c, nc, k.beta2, k.one_minus_beta2);
-                    quotients(weighted, nc);
-                    lane.sum_sq += norm_from_quotients(nr, weighted);
+                    sums.clear();
+                    weighted.clear();
+                    rows::sq_stats(o, g, cols, (r, nr), (&mut sums, &mut weighted), k);
+                    finish_cols(sums.total, rows, c, nc, k.beta2, k.one_minus_beta2);
+                    quotients(weighted.total, nc);
+                    lane.sum_sq += norm_from_quotients(nr, weighted.total);
                 }
                 lane.finite = all_finite(nr) && all_finite(nc);
                 batch_factors(o, rows, (nr, nc), (fr, fc));
             }
             Sweep::Momentum => {
-                if cols < SMALL_COLS {
+                if small {
                     let (gm, f) = ((lane.g, &mut *lane.m), (&mut *fr, &*fc));
                     let old = (res_row, res_col);
                     small::batch_momentum(gm, (rows, cols), f, self.d, old, (nr, nc), k);
@@ -143,10 +148,10 @@ impl<'a, T: Float> LaneKernel for Batch<'a, T> {
                     let next = nr.chunks_exact_mut(rows).zip(nc.chunks_exact_mut(cols));
                     for ((((g, m), (rf, cf)), (rr, rc)), (nr, nc)) in mats.zip(f).zip(old).zip(next)
                     {
-                        sums.fill(T::zero());
+                        sums.clear();
                         let f = Factors { rf, cf, d: self.d };
-                        rows::momentum(o, (g, m), cols, f, (rr, nr), sums, k);
-                        finish_cols(sums, rows, rc, nc, k.beta3, k.one_minus_beta3);
+                        rows::momentum(o, (g, m), cols, f, (rr, nr), &mut sums, k);
+                        finish_cols(sums.total, rows, rc, nc, k.beta3, k.one_minus_beta3);
                     }
                 }
                 lane.finite = all_finite(nr) && all_finite(nc);
@@ -157,7 +162,7 @@ impl<'a, T: Float> LaneKernel for Batch<'a, T> {
                     fc.fill(T::one());
                 }
             }
-            Sweep::Apply if cols < SMALL_COLS => {
+            Sweep::Apply if small => {
                 let pm = (&mut *lane.p, &*lane.m);
                 small::batch_apply(pm, (rows, cols), (&*fr, &*fc), k);
             }
@@ -210,8 +215,8 @@ fn run<T: Float, E: Executor>(
         .zip(split_mut(fac_row, rows, batch, lanes).zip(split_mut(fac_col, cols, batch, lanes)))
         .zip(
             col_sums
-                .chunks_exact_mut(cols)
-                .zip(weighted.chunks_exact_mut(cols)),
+                .chunks_exact_mut(ColSums::<T>::PARTS * cols)
+                .zip(weighted.chunks_exact_mut(ColSums::<T>::PARTS * cols)),
         )
         .map(
             |(((((((g, m), p), (sr, sc)), (rr, rc)), next), factors), sums)| Lane {

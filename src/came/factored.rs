@@ -27,7 +27,8 @@ use pulp::Simd;
 
 use super::formula::{Clip, norm_from_quotients, quotients};
 use super::parts::{Dims, Parts, Stats, Work};
-use super::rows::{self, Factors, combine_lanes, factors, finish_cols};
+use super::rows::{self, Factors, factors, finish_cols};
+use super::sum::{ColSums, combine_lanes};
 use crate::check::{all_finite, gradient_error};
 use crate::config::Coefficients;
 use crate::exec::lanes::{LaneItems, split, split_mut};
@@ -60,14 +61,20 @@ struct SqStats<'a, T> {
 }
 
 impl<'a, T: Float> LaneKernel for SqStats<'a, T> {
-    /// gradient rows, old row statistics, new row statistics, column partial sums, weighted
-    /// column partial sums
-    type Item = (&'a [T], &'a [T], &'a mut [T], &'a mut [T], &'a mut [T]);
+    /// gradient rows, old row statistics, new row statistics, column sums, weighted column
+    /// sums
+    type Item = (
+        &'a [T],
+        &'a [T],
+        &'a mut [T],
+        ColSums<'a, T>,
+        ColSums<'a, T>,
+    );
 
     #[inline(always)]
     fn run<S: Simd>(&self, simd: S, (g, old, next, sums, weighted): &mut Self::Item) {
-        sums.fill(T::zero());
-        weighted.fill(T::zero());
+        sums.clear();
+        weighted.clear();
         let (o, k) = (Ops::new(simd), self.k);
         rows::sq_stats(o, g, self.cols, (old, next), (sums, weighted), k);
     }
@@ -83,19 +90,19 @@ struct Momentum<'a, T> {
 
 impl<'a, T: Float> LaneKernel for Momentum<'a, T> {
     /// gradient rows, momentum rows, row factors, old and new instability row statistics,
-    /// column partial sums
+    /// column sums
     type Item = (
         &'a [T],
         &'a mut [T],
         &'a [T],
         &'a [T],
         &'a mut [T],
-        &'a mut [T],
+        ColSums<'a, T>,
     );
 
     #[inline(always)]
     fn run<S: Simd>(&self, simd: S, (g, m, rf, old, next, sums): &mut Self::Item) {
-        sums.fill(T::zero());
+        sums.clear();
         let f = Factors {
             rf,
             cf: self.cf,
@@ -157,16 +164,24 @@ fn matrix_norm<T: Float, E: Executor>(
         let mut items: LaneItems<_> = split(grad, cols, rows, lanes)
             .zip(split(stats.sq_row, 1, rows, lanes))
             .zip(split_mut(next_row, 1, rows, lanes))
-            .zip(col_parts.chunks_exact_mut(cols))
-            .zip(weighted.chunks_exact_mut(cols))
-            .map(|((((g, old), next), sums), w)| (g, old, next, sums, w))
+            .zip(col_parts.chunks_exact_mut(ColSums::<T>::PARTS * cols))
+            .zip(weighted.chunks_exact_mut(ColSums::<T>::PARTS * cols))
+            .map(|((((g, old), next), sums), w)| {
+                (
+                    g,
+                    old,
+                    next,
+                    ColSums::new(sums, cols),
+                    ColSums::new(w, cols),
+                )
+            })
             .collect();
         exec.run(&SqStats { cols, k }, &mut items);
     }
-    combine_lanes(col_parts, cols);
-    combine_lanes(weighted, cols);
+    let col_sums = combine_lanes(col_parts, cols);
+    let q = combine_lanes(weighted, cols);
     finish_cols(
-        &col_parts[..cols],
+        col_sums,
         rows,
         stats.sq_col,
         next_col,
@@ -177,7 +192,6 @@ fn matrix_norm<T: Float, E: Executor>(
         return Err(gradient_error(grad));
     }
     factors(next_row, next_col, rf, cf);
-    let q = &mut weighted[..cols];
     quotients(q, next_col);
     Ok(norm_from_quotients(next_row, q))
 }
@@ -213,14 +227,16 @@ pub(super) fn update<T: Float, E: Executor>(
             .zip(split(rf, 1, rows, lanes))
             .zip(split(stats.res_row, 1, rows, lanes))
             .zip(split_mut(next_row, 1, rows, lanes))
-            .zip(col_parts.chunks_exact_mut(cols))
-            .map(|(((((g, m), f), old), next), sums)| (g, m, f, old, next, sums))
+            .zip(col_parts.chunks_exact_mut(ColSums::<T>::PARTS * cols))
+            .map(|(((((g, m), f), old), next), sums)| {
+                (g, m, f, old, next, ColSums::new(sums, cols))
+            })
             .collect();
         exec.run(&Momentum { cols, cf, d, k }, &mut items);
     }
-    combine_lanes(col_parts, cols);
+    let col_sums = combine_lanes(col_parts, cols);
     finish_cols(
-        &col_parts[..cols],
+        col_sums,
         rows,
         stats.res_col,
         next_col,

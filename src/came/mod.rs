@@ -21,6 +21,7 @@ pub(crate) mod multi;
 mod parts;
 mod rows;
 mod small;
+mod sum;
 mod sweeps;
 mod vector;
 

@@ -10,6 +10,7 @@ use pulp::Simd;
 
 use super::formula::{average, row_mean, rsqrt};
 use super::small::{self, SMALL_COLS};
+use super::sum::{BLOCK_ROWS, ColSums};
 use super::sweeps::{GROUP, apply_rows, col_sq_terms, momentum_rows, row_sq_sum, rows, rows_mut};
 use crate::Float;
 use crate::config::Coefficients;
@@ -33,9 +34,29 @@ fn grouped<T>(cols: usize, rows: usize) -> usize {
 const NARROW_ROW_BYTES: usize = 8192;
 
 /// Sweep 1 on some rows: `next = beta2 old + (1 - beta2) mean_j(g^2 + eps1)` per row; column
-/// terms added to `sums`, weighted column terms `g_ij^2 / next_i` to `weighted`.
+/// terms added to `sums`, weighted column terms `g_ij^2 / next_i` to `weighted`, in blocks of
+/// [`BLOCK_ROWS`] rows (see [`super::sum`]).
 #[inline(always)]
 pub(super) fn sq_stats<S: Simd, T: Float>(
+    o: Ops<S, T>,
+    g: &[T],
+    cols: usize,
+    (old, next): (&[T], &mut [T]),
+    (sums, weighted): (&mut ColSums<'_, T>, &mut ColSums<'_, T>),
+    k: &Coefficients<T>,
+) {
+    let blocks = g.chunks(BLOCK_ROWS * cols).zip(old.chunks(BLOCK_ROWS));
+    for ((g, old), next) in blocks.zip(next.chunks_mut(BLOCK_ROWS)) {
+        let block = (&mut *sums.block, &mut *weighted.block);
+        sq_stats_block(o, g, cols, (old, next), block, k);
+        sums.fold(o);
+        weighted.fold(o);
+    }
+}
+
+/// [`sq_stats`] on one block of rows, adding to the blocks' column sums.
+#[inline(always)]
+fn sq_stats_block<S: Simd, T: Float>(
     o: Ops<S, T>,
     g: &[T],
     cols: usize,
@@ -89,9 +110,31 @@ pub(super) struct Factors<'a, T> {
 }
 
 /// Sweep 2 on some rows: their momentum and instability, `next` row statistics, column terms
-/// added to `sums`.
+/// added to `sums` in blocks of [`BLOCK_ROWS`] rows.
 #[inline(always)]
 pub(super) fn momentum<S: Simd, T: Float>(
+    o: Ops<S, T>,
+    (g, m): (&[T], &mut [T]),
+    cols: usize,
+    f: Factors<'_, T>,
+    (old, next): (&[T], &mut [T]),
+    sums: &mut ColSums<'_, T>,
+    k: &Coefficients<T>,
+) {
+    let data = g
+        .chunks(BLOCK_ROWS * cols)
+        .zip(m.chunks_mut(BLOCK_ROWS * cols));
+    let stats = f.rf.chunks(BLOCK_ROWS).zip(old.chunks(BLOCK_ROWS));
+    for (((g, m), (rf, old)), next) in data.zip(stats).zip(next.chunks_mut(BLOCK_ROWS)) {
+        let f = Factors { rf, ..f };
+        momentum_block(o, (g, m), cols, f, (old, next), sums.block, k);
+        sums.fold(o);
+    }
+}
+
+/// [`momentum`] on one block of rows, adding to the block's column sums.
+#[inline(always)]
+fn momentum_block<S: Simd, T: Float>(
     o: Ops<S, T>,
     (g, m): (&[T], &mut [T]),
     cols: usize,
@@ -240,16 +283,6 @@ pub(super) fn batch_factors<S: Simd, T: Float>(
     rsqrt_in_place(o, cf);
 }
 
-/// Adds lane `l`'s column partial sums into lane 0's, in lane order.
-pub(super) fn combine_lanes<T: Float>(parts: &mut [T], cols: usize) {
-    let (first, others) = parts.split_at_mut(cols);
-    for part in others.chunks_exact(cols) {
-        for (a, &b) in first.iter_mut().zip(part) {
-            *a = *a + b;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,14 +294,6 @@ mod tests {
         assert_eq!(grouped::<f32>(2049, 10), 8);
         assert_eq!(grouped::<f64>(1025, 3), 0);
         assert_eq!(grouped::<f64>(1025, 4), 4);
-    }
-
-    #[test]
-    #[allow(clippy::float_cmp)]
-    fn lanes_combine_in_order() {
-        let mut parts = [1.0f32, 2.0, 10.0, 20.0, 100.0, 200.0];
-        combine_lanes(&mut parts, 2);
-        assert_eq!(&parts[..2], &[111.0, 222.0]);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 // Determinism: no floating-point atomics. Every sum is formed in a fixed order that depends on
 // the shapes only: a factored tensor is cut into tiles of TILE_R x TILE_C; a tile's row sums
 // (over its columns) and column sums (over its rows) go to partial-sum arrays, which are then
-// added up in tile order. Warp reductions use a fixed butterfly. Two runs give the same bits.
+// added up in tile order with Kahan's compensation. Warp reductions use a fixed butterfly.
+// Two runs give the same bits. No sum's error grows with a tensor's size: within a tile a
+// thread adds at most 8 terms, and longer sums are trees (warps, blocks) or compensated.
 //
 // The guard: the first kernels only read gradients and state and write scratch space; a
 // non-finite statistic sets a per-tensor status. `finish_norm` ORs the statuses into one flag,
@@ -105,6 +107,15 @@ template <typename T>
 __device__ __forceinline__ T apply(const Group<T>& k, T p, T m, T rf, T cf) {
     if (k.has_decay) p = decay(k, p);
     return p - ((rf * cf) * m) * k.lr;
+}
+
+// kahan: adds x to the compensated sum (sum, comp), as kahan() in src/came/sum.rs.
+template <typename T>
+__device__ __forceinline__ void kahan(T* sum, T* comp, T x) {
+    const T y = x - *comp;
+    const T t = *sum + y;
+    *comp = (t - *sum) - y;
+    *sum = t;
 }
 
 // rsqrt: 1 / sqrt(x), a square root then a division, as the reference rounds it.
@@ -219,8 +230,11 @@ __device__ void finish_stats(const Tensor* tensors, const Group<T>* groups, cons
     const long long stride = t.batch * (col ? t.cols : t.rows);
     const long long sq = col ? t.sq_col : t.sq_row;
     const long long res = col ? t.res_col : t.res_row;
-    T sum = T(0);
-    for (long long p = 0; p < parts; ++p) sum += work[part + p * stride + i];
+    // the tiles' partial sums in tile order, with Kahan's compensation so that the error does
+    // not grow with the number of tiles (a column of a million rows has 15,625): kahan() of
+    // src/came/sum.rs
+    T sum = T(0), comp = T(0);
+    for (long long p = 0; p < parts; ++p) kahan(&sum, &comp, work[part + p * stride + i]);
     const T old = state[(PASS == PASS_SQ ? sq : res) + i];
     const T next = ema(old, sum / T(col ? t.rows : t.cols), beta, omb);
     work[(col ? t.next_col : t.next_row) + i] = next;

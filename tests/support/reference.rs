@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use came::CameConfig;
+use came::{CameConfig, CameState, Float, Shape};
 
 /// The reference's state for one tensor.
 #[derive(Clone, Debug, Default)]
@@ -171,4 +171,48 @@ impl Rng {
     pub fn vec(&mut self, n: usize, scale: f64) -> Vec<f64> {
         (0..n).map(|_| scale * self.uniform()).collect()
     }
+}
+
+/// Runs `steps` steps of the crate in `T` and of the reference in `f64` on the same data and
+/// returns the worst `|p - ref| / (atol + rtol |ref|)` over all steps and elements.
+pub fn worst_ratio<T: Float>(
+    dims: &[usize],
+    config: &CameConfig,
+    steps: usize,
+    tol: (f64, f64),
+) -> f64 {
+    let shape = Shape::new(dims).unwrap();
+    let n = shape.numel();
+    let mut rng = Rng(dims.iter().fold(7, |a, &d| a * 31 + d as u64));
+    let p0 = rng.vec(n, 1.0);
+    let mut p_ref = p0.clone();
+    let mut s_ref = State::new(dims);
+    let mut p: Vec<T> = p0.iter().map(|&x| T::from_f64(x)).collect();
+    let mut buf = vec![T::zero(); shape.state_len()];
+    let mut state = CameState::new(&mut buf);
+    let mut worst = 0.0f64;
+    for t in 0..steps {
+        // rows of very different scale, and some rows with no gradient at all
+        let g: Vec<f64> = (0..n)
+            .map(|i| {
+                let row = i / dims.last().copied().unwrap_or(1).max(1);
+                if row % 7 == 3 {
+                    0.0
+                } else {
+                    rng.uniform() * (1 + row % 5) as f64
+                }
+            })
+            .collect();
+        let g_t: Vec<T> = g.iter().map(|&x| T::from_f64(x)).collect();
+        // the reference sees exactly the gradient the crate sees
+        let g_seen: Vec<f64> = g_t.iter().map(|x| x.as_f64()).collect();
+        step(config, dims, &mut p_ref, &g_seen, &mut s_ref);
+        came::step(config, &shape, &mut p, &g_t, &mut state).unwrap();
+        for (&a, &b) in p.iter().zip(&p_ref) {
+            let r = (a.as_f64() - b).abs() / (tol.0 + tol.1 * b.abs());
+            assert!(r.is_finite(), "step {t}: non-finite");
+            worst = worst.max(r);
+        }
+    }
+    worst
 }
