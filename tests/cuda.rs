@@ -201,6 +201,76 @@ fn gpu_matches_cpu_on_large_odd_shapes() {
     }
 }
 
+/// Tensors without a gradient on some steps: the GPU leaves them as the CPU does (parameters,
+/// state, step counts), and the others match the CPU kernels.
+#[test]
+fn gpu_leaves_out_tensors_without_a_gradient_like_the_cpu() {
+    let dims: [&[usize]; 3] = [&[300, 257], &[4097], &[2, 70, 33]];
+    let config = CameConfig::new(1e-3).with_weight_decay(0.01);
+    let Some(mut g_opt) = gpu::<f32>(config) else {
+        return;
+    };
+    let mut c_opt = Came::<f32>::new(config).unwrap();
+    for (i, d) in dims.iter().enumerate() {
+        g_opt.register(&format!("t{i}"), d).unwrap();
+        c_opt.register(&format!("t{i}"), d).unwrap();
+    }
+    let s = g_opt.stream().clone();
+    let mut rng = Rng(9);
+    let mut host: Vec<Vec<f32>> = dims
+        .iter()
+        .map(|d| {
+            rng.vec(d.iter().product(), 1.0)
+                .into_iter()
+                .map(|x| x as f32)
+                .collect()
+        })
+        .collect();
+    let mut dev: Vec<CudaSlice<f32>> = host.iter().map(|p| upload(&s, p)).collect();
+    for step in 0..5 {
+        let grads: Vec<Vec<f32>> = host
+            .iter()
+            .map(|p| {
+                rng.vec(p.len(), 0.1)
+                    .into_iter()
+                    .map(|x| x as f32)
+                    .collect()
+            })
+            .collect();
+        let dgrads: Vec<CudaSlice<f32>> = grads.iter().map(|g| upload(&s, g)).collect();
+        // tensor `step % 3` has no gradient this step
+        let left_out = step % 3;
+        let mut pairs: Vec<(&mut CudaSlice<f32>, Option<&CudaSlice<f32>>)> = dev
+            .iter_mut()
+            .zip(&dgrads)
+            .enumerate()
+            .map(|(i, (p, g))| (p, (i != left_out).then_some(g)))
+            .collect();
+        g_opt.step_some(&mut pairs).unwrap();
+        let [h0, h1, h2] = &mut host[..] else {
+            unreachable!()
+        };
+        let mut pairs: Vec<(&mut [f32], Option<&[f32]>)> = [h0, h1, h2]
+            .into_iter()
+            .zip(&grads)
+            .enumerate()
+            .map(|(i, (p, g))| (p.as_mut_slice(), (i != left_out).then_some(g.as_slice())))
+            .collect();
+        c_opt.step_some(&mut pairs).unwrap();
+    }
+    for (i, (h, d)) in host.iter().zip(&dev).enumerate() {
+        let d = s.clone_dtoh(d).unwrap();
+        let worst = h
+            .iter()
+            .zip(&d)
+            .map(|(&a, &b)| (a - b).abs() / (5e-6 + 5e-6 * a.abs()))
+            .fold(0.0f32, f32::max);
+        assert!(worst <= 1.0, "{:?}: {worst}x tolerance", dims[i]);
+        let (g, c) = (g_opt.tensor(TensorId(i)), c_opt.tensor(TensorId(i)));
+        assert_eq!(g.unwrap().step, c.unwrap().step);
+    }
+}
+
 #[test]
 fn gpu_steps_are_deterministic_and_the_guard_changes_nothing() {
     let run = || -> Option<(Vec<f32>, CudaCame<f32>, CudaSlice<f32>)> {

@@ -101,6 +101,12 @@ fn steps_do_not_allocate() {
             opt.step(&mut pairs).unwrap();
         });
         assert_eq!(count, 0, "the owned optimizer allocated");
+        // and leaving a tensor out allocates nothing either
+        let mut some: [(&mut [f32], Option<&[f32]>); 2] = [(&mut w, Some(&gw)), (&mut b, None)];
+        let count = allocations_during(&mut || {
+            opt.step_some(&mut some).unwrap();
+        });
+        assert_eq!(count, 0, "a step of some tensors allocated");
     }
     // the counter does count
     assert_eq!(

@@ -320,3 +320,179 @@ fn bad_calls_are_refused_and_change_nothing() {
     assert!(e.to_string().contains("\"w\""));
     assert!(std::error::Error::source(&e).is_some());
 }
+
+/// Within the f32 tolerance of the reference files (FORMAT.md).
+fn close(a: f32, reference: f64) -> bool {
+    (f64::from(a) - reference).abs() <= 5e-6 + 5e-6 * reference.abs()
+}
+
+/// came-pytorch 0.1.3 with `p.grad = None` for the second tensor at step 2: two 4 x 4 tensors
+/// of ones, lr 1e-2, weight decay 0.1, gradients 0.3, 0.3 (first only), -0.2 everywhere.
+#[test]
+fn tensors_without_a_gradient_are_left_out_as_pytorch_leaves_them() {
+    let mut opt = Came::<f32>::new(CameConfig::new(1e-2).with_weight_decay(0.1)).unwrap();
+    opt.register("a", &[4, 4]).unwrap();
+    opt.register("b", &[4, 4]).unwrap();
+    let (mut a, mut b) = (vec![1.0f32; 16], vec![1.0f32; 16]);
+    let g = |x: f32| vec![x; 16];
+    opt.step_some(&mut [(&mut a, Some(&g(0.3))), (&mut b, Some(&g(0.3)))])
+        .unwrap();
+    assert!(close(a[0], 0.887_888_908_386_230_5) && close(b[0], 0.887_888_908_386_230_5));
+    let b_state: Vec<Vec<u32>> = opt
+        .state(TensorId(1))
+        .unwrap()
+        .iter()
+        .map(|p| bits(p.values))
+        .collect();
+    let b_before = bits(&b);
+    let report = opt
+        .step_some(&mut [(&mut a, Some(&g(0.3))), (&mut b, None)])
+        .unwrap();
+    assert_eq!(report.stepped, 1);
+    assert!(close(a[0], 0.730_079_054_832_458_5), "{}", a[0]);
+    // the tensor without a gradient: parameters, state and step count as they were
+    assert_eq!(bits(&b), b_before);
+    let b_after: Vec<Vec<u32>> = opt
+        .state(TensorId(1))
+        .unwrap()
+        .iter()
+        .map(|p| bits(p.values))
+        .collect();
+    assert_eq!(b_after, b_state);
+    assert_eq!(opt.tensor(TensorId(0)).unwrap().step, 2);
+    assert_eq!(opt.tensor(TensorId(1)).unwrap().step, 1);
+    // a checkpoint keeps each tensor's own step count, and the run goes on from it
+    let path = std::env::temp_dir().join(format!("came-subset-{}.safetensors", std::process::id()));
+    opt.save(&path).unwrap();
+    let mut resumed = Came::<f32>::new(CameConfig::new(1e-2).with_weight_decay(0.1)).unwrap();
+    resumed.register("a", &[4, 4]).unwrap();
+    resumed.register("b", &[4, 4]).unwrap();
+    resumed.load(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(resumed.tensor(TensorId(1)).unwrap().step, 1);
+    let (mut a2, mut b2) = (a.clone(), b.clone());
+    opt.step(&mut [(&mut a, &g(-0.2)), (&mut b, &g(-0.2))])
+        .unwrap();
+    resumed
+        .step(&mut [(&mut a2, &g(-0.2)), (&mut b2, &g(-0.2))])
+        .unwrap();
+    assert!(close(a[0], 0.685_425_579_547_882_1), "{}", a[0]);
+    assert!(close(b[0], 0.894_475_340_843_200_7), "{}", b[0]);
+    assert_eq!((bits(&a), bits(&b)), (bits(&a2), bits(&b2)));
+    assert_eq!(opt.tensor(TensorId(1)).unwrap().step, 2);
+}
+
+/// AdamW's bias correction follows each tensor's own step count: a tensor left out of some
+/// steps moves exactly as if it had been alone in an optimizer that skipped those steps.
+#[test]
+fn adamw_bias_correction_follows_each_tensor_s_own_steps() {
+    let config = AdamWConfig::new(1e-2);
+    let mut both = AdamW::<f32>::new(config).unwrap();
+    both.register("a", &[3, 5]).unwrap();
+    both.register("b", &[7]).unwrap();
+    let mut alone = AdamW::<f32>::new(config).unwrap();
+    alone.register("b", &[7]).unwrap();
+    let mut rng = Rng(11);
+    let (mut a, mut b) = (vec![0.5f32; 15], vec![-0.25f32; 7]);
+    let mut b_alone = b.clone();
+    for t in 0..6 {
+        let ga: Vec<f32> = rng.vec(15, 0.1).into_iter().map(|x| x as f32).collect();
+        let gb: Vec<f32> = rng.vec(7, 0.1).into_iter().map(|x| x as f32).collect();
+        let with_b = t % 3 != 1;
+        let gb_some = with_b.then_some(gb.as_slice());
+        both.step_some(&mut [(&mut a, Some(&ga)), (&mut b, gb_some)])
+            .unwrap();
+        if with_b {
+            alone.step(&mut [(&mut b_alone, &gb)]).unwrap();
+        }
+    }
+    assert_eq!(bits(&b), bits(&b_alone));
+    assert_eq!(both.tensor(TensorId(0)).unwrap().step, 6);
+    assert_eq!(both.tensor(TensorId(1)).unwrap().step, 4);
+}
+
+/// The guard covers the tensors that are stepped: a NaN in one of them leaves every tensor as
+/// it was; lengths are checked for every parameter, and for the gradients that are given.
+#[test]
+fn a_step_of_some_tensors_is_all_or_nothing_over_them() {
+    let mut opt = came_opt(2);
+    let mut rng = Rng(5);
+    let mut params = data(&mut rng, 1.0);
+    let mut grads = data(&mut rng, 0.1);
+    grads[2][7] = f32::NAN;
+    let before = snapshot(&opt);
+    let params_before: Vec<Vec<u32>> = params.iter().map(|p| bits(p)).collect();
+    let [p0, p1, p2, p3] = &mut params[..] else {
+        unreachable!()
+    };
+    let err = opt
+        .step_some(&mut [
+            (p0, Some(&grads[0])),
+            (p1, None),
+            (p2, Some(&grads[2])),
+            (p3, None),
+        ])
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        OptimizerError::Tensor {
+            index: 2,
+            error: Error::NonFiniteGradient { index: 7 },
+            ..
+        }
+    ));
+    assert_eq!(snapshot(&opt), before);
+    let after: Vec<Vec<u32>> = params.iter().map(|p| bits(p)).collect();
+    assert_eq!(after, params_before);
+    // a short parameter is refused even without a gradient
+    let mut short = vec![0.0f32; 29];
+    let [p0, _, p2, p3] = &mut params[..] else {
+        unreachable!()
+    };
+    let err = opt
+        .step_some(&mut [
+            (p0, Some(&grads[0])),
+            (&mut short, None),
+            (p2, None),
+            (p3, None),
+        ])
+        .unwrap_err();
+    assert!(
+        matches!(err, OptimizerError::Tensor { index: 1, .. }),
+        "{err}"
+    );
+}
+
+/// The trait is usable as a trait object: CAME and its Adafactor baseline behind one `dyn`.
+#[test]
+fn optimizers_of_one_config_type_share_a_trait_object() {
+    type Dyn = dyn Optimizer<
+            Config = CameConfig,
+            Param = [f32],
+            Grad = [f32],
+            Error = OptimizerError,
+            CheckpointError = came::CheckpointError,
+        >;
+    let mut opts: Vec<Box<Dyn>> = vec![
+        Box::new(Came::<f32>::new(CameConfig::new(1e-2)).unwrap()),
+        Box::new(Came::<f32>::new(CameConfig::new(1e-2).with_confidence(false)).unwrap()),
+    ];
+    let mut moved = Vec::new();
+    for opt in &mut opts {
+        opt.register("w", &[4, 3]).unwrap();
+        let mut w = vec![0.5f32; 12];
+        let g: Vec<f32> = (0..12).map(|i| 0.1 * i as f32 - 0.5).collect();
+        let report = opt.step(&mut [(&mut w, &g)]).unwrap();
+        assert_eq!(report.stepped, 1);
+        moved.push(w);
+    }
+    // both move every element against its gradient, by different amounts: the confidence
+    // term scales CAME's step from the first step on
+    for w in &moved {
+        for (i, &x) in w.iter().enumerate() {
+            let g = 0.1 * i as f32 - 0.5;
+            assert!(g == 0.0 || (x - 0.5) * g < 0.0, "element {i}: {x}");
+        }
+    }
+    assert_ne!(bits(&moved[0]), bits(&moved[1]));
+}

@@ -20,6 +20,8 @@ pub(super) const VEC_CHUNK: usize = 4096;
 pub(super) const STATUS_GRAD: i32 = 1;
 /// A non-finite value in the state (`STATUS_STATE`).
 pub(super) const STATUS_STATE: i32 = 2;
+/// No gradient this step: the tensor is left out (`STATUS_SKIP`, set by the host).
+pub(super) const STATUS_SKIP: i32 = 4;
 
 /// The element types the GPU path runs: `f32` and `f64`.
 pub trait CudaFloat: Float + DeviceRepr + ValidAsZeroBits {

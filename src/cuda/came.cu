@@ -26,6 +26,7 @@
 
 #define STATUS_GRAD 1    // a non-finite gradient, or an overflow from finite inputs
 #define STATUS_STATE 2   // a non-finite value in the state
+#define STATUS_SKIP 4    // no gradient this step: the tensor is left out (set by the host)
 
 struct Tensor {
     long long numel, batch, rows, cols;
@@ -152,6 +153,7 @@ __device__ void tile_stats(const Tensor* tensors, const Group<T>* groups, const 
                            const T* clip_d, const int* guard, int* status, long long* first_bad) {
     if (PASS == PASS_RES && *guard) return;
     const Task task = tasks[blockIdx.x];
+    if (status[task.tensor] & STATUS_SKIP) return;
     const Tensor t = tensors[task.tensor];
     const Group<T> k = groups[t.group];
     const long long R = t.rows, C = t.cols;
@@ -218,7 +220,7 @@ __device__ void finish_stats(const Tensor* tensors, const Group<T>* groups, cons
     if (PASS == PASS_RES && guard[0]) return;
     const Span s = spans[blockIdx.x];
     const long long i = s.start + threadIdx.x;
-    if (threadIdx.x >= s.len) return;
+    if (threadIdx.x >= s.len || (status[s.tensor] & STATUS_SKIP)) return;
     const Tensor t = tensors[s.tensor];
     const Group<T> k = groups[t.group];
     const T beta = PASS == PASS_SQ ? k.beta2 : k.beta3;
@@ -259,6 +261,7 @@ __device__ void factors(const Tensor* tensors, const Task* mats, T* state, T* wo
                         const int* status) {
     if (guard[0]) return;
     const Task task = mats[blockIdx.x];
+    if (status[task.tensor] & STATUS_SKIP) return;
     // a tensor whose instability statistics came out non-finite stops here
     if (PASS == PASS_RES && (status[task.tensor] & STATUS_STATE)) return;
     const Tensor t = tensors[task.tensor];
@@ -292,10 +295,10 @@ __device__ void factors(const Tensor* tensors, const Task* mats, T* state, T* wo
 // Commits the new squared-gradient statistics (kept in the workspace until the guard passed).
 template <typename T>
 __device__ void commit_sq(const Tensor* tensors, const Span* spans, T* state, const T* work,
-                          const int* guard) {
+                          const int* guard, const int* status) {
     if (*guard) return;
     const Span s = spans[blockIdx.x];
-    if (threadIdx.x >= s.len) return;
+    if (threadIdx.x >= s.len || (status[s.tensor] & STATUS_SKIP)) return;
     const Tensor t = tensors[s.tensor];
     const long long i = s.start + threadIdx.x;
     if (s.cols) state[t.sq_col + i] = work[t.next_col + i];
@@ -319,8 +322,10 @@ __device__ T block_sum(T v, T* shared) {
 // Squared norm of one tile of the unclipped update ((rf * cf) * g)^2.
 template <typename T>
 __device__ void tile_norm(const Tensor* tensors, const Task* tasks, const T* work,
-                          const T* const* grads, double* norm_parts, long long task_offset) {
+                          const T* const* grads, double* norm_parts, long long task_offset,
+                          const int* status) {
     const Task task = tasks[blockIdx.x];
+    if (status[task.tensor] & STATUS_SKIP) return;
     const Tensor t = tensors[task.tensor];
     const long long R = t.rows, C = t.cols;
     const T* g = grads[task.tensor] + task.b * R * C;
@@ -353,6 +358,7 @@ __device__ void vector_norm(const Tensor* tensors, const Group<T>* groups, const
                             const T* state, const T* const* grads, double* norm_parts,
                             int* status, long long* first_bad) {
     const Task task = tasks[blockIdx.x];
+    if (status[task.tensor] & STATUS_SKIP) return;
     const Tensor t = tensors[task.tensor];
     const Group<T> k = groups[t.group];
     const long long start = task.b * VEC_CHUNK;
@@ -398,18 +404,21 @@ __device__ void finish_norm(const Tensor* tensors, const Group<T>* groups, const
         __syncthreads();
     }
     if (threadIdx.x == 0) {
-        const double norm = sqrt(part[0]);
-        const double sqrt_n = sqrt((double)t.numel);
-        const T rms = (T)norm / (T)sqrt_n;
-        const T ratio = rms / k.clip;
-        clip_d[ti] = ratio > T(1) ? ratio : T(1);
-        rms_out[ti] = norm / sqrt_n;
-        if (!isfinite(part[0])) atomicOr(&status[ti], STATUS_GRAD);
+        // a tensor left out of the step has no norm, but still counts towards the guard's turn
+        if (!(status[ti] & STATUS_SKIP)) {
+            const double norm = sqrt(part[0]);
+            const double sqrt_n = sqrt((double)t.numel);
+            const T rms = (T)norm / (T)sqrt_n;
+            const T ratio = rms / k.clip;
+            clip_d[ti] = ratio > T(1) ? ratio : T(1);
+            rms_out[ti] = norm / sqrt_n;
+            if (!isfinite(part[0])) atomicOr(&status[ti], STATUS_GRAD);
+        }
         __threadfence();
         // the last block sees every status: it sets the guard
         if (atomicAdd(done, 1u) == (unsigned)(n_tensors - 1)) {
             int any = 0;
-            for (int i = 0; i < n_tensors; ++i) any |= atomicOr(&status[i], 0);
+            for (int i = 0; i < n_tensors; ++i) any |= atomicOr(&status[i], 0) & ~STATUS_SKIP;
             *guard = any;
             *done = 0;
         }
@@ -421,9 +430,10 @@ __device__ void finish_norm(const Tensor* tensors, const Group<T>* groups, const
 template <typename T>
 __device__ void vector_update(const Tensor* tensors, const Group<T>* groups, const Task* tasks,
                               T* state, T* const* params, const T* const* grads, const T* clip_d,
-                              const int* guard) {
+                              const int* guard, const int* status) {
     if (*guard) return;
     const Task task = tasks[blockIdx.x];
+    if (status[task.tensor] & STATUS_SKIP) return;
     const Tensor t = tensors[task.tensor];
     const Group<T> k = groups[t.group];
     const T d = clip_d[task.tensor];
@@ -449,7 +459,7 @@ __device__ void tile_apply(const Tensor* tensors, const Group<T>* groups, const 
                            const int* status) {
     if (guard[0]) return;
     const Task task = tasks[blockIdx.x];
-    if (status[task.tensor] & STATUS_STATE) return;
+    if (status[task.tensor] & (STATUS_STATE | STATUS_SKIP)) return;
     const Tensor t = tensors[task.tensor];
     const Group<T> k = groups[t.group];
     const long long R = t.rows, C = t.cols;
@@ -477,11 +487,11 @@ extern "C" __global__ void __launch_bounds__(THREADS) came_finish_sq_##S(const T
 extern "C" __global__ void __launch_bounds__(THREADS) came_finish_res_##S(const Tensor* a, const Group<T>* b, const Span* c, T* d, T* e, int* f, int* g) { finish_stats<T, PASS_RES>(a, b, c, d, e, f, g); } \
 extern "C" __global__ void __launch_bounds__(THREADS) came_factors_sq_##S(const Tensor* a, const Task* b, T* c, T* d, const int* e, const int* f) { factors<T, PASS_SQ>(a, b, c, d, e, f); } \
 extern "C" __global__ void __launch_bounds__(THREADS) came_factors_res_##S(const Tensor* a, const Task* b, T* c, T* d, const int* e, const int* f) { factors<T, PASS_RES>(a, b, c, d, e, f); } \
-extern "C" __global__ void __launch_bounds__(THREADS) came_commit_sq_##S(const Tensor* a, const Span* b, T* c, const T* d, const int* e) { commit_sq<T>(a, b, c, d, e); } \
-extern "C" __global__ void __launch_bounds__(THREADS) came_tile_norm_##S(const Tensor* a, const Task* b, const T* c, const T* const* d, double* e, long long f) { tile_norm<T>(a, b, c, d, e, f); } \
+extern "C" __global__ void __launch_bounds__(THREADS) came_commit_sq_##S(const Tensor* a, const Span* b, T* c, const T* d, const int* e, const int* f) { commit_sq<T>(a, b, c, d, e, f); } \
+extern "C" __global__ void __launch_bounds__(THREADS) came_tile_norm_##S(const Tensor* a, const Task* b, const T* c, const T* const* d, double* e, long long f, const int* g) { tile_norm<T>(a, b, c, d, e, f, g); } \
 extern "C" __global__ void __launch_bounds__(THREADS) came_vector_norm_##S(const Tensor* a, const Group<T>* b, const Task* c, const T* d, const T* const* e, double* f, int* g, long long* h) { vector_norm<T>(a, b, c, d, e, f, g, h); } \
 extern "C" __global__ void __launch_bounds__(THREADS) came_finish_norm_##S(const Tensor* a, const Group<T>* b, const double* c, T* d, double* e, int* f, int g, int* h, unsigned int* i) { finish_norm<T>(a, b, c, d, e, f, g, h, i); } \
-extern "C" __global__ void __launch_bounds__(THREADS) came_vector_update_##S(const Tensor* a, const Group<T>* b, const Task* c, T* d, T* const* e, const T* const* f, const T* g, const int* h) { vector_update<T>(a, b, c, d, e, f, g, h); } \
+extern "C" __global__ void __launch_bounds__(THREADS) came_vector_update_##S(const Tensor* a, const Group<T>* b, const Task* c, T* d, T* const* e, const T* const* f, const T* g, const int* h, const int* i) { vector_update<T>(a, b, c, d, e, f, g, h, i); } \
 extern "C" __global__ void __launch_bounds__(THREADS) came_tile_apply_##S(const Tensor* a, const Group<T>* b, const Task* c, const T* d, const T* e, T* const* f, const int* g, const int* h) { tile_apply<T>(a, b, c, d, e, f, g, h); }
 
 INSTANTIATE(float, f32)

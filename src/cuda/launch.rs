@@ -139,6 +139,7 @@ pub(super) fn launch_prepare<T: CudaFloat>(
                 .arg(&l.grads)
                 .arg(&mut l.norm_parts)
                 .arg(&zero)
+                .arg(&l.status)
                 .launch(grid(n_tiles))?;
         }
         stream
@@ -258,6 +259,7 @@ pub(super) fn launch_update<T: CudaFloat>(
                 .arg(&mut l.state)
                 .arg(&l.work)
                 .arg(&l.guard)
+                .arg(&l.status)
                 .launch(grid(n_spans))?;
         }
         launch_tiles(stream, &k.tile_res, l, groups)?;
@@ -287,6 +289,7 @@ pub(super) fn launch_update<T: CudaFloat>(
                 .arg(&l.grads)
                 .arg(&l.clip_d)
                 .arg(&l.guard)
+                .arg(&l.status)
                 .launch(grid(n_chunks))?;
         }
     }

@@ -35,7 +35,7 @@ pub use abi::CudaFloat;
 pub use compile::compile_kernels;
 pub use error::CudaError;
 
-use abi::{GroupDesc, STATUS_GRAD, STATUS_STATE, group_desc};
+use abi::{GroupDesc, STATUS_GRAD, STATUS_SKIP, STATUS_STATE, group_desc};
 use compile::{Kernels, driver_present, nvrtc_present};
 use launch::{Slab, launch_prepare, launch_update};
 use plan::Plan;
@@ -225,10 +225,10 @@ impl<T: CudaFloat> CudaCame<T> {
         Ok(())
     }
 
-    /// Launches one step and reads what became of it.
+    /// Launches one step of the tensors that have a gradient and reads what became of it.
     fn launch_step(
         &mut self,
-        tensors: &mut [(&mut CudaSlice<T>, &CudaSlice<T>)],
+        tensors: &mut [(&mut CudaSlice<T>, Option<&CudaSlice<T>>)],
     ) -> Result<Outcome, CudaError> {
         let stream = self.stream.clone();
         let count = self.registry.tensors().len();
@@ -248,8 +248,13 @@ impl<T: CudaFloat> CudaCame<T> {
         // statuses cleared
         let mut keep = Vec::with_capacity(2 * tensors.len());
         let (mut pp, mut gp) = (vec![0u64; l.n_device], vec![0u64; l.n_device]);
+        // a tensor without a gradient is marked for every kernel to leave alone
+        let mut skip = vec![STATUS_SKIP; l.n_device];
         for (d, (p, g)) in self.device.iter().zip(tensors.iter_mut()) {
-            let Some(d) = *d else { continue };
+            let (Some(d), Some(g)) = (*d, g) else {
+                continue;
+            };
+            skip[d] = 0;
             let (ptr, sync) = p.device_ptr_mut(&stream);
             pp[d] = ptr;
             keep.push(sync);
@@ -261,7 +266,7 @@ impl<T: CudaFloat> CudaCame<T> {
         stream.memcpy_htod(&gp, &mut l.grads)?;
         let groups: Vec<GroupDesc<T>> = self.registry.groups().iter().map(group_desc).collect();
         let groups = stream.clone_htod(&groups)?;
-        stream.memset_zeros(&mut l.status)?;
+        stream.memcpy_htod(&skip, &mut l.status)?;
         stream.memcpy_htod(&vec![i64::MAX; l.n_device], &mut l.first_bad)?;
         stream.memset_zeros(&mut l.guard)?;
         launch_prepare(&stream, &self.kernels, l, &groups)?;
@@ -273,10 +278,14 @@ impl<T: CudaFloat> CudaCame<T> {
         let first_bad = stream.clone_dtoh(&l.first_bad)?;
         let rms = stream.clone_dtoh(&l.rms)?;
         outcome.refused = guard[0] != 0;
-        for (i, d) in self.device.iter().enumerate() {
+        for (i, (d, (_, g))) in self.device.iter().zip(tensors.iter()).enumerate() {
+            if g.is_none() {
+                (outcome.stepped[i], outcome.rms[i]) = (false, None);
+                continue;
+            }
             let Some(d) = *d else { continue };
             outcome.rms[i] = Some(rms[d]);
-            let s = status[d];
+            let s = status[d] & !STATUS_SKIP;
             if s == 0 {
                 continue;
             }
@@ -378,7 +387,25 @@ impl<T: CudaFloat> Optimizer for CudaCame<T> {
         &mut self,
         tensors: &mut [(&mut CudaSlice<T>, &CudaSlice<T>)],
     ) -> Result<StepReport, CudaError> {
-        let lens = tensors.iter().map(|(p, g)| (p.len(), g.len()));
+        let mut some: Vec<(&mut CudaSlice<T>, Option<&CudaSlice<T>>)> = tensors
+            .iter_mut()
+            .map(|(p, g)| (&mut **p, Some(*g)))
+            .collect();
+        self.step_some(&mut some)
+    }
+
+    /// [`Optimizer::step`] of the tensors that have a gradient; the others keep their state
+    /// and step count (every kernel leaves them alone).
+    ///
+    /// # Errors
+    /// As [`Optimizer::step`].
+    fn step_some(
+        &mut self,
+        tensors: &mut [(&mut CudaSlice<T>, Option<&CudaSlice<T>>)],
+    ) -> Result<StepReport, CudaError> {
+        let lens = tensors
+            .iter()
+            .map(|(p, g)| (p.len(), g.map(CudaSlice::len)));
         self.registry.check_step(lens)?;
         if self.slab.is_none() {
             self.build_slab()?;
@@ -398,9 +425,12 @@ impl<T: CudaFloat> Optimizer for CudaCame<T> {
             return Err(self.registry.error(index, error).into());
         }
         let mut report = StepReport::default();
-        for (t, rms) in self.registry.tensors().iter().zip(&outcome.rms) {
-            let clip = self.registry.groups()[t.group].clip_threshold;
-            report.add(rms.map(|rms| (rms, rms > clip)));
+        let tensors = self.registry.tensors().iter().zip(&outcome.rms);
+        for ((t, rms), done) in tensors.zip(&outcome.stepped) {
+            if *done {
+                let clip = self.registry.groups()[t.group].clip_threshold;
+                report.add(rms.map(|rms| (rms, rms > clip)));
+            }
         }
         Ok(report)
     }

@@ -246,28 +246,62 @@ impl<T: Float, C: Rule> Optimizer for CpuOptimizer<T, C> {
     ///   corrupt momentum ([`crate::Error::NonFiniteState`]); with it off, the other tensors
     ///   take their step.
     fn step(&mut self, tensors: &mut [(&mut [T], &[T])]) -> Result<StepReport, OptimizerError> {
+        self.step_pairs(tensors)
+    }
+
+    fn step_some(
+        &mut self,
+        tensors: &mut [(&mut [T], Option<&[T]>)],
+    ) -> Result<StepReport, OptimizerError> {
+        self.step_pairs(tensors)
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|s| s.state.len() * size_of::<T>())
+            .sum()
+    }
+
+    fn save(&self, path: &Path) -> Result<(), CheckpointError> {
+        self.save_to(path, None)
+    }
+
+    fn load(&mut self, path: &Path) -> Result<(), CheckpointError> {
+        self.load_from(path, None)
+    }
+}
+
+impl<T: Float, C: Rule> CpuOptimizer<T, C> {
+    /// A step of the tensors that have a gradient in `tensors` (one pair per registered
+    /// tensor); the others keep their state and step count.
+    fn step_pairs<P: GradPair<T>>(
+        &mut self,
+        tensors: &mut [P],
+    ) -> Result<StepReport, OptimizerError> {
         self.registry
-            .check_step(tensors.iter().map(|(p, g)| (p.len(), g.len())))?;
+            .check_step(tensors.iter().map(GradPair::lens))?;
         let groups = self.registry.groups();
         let registered = self.registry.tensors();
         let failed = on_pool!(self.pool, |exec| all_or_nothing_pairs(
             exec,
             (&mut self.slots, tensors),
             self.guard,
-            |i, slot, (p, g)| {
-                let t = &registered[i];
+            |i, slot, pair| {
                 slot.pending = None;
-                let data = (&mut **p, *g);
-                let pending =
-                    groups[t.group].prepare(exec, &t.shape, data, &mut slot.state, t.step)?;
-                slot.pending = Some(pending);
                 slot.stepped = false;
+                let Some(data) = pair.parts() else {
+                    return Ok(()); // no gradient: left out of this step
+                };
+                let t = &registered[i];
+                let config = &groups[t.group];
+                slot.pending =
+                    Some(config.prepare(exec, &t.shape, data, &mut slot.state, t.step)?);
                 Ok(())
             },
-            |i, slot, (p, g)| {
-                let t = &registered[i];
-                if let Some(pending) = slot.pending {
-                    let data = (&mut **p, *g);
+            |i, slot, pair| {
+                if let (Some(pending), Some(data)) = (slot.pending, pair.parts()) {
+                    let t = &registered[i];
                     groups[t.group].finish(exec, &t.shape, pending, data, &mut slot.state)?;
                     slot.stepped = true;
                 }
@@ -289,20 +323,33 @@ impl<T: Float, C: Rule> Optimizer for CpuOptimizer<T, C> {
             None => Ok(report),
         }
     }
+}
 
-    fn state_bytes(&self) -> usize {
-        self.slots
-            .iter()
-            .map(|s| s.state.len() * size_of::<T>())
-            .sum()
+/// A `(param, grad)` pair of a step; a pair without a gradient leaves its tensor out.
+trait GradPair<T>: Send {
+    /// The parameter's length and the gradient's, if there is one.
+    fn lens(&self) -> (usize, Option<usize>);
+    /// The parameter and the gradient, if there is one.
+    fn parts(&mut self) -> Option<(&mut [T], &[T])>;
+}
+
+impl<T: Send + Sync> GradPair<T> for (&mut [T], &[T]) {
+    fn lens(&self) -> (usize, Option<usize>) {
+        (self.0.len(), Some(self.1.len()))
     }
 
-    fn save(&self, path: &Path) -> Result<(), CheckpointError> {
-        self.save_to(path, None)
+    fn parts(&mut self) -> Option<(&mut [T], &[T])> {
+        Some((&mut *self.0, self.1))
+    }
+}
+
+impl<T: Send + Sync> GradPair<T> for (&mut [T], Option<&[T]>) {
+    fn lens(&self) -> (usize, Option<usize>) {
+        (self.0.len(), self.1.map(<[T]>::len))
     }
 
-    fn load(&mut self, path: &Path) -> Result<(), CheckpointError> {
-        self.load_from(path, None)
+    fn parts(&mut self) -> Option<(&mut [T], &[T])> {
+        Some((&mut *self.0, self.1?))
     }
 }
 

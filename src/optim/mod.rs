@@ -173,6 +173,21 @@ pub trait Optimizer {
         tensors: &mut [(&mut Self::Param, &Self::Grad)],
     ) -> Result<StepReport, Self::Error>;
 
+    /// Steps the registered tensors that have a gradient, given `(param, Some(grad))` or
+    /// `(param, None)` for each in registration order. A tensor without a gradient (a frozen
+    /// layer, a branch unused in this step: PyTorch's `p.grad is None`) is left out as every
+    /// PyTorch optimizer leaves it out: its parameters, state and step count stay as they are
+    /// (no weight decay either), and its own step count (and so AdamW's bias correction)
+    /// continues from there when it gets gradients again. The non-finite guard covers the
+    /// tensors that are stepped.
+    ///
+    /// # Errors
+    /// As [`Optimizer::step`].
+    fn step_some(
+        &mut self,
+        tensors: &mut [(&mut Self::Param, Option<&Self::Grad>)],
+    ) -> Result<StepReport, Self::Error>;
+
     /// Bytes of optimizer state held for all tensors (scratch space included).
     fn state_bytes(&self) -> usize;
 

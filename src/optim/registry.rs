@@ -136,10 +136,11 @@ impl<C: Rule> Registry<C> {
         })
     }
 
-    /// Checks a step's `(param, grad)` lengths against the registered tensors.
+    /// Checks a step's `(param, grad)` lengths against the registered tensors (a missing
+    /// gradient leaves its tensor out of the step).
     pub fn check_step(
         &self,
-        lens: impl ExactSizeIterator<Item = (usize, usize)>,
+        lens: impl ExactSizeIterator<Item = (usize, Option<usize>)>,
     ) -> Result<(), OptimizerError> {
         if lens.len() != self.tensors.len() {
             return Err(OptimizerError::TensorCount {
@@ -148,7 +149,8 @@ impl<C: Rule> Registry<C> {
             });
         }
         for (i, (t, (p, g))) in self.tensors.iter().zip(lens).enumerate() {
-            check_tensor_lens(t.shape.numel(), p, g).map_err(|error| self.error(i, error))?;
+            let n = t.shape.numel();
+            check_tensor_lens(n, p, g.unwrap_or(n)).map_err(|error| self.error(i, error))?;
         }
         Ok(())
     }
@@ -284,14 +286,14 @@ mod tests {
         ));
         assert_eq!(r.tensors().len(), 1);
         assert_eq!(
-            r.check_step([(12, 12), (1, 1)].into_iter()),
+            r.check_step([(12, Some(12)), (1, Some(1))].into_iter()),
             Err(OptimizerError::TensorCount {
                 expected: 1,
                 actual: 2
             })
         );
         assert!(matches!(
-            r.check_step([(12, 11)].into_iter()),
+            r.check_step([(12, Some(11))].into_iter()),
             Err(OptimizerError::Tensor { index: 0, .. })
         ));
     }
