@@ -438,3 +438,59 @@ fn the_confidence_switch_round_trips() {
     let text = String::from_utf8_lossy(&model().to_safetensors(None).unwrap()).into_owned();
     assert!(!text.contains("confidence"));
 }
+
+/// came-pytorch 0.1.3 after one step of parameters shaped [0, 8], [8, 0], [], [2, 0, 4], [0],
+/// [3, 4] and [0, 3, 4] (lr 1e-4, gradients 0.1), converted by `scripts/convert_checkpoint.py
+/// to-safetensors` (`scripts/field_cases.py` writes it again). The statistics over an empty
+/// dim are NaN there (the mean of nothing); a tensor without elements never reads its state,
+/// so they load (as zeros), and the run goes on.
+#[test]
+fn pytorch_checkpoints_with_empty_tensors_load_and_step() {
+    let dims: [&[usize]; 7] = [&[0, 8], &[8, 0], &[], &[2, 0, 4], &[0], &[3, 4], &[0, 3, 4]];
+    let mut opt = Came::<f32>::new(CameConfig::new(1e-4)).unwrap();
+    for (i, d) in dims.iter().enumerate() {
+        opt.register(&i.to_string(), d).unwrap();
+    }
+    let mut params: Vec<Vec<f32>> = dims.iter().map(|d| vec![0.0; d.iter().product()]).collect();
+    let mut views: Vec<&mut [f32]> = params.iter_mut().map(Vec::as_mut_slice).collect();
+    opt.load_with_params(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/field/came_pytorch_empty_tensors.safetensors"),
+        &mut views,
+    )
+    .unwrap();
+    assert_eq!(params[2], [0.499_989_986_419_677_73]);
+    for i in 0..dims.len() {
+        assert_eq!(opt.tensor(TensorId(i)).unwrap().step, 1, "tensor {i}");
+    }
+    // the empty tensors' state is all zeros; the others' as PyTorch left it
+    for i in [0, 1, 3, 4, 6] {
+        for piece in opt.state(TensorId(i)).unwrap() {
+            assert!(piece.values.iter().all(|&v| v == 0.0), "{i} {}", piece.name);
+        }
+    }
+    let w = opt.state(TensorId(5)).unwrap();
+    assert!(
+        w.iter()
+            .all(|p| p.values.iter().all(|v| v.is_finite() && *v != 0.0))
+    );
+    // a step after loading: the empty tensors count it, the others move
+    let grads: Vec<Vec<f32>> = params.iter().map(|p| vec![0.1; p.len()]).collect();
+    let mut pairs = support::pairs(&mut params, &grads);
+    opt.step(&mut pairs).unwrap();
+    assert!(params[2][0] < 0.499_989_986_419_677_73);
+    for i in 0..dims.len() {
+        assert_eq!(opt.tensor(TensorId(i)).unwrap().step, 2, "tensor {i}");
+    }
+    // and our own checkpoint of them round-trips (`scripts/field_cases.py --back FILE` loads
+    // this file into came-pytorch and steps it there)
+    let path = std::env::temp_dir().join("came-empty-tensors.safetensors");
+    opt.save_with_params(&path, &params.iter().map(Vec::as_slice).collect::<Vec<_>>())
+        .unwrap();
+    let mut again = Came::<f32>::new(CameConfig::new(1e-4)).unwrap();
+    for (i, d) in dims.iter().enumerate() {
+        again.register(&i.to_string(), d).unwrap();
+    }
+    again.load(&path).unwrap();
+    assert_eq!(again.tensor(TensorId(3)).unwrap().step, 2);
+}

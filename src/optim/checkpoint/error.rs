@@ -53,7 +53,9 @@ pub enum CheckpointError {
         /// What is wrong with it.
         reason: String,
     },
-    /// A state tensor holds a NaN or an infinity.
+    /// A state tensor holds a NaN or an infinity. (The state of a tensor without elements is
+    /// never read and not checked: came-pytorch stores NaN for its statistics over the empty
+    /// dim, and they load as zeros.)
     NonFinite {
         /// The tensor.
         key: String,
