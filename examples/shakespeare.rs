@@ -16,6 +16,8 @@
 
 mod common;
 
+use came::Instability;
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -40,6 +42,8 @@ Options (defaults in brackets):
   --lr-adafactor X       peak learning rate of Adafactor [2e-3]
   --finetune-lr X        fine-tuning lr as a fraction of the pretraining lr [0.3]
   --beta3 X              CAME's beta3, the decay of its instability statistics [0.999]
+  --instability S        CAME's instability statistics: reference (zeros, uncorrected, as
+                         came-pytorch) or bias-corrected [reference]
   --optimizers LIST      comma-separated subset of came,adamw,adafactor [all]
   --context N            characters the model sees [16]
   --embed N              embedding width [24]
@@ -59,6 +63,7 @@ struct Args {
     lr: [f64; 3],
     finetune_lr: f64,
     beta3: f64,
+    instability: Instability,
     optimizers: Vec<&'static str>,
     model: Config,
     threads: usize,
@@ -78,6 +83,7 @@ impl Args {
             lr: [2e-3, 2e-3, 2e-3],
             finetune_lr: 0.3,
             beta3: 0.999,
+            instability: Instability::Reference,
             optimizers: NAMES.to_vec(),
             model: Config {
                 vocab: 0,
@@ -118,6 +124,13 @@ impl Args {
                     a.beta3 = float()?;
                     if a.beta3 >= 1.0 {
                         return Err(bad(&"must be < 1"));
+                    }
+                }
+                "--instability" => {
+                    a.instability = match value.as_str() {
+                        "reference" => Instability::Reference,
+                        "bias-corrected" => Instability::BiasCorrected,
+                        _ => return Err(bad(&"reference or bias-corrected")),
                     }
                 }
                 "--optimizers" => {
@@ -215,7 +228,9 @@ fn main() {
     for (i, &name) in args.optimizers.iter().enumerate() {
         let (t, c, a) = (&mut trainer, &corpus, &args);
         runs.push(match name {
-            "came" => train(t, c, a, i, name, || optim::came(&config, a.beta3)),
+            "came" => train(t, c, a, i, name, || {
+                optim::came(&config, a.beta3, a.instability)
+            }),
             "adamw" => train(t, c, a, i, name, || optim::adamw(&config)),
             "adafactor" => train(t, c, a, i, name, || optim::adafactor(&config, a.beta3)),
             _ => unreachable!("--optimizers takes known names only"),

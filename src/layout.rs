@@ -83,7 +83,7 @@ pub struct Piece {
 /// `exp_avg_sq_row`, `exp_avg_sq_col`, `exp_avg_res_row`, `exp_avg_res_col` (`batch x rows` or
 /// `batch x cols` each), then the workspace a step uses instead of allocating (new row and column
 /// statistics and row and column factors of every matrix, and per lane a column sum and a
-/// weighted column sum, each a block, a compensated total and its compensation); for a vector `exp_avg_sq` (`numel` values) and no workspace. The named pieces
+/// weighted column sum, each a block and a compensated total); for a vector `exp_avg_sq` (`numel` values) and no workspace. The named pieces
 /// come first and are contiguous: `..named_len()` is what checkpoints and the GPU hold.
 ///
 /// ```
@@ -117,9 +117,9 @@ pub(crate) struct Workspace {
     pub row_factors: Range<usize>,
     /// Column factors of every matrix (`batch x cols`).
     pub col_factors: Range<usize>,
-    /// A column sum per lane: block, compensated total, compensation (`lanes x 3 x cols`).
+    /// A column sum per lane: block and compensated total (`lanes x 2 x cols`).
     pub col_sums: Range<usize>,
-    /// A weighted column sum per lane, likewise (`lanes x 3 x cols`).
+    /// A weighted column sum per lane, likewise (`lanes x 2 x cols`).
     pub weighted_sums: Range<usize>,
 }
 
@@ -138,7 +138,7 @@ impl StateLayout {
                 let (Some(numel), Some(stats), Some(per_lane)) = (
                     checked_mul3(batch, rows, cols),
                     checked_stats(batch, rows, cols),
-                    checked_mul3(6, cols, lanes),
+                    checked_mul3(4, cols, lanes),
                 ) else {
                     return None;
                 };
@@ -230,7 +230,7 @@ impl StateLayout {
     pub(crate) fn workspace(&self) -> Workspace {
         let (r, c, l) = match self.layout {
             Layout::Factored { batch, rows, cols } => {
-                (batch * rows, batch * cols, 3 * self.lanes * cols)
+                (batch * rows, batch * cols, 2 * self.lanes * cols)
             }
             Layout::Vector { .. } => (0, 0, 0),
         };
@@ -299,9 +299,9 @@ mod tests {
         assert_eq!(w.next_col, 126..141);
         assert_eq!(w.row_factors, 141..153);
         assert_eq!(w.col_factors, 153..168);
-        assert_eq!(w.col_sums, 168..198);
-        assert_eq!(w.weighted_sums, 198..228);
-        assert_eq!(l.len(), 228);
+        assert_eq!(w.col_sums, 168..188);
+        assert_eq!(w.weighted_sums, 188..208);
+        assert_eq!(l.len(), 208);
     }
 
     #[test]

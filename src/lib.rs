@@ -84,7 +84,7 @@ mod state;
 pub use came::multi::{TensorStep, step_all};
 pub use came::{StepInfo, step};
 pub use check::check_gradient;
-pub use config::CameConfig;
+pub use config::{CameConfig, Instability};
 pub use error::{Buffer, Error, TensorError};
 #[cfg(feature = "std")]
 pub use exec::pool::Pool;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use came::adamw::AdamWConfig;
 use came::optim::{GroupId, TensorId};
-use came::{AdamW, Came, CameConfig, CheckpointError, Optimizer};
+use came::{AdamW, Came, CameConfig, CheckpointError, Instability, Optimizer};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use support::reference::Rng;
 
@@ -437,6 +437,20 @@ fn the_confidence_switch_round_trips() {
     // files with CAME's confidence term on say nothing about it (the reference's own format)
     let text = String::from_utf8_lossy(&model().to_safetensors(None).unwrap()).into_owned();
     assert!(!text.contains("confidence"));
+    assert!(!text.contains("instability"));
+}
+
+#[test]
+fn the_instability_start_round_trips() {
+    let instability = Instability::BiasCorrected;
+    let config = CameConfig::new(1e-2).with_instability(instability);
+    let mut opt = Came::<f32>::new(config).unwrap();
+    opt.register("w", &[4, 3]).unwrap();
+    let bytes = opt.to_safetensors(None).unwrap();
+    let mut other = Came::<f32>::new(CameConfig::new(1e-2)).unwrap();
+    other.register("w", &[4, 3]).unwrap();
+    other.load_safetensors(&bytes, None).unwrap();
+    assert_eq!(other.groups()[0].instability, instability);
 }
 
 /// came-pytorch 0.1.3 after one step of parameters shaped [0, 8], [8, 0], [], [2, 0, 4], [0],

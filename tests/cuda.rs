@@ -53,6 +53,13 @@ fn the_adafactor_baseline_is_refused_on_the_gpu() {
 }
 
 #[test]
+fn corrected_instability_statistics_are_refused_on_the_gpu() {
+    let config = CameConfig::default().with_instability(came::Instability::BiasCorrected);
+    let err = CudaCame::<f32>::new(0, config);
+    assert!(matches!(err, Err(CudaError::Unsupported(_))));
+}
+
+#[test]
 fn kernels_compile_with_nvrtc() {
     for arch in ["compute_70", "compute_80", "compute_90"] {
         match compile_kernels(arch) {

@@ -3,7 +3,7 @@
 
 mod support;
 
-use came::{CameConfig, Shape};
+use came::{CameConfig, Instability, Shape};
 use support::reference::worst_ratio;
 
 const SHAPES: [&[usize]; 14] = [
@@ -75,6 +75,26 @@ fn without_confidence_lanes_match_the_adafactor_baseline() {
         .with_weight_decay(0.1)
         .with_confidence(false);
     for dims in SHAPES {
+        let worst = worst_ratio::<f64>(dims, &config, 4, (1e-12, 1e-12));
+        assert!(worst <= 1.0, "{dims:?}: {worst}x the f64 tolerance");
+        let worst = worst_ratio::<f32>(dims, &config, 4, (5e-6, 5e-6));
+        assert!(worst <= 1.0, "{dims:?}: {worst}x the f32 tolerance");
+    }
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "millions of elements: hours under miri")]
+fn bias_corrected_instability_statistics_match_the_reference_algorithm_with_the_correction() {
+    let config = CameConfig::new(1e-3)
+        .with_weight_decay(0.1)
+        .with_instability(Instability::BiasCorrected);
+    for dims in [
+        &[300, 257][..],
+        &[70, 3001],
+        &[4000, 9, 7],
+        &[17, 3, 64, 33],
+        &[200_003],
+    ] {
         let worst = worst_ratio::<f64>(dims, &config, 4, (1e-12, 1e-12));
         assert!(worst <= 1.0, "{dims:?}: {worst}x the f64 tolerance");
         let worst = worst_ratio::<f32>(dims, &config, 4, (5e-6, 5e-6));

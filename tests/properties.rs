@@ -198,19 +198,19 @@ fn state_parts_use_the_reference_names_and_sizes() {
 #[test]
 fn state_len_counts_momentum_statistics_and_workspace() {
     // 4 x 5: momentum 20, statistics 2 * (4 + 5), workspace 2 * (rows + cols) (new statistics,
-    // factors) + 6 * cols (one lane's column sums and weighted column sums, each a block, a
-    // compensated total and its compensation)
-    assert_eq!(came::state_len(&[4, 5]), 20 + 18 + 18 + 30);
+    // factors) + 4 * cols (one lane's column sums and weighted column sums, each a block and
+    // a compensated total)
+    assert_eq!(came::state_len(&[4, 5]), 20 + 18 + 18 + 20);
     // batch of 2: statistics 2 * 2 * (3 + 4), workspace 2 * 2 * (3 + 4) + one lane's sums of
     // 4 columns
-    assert_eq!(came::state_len(&[2, 3, 4]), 24 + 28 + 28 + 24);
+    assert_eq!(came::state_len(&[2, 3, 4]), 24 + 28 + 28 + 16);
     assert_eq!(came::state_len(&[]), 2);
-    // the workspace stays O(rows + cols): under 3% of a large matrix
+    // the workspace stays O(rows + cols): under 2% of a large matrix
     let big = Shape::new(&[4096, 4096]).unwrap();
     let overhead = big.state_len() - big.numel() - 2 * (4096 + 4096);
     assert_eq!(big.lanes(), 16);
-    assert_eq!(overhead, 2 * (4096 + 4096) + 6 * 16 * 4096);
-    assert!(overhead * 100 < 3 * big.numel());
+    assert_eq!(overhead, 2 * (4096 + 4096) + 4 * 16 * 4096);
+    assert!(overhead * 100 < 2 * big.numel());
 }
 
 #[test]
@@ -291,4 +291,30 @@ fn beta1_zero_is_allowed_only_without_confidence() {
     let first = p.clone();
     run(&[3, 4], &config.with_confidence(false), &mut p, &[ramp(12)]);
     assert_ne!(p, first);
+}
+
+/// With the instability statistics bias-corrected, the confidence sees `C / (1 - β3^t)`: the
+/// update of step `t` is the reference's times `sqrt(1 - β3^t)`, 0.01 at the first step with
+/// β3 = 0.9999 (the reference's first steps are inflated 100x).
+#[test]
+fn bias_corrected_instability_scales_the_first_step_by_sqrt_one_minus_beta3() {
+    let dims = [6, 5];
+    let p0 = ramp(30);
+    let grad: Vec<f32> = (0..30).map(|i| 0.1 * ((i * 7 % 11) as f32 - 5.0)).collect();
+    let moved = |config: CameConfig| -> Vec<f64> {
+        let mut p = p0.clone();
+        run(&dims, &config, &mut p, &[grad.clone()]);
+        p.iter().zip(&p0).map(|(a, b)| f64::from(a - b)).collect()
+    };
+    let reference = moved(CameConfig::new(1e-3));
+    let corrected = moved(CameConfig::new(1e-3).with_instability(came::Instability::BiasCorrected));
+    for ((r, c), g) in reference.iter().zip(&corrected).zip(&grad) {
+        if *g == 0.0 {
+            assert_eq!((*r, *c), (0.0, 0.0));
+            continue;
+        }
+        assert!(r.abs() > 1e-4, "the reference moves the element: {r}");
+        let ratio = c / r;
+        assert!((ratio - 0.01).abs() < 1e-4, "{ratio}");
+    }
 }

@@ -3,16 +3,18 @@
 //! a trainer written once for every optimizer uses the crate.
 
 use came::adamw::AdamWConfig;
-use came::{AdamW, Came, CameConfig, Optimizer};
+use came::{AdamW, Came, CameConfig, Instability, Optimizer};
 
 use super::model::Config;
 
 /// The optimizers, by the names the example's flags and output use.
 pub const NAMES: [&str; 3] = ["came", "adamw", "adafactor"];
 
-/// CAME with the reference's defaults but `beta3`, no weight decay.
-pub fn came(config: &Config, beta3: f64) -> Came<f32> {
-    registered(Came::new(came_config(beta3)), config)
+/// CAME with the reference's defaults but `beta3` and the start of the instability
+/// statistics, no weight decay.
+pub fn came(config: &Config, beta3: f64, instability: Instability) -> Came<f32> {
+    let came = came_config(beta3).with_instability(instability);
+    registered(Came::new(came), config)
 }
 
 /// CAME's step without the confidence term: the paper's Adafactor baseline (with momentum).

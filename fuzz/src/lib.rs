@@ -20,6 +20,8 @@ pub struct RawConfig {
     pub clip_threshold: f64,
     pub weight_decay: f64,
     pub confidence: bool,
+    /// the instability statistics bias-corrected (odd) or the reference's (even)
+    pub instability: u8,
 }
 
 impl RawConfig {
@@ -31,6 +33,11 @@ impl RawConfig {
             clip_threshold: self.clip_threshold,
             weight_decay: self.weight_decay,
             confidence: self.confidence,
+            instability: if self.instability % 2 == 1 {
+                came::Instability::BiasCorrected
+            } else {
+                came::Instability::Reference
+            },
         }
     }
 

@@ -119,7 +119,7 @@ impl<'a, T: Float> LaneKernel for Batch<'a, T> {
                 lane.sum_sq =
                     small::batch_sq_stats(lane.g, (rows, cols), stats, (nr, nc), (fr, fc), k);
                 lane.finite = all_finite(nr) && all_finite(nc);
-                batch_factors(o, rows, (nr, nc), (fr, fc));
+                batch_factors(o, rows, (nr, nc), (fr, fc), None);
             }
             Sweep::Norm => {
                 let mats = lane.g.chunks_exact(size);
@@ -134,7 +134,7 @@ impl<'a, T: Float> LaneKernel for Batch<'a, T> {
                     lane.sum_sq += norm_from_quotients(nr, weighted.total);
                 }
                 lane.finite = all_finite(nr) && all_finite(nc);
-                batch_factors(o, rows, (nr, nc), (fr, fc));
+                batch_factors(o, rows, (nr, nc), (fr, fc), None);
             }
             Sweep::Momentum => {
                 if small {
@@ -156,7 +156,7 @@ impl<'a, T: Float> LaneKernel for Batch<'a, T> {
                 }
                 lane.finite = all_finite(nr) && all_finite(nc);
                 if k.confidence {
-                    batch_factors(o, rows, (nr, nc), (fr, fc));
+                    batch_factors(o, rows, (nr, nc), (fr, fc), k.bias_correction3);
                 } else {
                     fr.fill(T::one());
                     fc.fill(T::one());

@@ -191,7 +191,7 @@ fn matrix_norm<T: Float, E: Executor>(
     if !(all_finite(next_row) && all_finite(next_col)) {
         return Err(gradient_error(grad));
     }
-    factors(next_row, next_col, rf, cf);
+    factors(next_row, next_col, (rf, cf), None);
     quotients(q, next_col);
     Ok(norm_from_quotients(next_row, q))
 }
@@ -249,7 +249,7 @@ pub(super) fn update<T: Float, E: Executor>(
     if k.confidence {
         stats.res_row.copy_from_slice(next_row);
         stats.res_col.copy_from_slice(next_col);
-        factors(stats.res_row, stats.res_col, rf, cf);
+        factors(stats.res_row, stats.res_col, (rf, cf), k.bias_correction3);
     } else {
         rf.fill(T::one());
         cf.fill(T::one());

@@ -145,6 +145,14 @@ pub(crate) fn apply<S: Simd, T: Float, const DECAY: bool>(
     o.sub(p, o.mul(o.mul(o.mul(rf, cf), m), c.lr))
 }
 
+/// Adam's bias correction of a running average that started at zero: `x / (1 - β^t)`
+/// ([`crate::Instability::BiasCorrected`] applies it to the instability statistics of lines
+/// 12-13).
+#[inline(always)]
+pub(crate) fn debias<S: Simd, T: Float>(o: Ops<S, T>, x: V<S, T>, bc: V<S, T>) -> V<S, T> {
+    o.div(x, bc)
+}
+
 /// `1 / sqrt(x)`, rounded as the reference rounds it: a square root, then a division. Gives
 /// the factors of lines 7-8 and 14-15 (`rf = rsqrt(r / mean(r))`, `cf = rsqrt(c)`).
 #[inline(always)]

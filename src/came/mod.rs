@@ -94,8 +94,26 @@ pub(crate) fn step_on<T: Float, E: Executor>(
     grad: &[T],
     state: &mut CameState<'_, T>,
 ) -> Result<StepInfo, Error> {
-    let clip = prepare(exec, config, shape, param, grad, state.as_mut_slice())?;
-    finish(exec, config, shape, clip, param, grad, state.as_mut_slice())?;
+    let steps = state.step_count();
+    let clip = prepare(
+        exec,
+        config,
+        shape,
+        param,
+        grad,
+        state.as_mut_slice(),
+        steps,
+    )?;
+    finish(
+        exec,
+        config,
+        shape,
+        clip,
+        param,
+        grad,
+        state.as_mut_slice(),
+        steps,
+    )?;
     state.advance();
     Ok(StepInfo {
         step: state.step_count(),
@@ -106,7 +124,9 @@ pub(crate) fn step_on<T: Float, E: Executor>(
 /// The first half of a step, done for every tensor before any tensor is changed when a step
 /// over many tensors must be all or nothing: validation, the new squared-gradient statistics
 /// (kept in the state's workspace), the update's norm and the clip. Changes nothing but the
-/// workspace; every error a step can report on a healthy state is found here.
+/// workspace; every error a step can report on a healthy state is found here. `steps` counts
+/// the steps the tensor took before this one.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn prepare<T: Float, E: Executor>(
     exec: &E,
     config: &CameConfig,
@@ -114,6 +134,7 @@ pub(crate) fn prepare<T: Float, E: Executor>(
     param: &mut [T],
     grad: &[T],
     state: &mut [T],
+    steps: u64,
 ) -> Result<Clip<T>, Error> {
     config.validate()?;
     check_tensor_lens(shape.numel(), param.len(), grad.len())?;
@@ -121,7 +142,7 @@ pub(crate) fn prepare<T: Float, E: Executor>(
     if shape.numel() == 0 {
         return Ok(Clip::none());
     }
-    let k = Coefficients::new(config);
+    let k = Coefficients::new(config, steps);
     match shape.layout() {
         Layout::Vector { .. } => vector::prepare(exec, &k, shape, grad, state),
         Layout::Factored { batch, .. } => {
@@ -141,6 +162,7 @@ pub(crate) fn prepare<T: Float, E: Executor>(
 /// The second half of a step, after [`prepare`] on the same tensor and state: commits the
 /// statistics left in the workspace and updates momentum, instability statistics and
 /// parameters. Does not count the step.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn finish<T: Float, E: Executor>(
     exec: &E,
     config: &CameConfig,
@@ -149,11 +171,12 @@ pub(crate) fn finish<T: Float, E: Executor>(
     param: &mut [T],
     grad: &[T],
     state: &mut [T],
+    steps: u64,
 ) -> Result<(), Error> {
     if shape.numel() == 0 {
         return Ok(());
     }
-    let k = Coefficients::new(config);
+    let k = Coefficients::new(config, steps);
     match shape.layout() {
         Layout::Vector { .. } => {
             vector::finish(exec, &k, shape, clip, param, grad, state);

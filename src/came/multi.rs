@@ -64,38 +64,22 @@ pub(crate) fn step_all_on<T: Float, E: Executor>(
         tensors,
         true,
         |t| {
-            let clip = prepare(
-                exec,
-                config,
-                &t.shape,
-                t.param,
-                t.grad,
-                t.state.as_mut_slice(),
-            )?;
+            let steps = t.state.step_count();
+            let state = t.state.as_mut_slice();
+            let clip = prepare(exec, config, &t.shape, t.param, t.grad, state, steps)?;
             t.state.set_pending(Some(clip));
             Ok(())
         },
         |t| {
-            let clip = match t.state.take_pending() {
-                Some(clip) => clip,
-                None => prepare(
-                    exec,
-                    config,
-                    &t.shape,
-                    t.param,
-                    t.grad,
-                    t.state.as_mut_slice(),
-                )?,
+            let steps = t.state.step_count();
+            let clip = if let Some(clip) = t.state.take_pending() {
+                clip
+            } else {
+                let state = t.state.as_mut_slice();
+                prepare(exec, config, &t.shape, t.param, t.grad, state, steps)?
             };
-            finish(
-                exec,
-                config,
-                &t.shape,
-                clip,
-                t.param,
-                t.grad,
-                t.state.as_mut_slice(),
-            )?;
+            let state = t.state.as_mut_slice();
+            finish(exec, config, &t.shape, clip, t.param, t.grad, state, steps)?;
             t.state.advance();
             Ok(())
         },

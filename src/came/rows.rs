@@ -8,7 +8,7 @@
 
 use pulp::Simd;
 
-use super::formula::{average, row_mean, rsqrt};
+use super::formula::{self, average, row_mean, rsqrt};
 use super::small::{self, SMALL_COLS};
 use super::sum::{BLOCK_ROWS, ColSums};
 use super::sweeps::{GROUP, apply_rows, col_sq_terms, momentum_rows, row_sq_sum, rows, rows_mut};
@@ -236,15 +236,22 @@ pub(super) fn finish_cols<T: Float>(
 }
 
 /// The factors of one matrix's statistics (lines 7-8 or 14-15 of Algorithm 1):
-/// `rf = rsqrt(row / mean(row))`, `cf = rsqrt(col)`.
+/// `rf = rsqrt(row / mean(row))`, `cf = rsqrt(col)`, or `rsqrt(col / bc)` with a bias
+/// correction `bc` ([`formula::debias`]).
 #[inline(always)]
-pub(super) fn factors<T: Float>(row: &[T], col: &[T], rf: &mut [T], cf: &mut [T]) {
+pub(super) fn factors<T: Float>(
+    row: &[T],
+    col: &[T],
+    (rf, cf): (&mut [T], &mut [T]),
+    bias_correction: Option<T>,
+) {
     let (s, one) = (Ops::<Scalar, T>::new(Scalar), T::one());
     let mean = row_mean(row);
     for (f, &r) in rf.iter_mut().zip(row) {
         *f = rsqrt(s, one, r / mean);
     }
     for (f, &c) in cf.iter_mut().zip(col) {
+        let c = bias_correction.map_or(c, |bc| formula::debias(s, c, bc));
         *f = rsqrt(s, one, c);
     }
 }
@@ -264,13 +271,15 @@ pub(super) fn rsqrt_in_place<S: Simd, T: Float>(o: Ops<S, T>, x: &mut [T]) {
 }
 
 /// The factors of every matrix of a batch lane (lines 7-8 or 14-15), in vector passes over
-/// the lane: each matrix's mean in all its row slots, one division pass, then the square roots.
+/// the lane: each matrix's mean in all its row slots, one division pass, then the square roots
+/// (the columns bias-corrected first when `bias_correction` is given, as in [`factors`]).
 #[inline(always)]
 pub(super) fn batch_factors<S: Simd, T: Float>(
     o: Ops<S, T>,
     rows: usize,
     (row, col): (&[T], &[T]),
     (rf, cf): (&mut [T], &mut [T]),
+    bias_correction: Option<T>,
 ) {
     for (row, rf) in row.chunks_exact(rows).zip(rf.chunks_exact_mut(rows)) {
         rf.fill(row_mean(row));
@@ -280,6 +289,12 @@ pub(super) fn batch_factors<S: Simd, T: Float>(
     }
     rsqrt_in_place(o, rf);
     cf.copy_from_slice(col);
+    if let Some(bc) = bias_correction {
+        let s = Ops::<Scalar, T>::new(Scalar);
+        for c in cf.iter_mut() {
+            *c = formula::debias(s, *c, bc);
+        }
+    }
     rsqrt_in_place(o, cf);
 }
 
@@ -300,9 +315,17 @@ mod tests {
     #[allow(clippy::float_cmp)] // exact: the same operations as the reference
     fn factors_are_reciprocal_square_roots() {
         let (mut rf, mut cf) = ([0.0f64; 2], [0.0f64; 3]);
-        factors(&[1.0, 4.0], &[4.0, 16.0, 0.25], &mut rf, &mut cf);
+        factors(&[1.0, 4.0], &[4.0, 16.0, 0.25], (&mut rf, &mut cf), None);
         // mean(row) = 2.5: rf = 1 / sqrt(row / 2.5)
         assert_eq!(rf, [1.0 / (0.4f64).sqrt(), 1.0 / (1.6f64).sqrt()]);
         assert_eq!(cf, [0.5, 0.25, 2.0]);
+        // bias-corrected columns: rsqrt(c / bc)
+        factors(
+            &[1.0, 4.0],
+            &[4.0, 16.0, 0.25],
+            (&mut rf, &mut cf),
+            Some(0.25),
+        );
+        assert_eq!(cf, [0.25, 0.125, 1.0]);
     }
 }

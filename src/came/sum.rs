@@ -58,26 +58,24 @@ fn kahan<S: Simd, T: Float>(
     (t, o.sub(o.sub(t, sum), y))
 }
 
-/// One lane's column sums: the block being summed, and the compensated total of the blocks
-/// before it, `cols` values each.
+/// One lane's column sums: the block being summed, which starts from the rounding error of
+/// the last addition into the total (Kahan's compensation, carried in the block), and the total
+/// of the blocks before it, `cols` values each.
 pub(super) struct ColSums<'a, T> {
     pub block: &'a mut [T],
     pub total: &'a mut [T],
-    comp: &'a mut [T],
 }
 
 impl<'a, T: Float> ColSums<'a, T> {
-    /// Elements of a lane's column sums: block, total and compensation.
-    pub(super) const PARTS: usize = 3;
+    /// Arrays of a lane's column sums: block and total.
+    pub(super) const PARTS: usize = 2;
 
     /// The column sums in `PARTS * cols` elements of workspace.
     pub(super) fn new(space: &'a mut [T], cols: usize) -> Self {
-        let (block, rest) = space.split_at_mut(cols);
-        let (total, comp) = rest.split_at_mut(cols);
+        let (block, total) = space.split_at_mut(cols);
         Self {
             block,
-            total,
-            comp: &mut comp[..cols],
+            total: &mut total[..cols],
         }
     }
 
@@ -85,23 +83,24 @@ impl<'a, T: Float> ColSums<'a, T> {
     pub(super) fn clear(&mut self) {
         self.block.fill(T::zero());
         self.total.fill(T::zero());
-        self.comp.fill(T::zero());
     }
 
-    /// Adds the block into the total and empties it.
+    /// Adds the block into the total; the block then holds the addition's rounding error,
+    /// negated, for the next block to start from.
     #[inline(always)]
     pub(super) fn fold<S: Simd>(&mut self, o: Ops<S, T>) {
         let (tv, tt) = T::as_mut_simd::<S>(self.total);
-        let (cv, ct) = T::as_mut_simd::<S>(self.comp);
-        let (bv, bt) = T::as_simd::<S>(self.block);
-        for ((t, c), &b) in tv.iter_mut().zip(cv.iter_mut()).zip(bv) {
-            (*t, *c) = kahan(o, (*t, *c), b);
+        let (bv, bt) = T::as_mut_simd::<S>(self.block);
+        let zero = o.splat(T::zero());
+        for (t, b) in tv.iter_mut().zip(bv.iter_mut()) {
+            let (sum, comp) = kahan(o, (*t, zero), *b);
+            (*t, *b) = (sum, o.sub(zero, comp));
         }
         let s = Ops::<Scalar, T>::new(Scalar);
-        for ((t, c), &b) in tt.iter_mut().zip(ct.iter_mut()).zip(bt) {
-            (*t, *c) = kahan(s, (*t, *c), b);
+        for (t, b) in tt.iter_mut().zip(bt.iter_mut()) {
+            let (sum, comp) = kahan(s, (*t, T::zero()), *b);
+            (*t, *b) = (sum, T::zero() - comp);
         }
-        self.block.fill(T::zero());
     }
 }
 
@@ -127,7 +126,7 @@ mod tests {
     fn compensated_totals_do_not_drift() {
         // a million copies of 0.81: a plain f32 sum is off by about 1e-2 relative
         let s = Ops::<Scalar, f32>::new(Scalar);
-        let mut space = [0.0f32; 3];
+        let mut space = [0.0f32; 2];
         let mut sums = ColSums::new(&mut space, 1);
         sums.clear();
         let mut plain = 0.0f32;
@@ -148,10 +147,8 @@ mod tests {
 
     #[test]
     fn lanes_combine_in_order() {
-        // two lanes of two columns: block, total, compensation each
-        let mut space = [
-            9.0f32, 9.0, 1.0, 2.0, 0.5, 0.5, 9.0, 9.0, 10.0, 20.0, 0.5, 0.5,
-        ];
+        // two lanes of two columns: block and total each
+        let mut space = [9.0f32, 9.0, 1.0, 2.0, 9.0, 9.0, 10.0, 20.0];
         assert_eq!(combine_lanes(&mut space, 2), &[11.0, 22.0]);
     }
 

@@ -116,7 +116,8 @@ unsafe impl DeviceRepr for Span {}
 
 /// A group's coefficients as the kernels take them.
 pub(super) fn group_desc<T: CudaFloat>(config: &CameConfig) -> GroupDesc<T> {
-    let k = Coefficients::<T>::new(config);
+    // the kernels run the reference's instability statistics (`check_config` refuses others)
+    let k = Coefficients::<T>::new(config, 0);
     GroupDesc {
         beta1: k.beta1,
         beta2: k.beta2,

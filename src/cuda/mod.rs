@@ -88,13 +88,17 @@ fn check_config(config: &CameConfig) -> Result<(), CudaError> {
     config
         .validate()
         .map_err(|e| CudaError::Optimizer(OptimizerError::Config(e)))?;
-    if config.confidence {
-        Ok(())
-    } else {
-        Err(CudaError::Unsupported(
+    if !config.confidence {
+        return Err(CudaError::Unsupported(
             "confidence = false (the Adafactor baseline) runs on the CPU only",
-        ))
+        ));
     }
+    if config.instability != crate::Instability::Reference {
+        return Err(CudaError::Unsupported(
+            "a corrected start of the instability statistics runs on the CPU only",
+        ));
+    }
+    Ok(())
 }
 
 impl<T: CudaFloat> CudaCame<T> {

@@ -302,7 +302,8 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
             |i, slot, pair| {
                 if let (Some(pending), Some(data)) = (slot.pending, pair.parts()) {
                     let t = &registered[i];
-                    groups[t.group].finish(exec, &t.shape, pending, data, &mut slot.state)?;
+                    let state = &mut slot.state;
+                    groups[t.group].finish(exec, &t.shape, pending, data, state, t.step)?;
                     slot.stepped = true;
                 }
                 Ok(())

@@ -6,7 +6,7 @@ use crate::adamw::{self, AdamWConfig};
 use crate::came::formula::Clip;
 use crate::came::{finish, prepare};
 use crate::exec::Executor;
-use crate::{CameConfig, Error, Float, Layout, Shape, StateLayout};
+use crate::{CameConfig, Error, Float, Instability, Layout, Shape, StateLayout};
 
 /// An update rule the owned optimizers can run: [`CameConfig`] for CAME, [`AdamWConfig`] for
 /// AdamW. The config of a parameter group is the rule's hyperparameters.
@@ -54,7 +54,7 @@ pub mod sealed {
             step: u64,
         ) -> Result<Self::Pending<T>, Error>;
 
-        /// The second half: the update.
+        /// The second half: the update. `step` counts the steps taken before this one.
         fn finish<T: Float, E: Executor>(
             &self,
             exec: &E,
@@ -62,11 +62,26 @@ pub mod sealed {
             pending: Self::Pending<T>,
             data: (&mut [T], &[T]),
             state: &mut [T],
+            step: u64,
         ) -> Result<(), Error>;
 
         fn to_json(&self) -> Value;
         fn from_json(value: &Value) -> Option<Self>;
     }
+}
+
+/// The checkpoint name of a non-reference [`Instability`].
+fn instability_name(i: Instability) -> Option<&'static str> {
+    match i {
+        Instability::BiasCorrected => Some("bias_corrected"),
+        _ => None,
+    }
+}
+
+fn instability_from_name(name: &str) -> Option<Instability> {
+    [Instability::BiasCorrected]
+        .into_iter()
+        .find(|&i| instability_name(i) == Some(name))
 }
 
 fn number(v: &Value, key: &str) -> Option<f64> {
@@ -115,9 +130,9 @@ impl sealed::RuleImpl for CameConfig {
         shape: &Shape,
         (param, grad): (&mut [T], &[T]),
         state: &mut [T],
-        _step: u64,
+        step: u64,
     ) -> Result<Clip<T>, Error> {
-        prepare(exec, self, shape, param, grad, state)
+        prepare(exec, self, shape, param, grad, state, step)
     }
 
     fn finish<T: Float, E: Executor>(
@@ -127,8 +142,9 @@ impl sealed::RuleImpl for CameConfig {
         clip: Clip<T>,
         (param, grad): (&mut [T], &[T]),
         state: &mut [T],
+        step: u64,
     ) -> Result<(), Error> {
-        finish(exec, self, shape, clip, param, grad, state)
+        finish(exec, self, shape, clip, param, grad, state, step)
     }
 
     fn to_json(&self) -> Value {
@@ -139,9 +155,13 @@ impl sealed::RuleImpl for CameConfig {
             "betas": [self.betas.0, self.betas.1, self.betas.2],
             "weight_decay": self.weight_decay,
         });
-        // the reference has no such switch: written only when off, so CAME files stay its own
+        // the reference has no such switches: written only when not the reference's, so CAME
+        // files stay its own
         if !self.confidence {
             v["confidence"] = Value::Bool(false);
+        }
+        if let Some(name) = instability_name(self.instability) {
+            v["instability"] = Value::from(name);
         }
         v
     }
@@ -158,6 +178,10 @@ impl sealed::RuleImpl for CameConfig {
             confidence: match v.get("confidence") {
                 None => true,
                 Some(c) => c.as_bool()?,
+            },
+            instability: match v.get("instability") {
+                None => Instability::Reference,
+                Some(name) => instability_from_name(name.as_str()?)?,
             },
         })
     }
@@ -207,6 +231,7 @@ impl sealed::RuleImpl for AdamWConfig {
         k: adamw::Coefficients<T>,
         (param, grad): (&mut [T], &[T]),
         state: &mut [T],
+        _step: u64,
     ) -> Result<(), Error> {
         adamw::finish(exec, &k, param, grad, state);
         Ok(())

@@ -160,7 +160,7 @@ impl Case {
                 eps: pair(field(cfg, "eps")?)?,
                 clip_threshold: f64_of(field(cfg, "clip_threshold")?)?,
                 weight_decay,
-                confidence: true,
+                ..CameConfig::default()
             })
         };
         let mut state = BTreeMap::new();

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use came::{CameConfig, CameState, Float, Shape};
+use came::{CameConfig, CameState, Float, Instability, Shape};
 
 /// The reference's state for one tensor.
 #[derive(Clone, Debug, Default)]
@@ -15,6 +15,8 @@ pub struct State {
     pub exp_avg_sq_col: Vec<f64>,
     pub exp_avg_res_row: Vec<f64>,
     pub exp_avg_res_col: Vec<f64>,
+    /// Steps taken.
+    pub step: u64,
 }
 
 fn dims3(dims: &[usize]) -> Option<(usize, usize, usize)> {
@@ -121,6 +123,11 @@ pub fn step(config: &CameConfig, dims: &[usize], p: &mut [f64], g: &[f64], s: &m
         // the Adafactor baseline: the momentum as it is
         Some(_) if !config.confidence => s.exp_avg.clone(),
         Some((b, r, c)) => {
+            // Adam's bias correction of C (R's cancels in R / mean(R))
+            let bc = match config.instability {
+                Instability::BiasCorrected => 1.0 - b3.powf((s.step + 1) as f64),
+                _ => 1.0,
+            };
             let res: Vec<f64> = u
                 .iter()
                 .zip(&s.exp_avg)
@@ -131,10 +138,11 @@ pub fn step(config: &CameConfig, dims: &[usize], p: &mut [f64], g: &[f64], s: &m
                 let (rm, cm) = row_col_means(&res[k * r * c..(k + 1) * r * c], r, c);
                 ema(&mut s.exp_avg_res_row[k * r..(k + 1) * r], &rm, b3);
                 ema(&mut s.exp_avg_res_col[k * c..(k + 1) * c], &cm, b3);
-                let f = approx_sq_grad(
-                    &s.exp_avg_res_row[k * r..(k + 1) * r],
-                    &s.exp_avg_res_col[k * c..(k + 1) * c],
-                );
+                let col: Vec<f64> = s.exp_avg_res_col[k * c..(k + 1) * c]
+                    .iter()
+                    .map(|c| c / bc)
+                    .collect();
+                let f = approx_sq_grad(&s.exp_avg_res_row[k * r..(k + 1) * r], &col);
                 for j in 0..r * c {
                     out[k * r * c + j] = f[j] * s.exp_avg[k * r * c + j];
                 }
@@ -149,6 +157,7 @@ pub fn step(config: &CameConfig, dims: &[usize], p: &mut [f64], g: &[f64], s: &m
         }
         *p -= config.lr * upd;
     }
+    s.step += 1;
 }
 
 /// A deterministic pseudo-random stream (SplitMix64) for test data.
