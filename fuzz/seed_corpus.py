@@ -4,7 +4,7 @@
     python3 fuzz/seed_corpus.py            # writes fuzz/corpus/<target>/...
 
 An input is the header of `src/lib.rs` (rank, four dims, eight f64 hyperparameters, the confidence switch,
-steps, state mode; little-endian, as `arbitrary` reads it) followed by f32 values: the parameters,
+the instability switch (0: the reference's), steps, state mode; little-endian, as `arbitrary` reads it) followed by f32 values: the parameters,
 then each step's gradient. The checkpoint target's seeds are the reference's mid-run files,
 behind a byte that picks the matching registered tensors.
 """
@@ -25,7 +25,7 @@ def header(shape, config, steps):
     clip = config.get("clip_threshold", 1.0)
     wd = config["weight_decay"]
     return (struct.pack("<B4B", len(shape), *dims)
-            + struct.pack("<8dB", lr, *betas, *eps, clip, wd, 1)
+            + struct.pack("<8dBB", lr, *betas, *eps, clip, wd, 1, 0)
             + struct.pack("<BB", steps - 1, 0))
 
 
