@@ -131,7 +131,9 @@ fn reference_checkpoints_load_with_their_step_and_config() {
 /// A raw tensor of a file: name, dtype, shape, bytes.
 type Tensor = (String, Dtype, Vec<usize>, Vec<u8>);
 
-/// A valid checkpoint of `model()` as its tensors and metadata, to be spoiled by each test.
+/// A valid checkpoint of `model()` as its tensors and metadata, to be spoiled by each test;
+/// without its checksums (as files written before they existed), so that each spoiled file
+/// meets the check it is about rather than a checksum.
 fn parts() -> (Vec<Tensor>, HashMap<String, String>) {
     let mut opt = model();
     let mut p = params(2);
@@ -145,7 +147,9 @@ fn parts() -> (Vec<Tensor>, HashMap<String, String>) {
         .into_iter()
         .map(|(k, v)| (k, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
         .collect();
-    (tensors, meta.metadata().clone().unwrap())
+    let mut meta = meta.metadata().clone().unwrap();
+    meta.retain(|k, _| !k.starts_with("crc32."));
+    (tensors, meta)
 }
 
 fn build(tensors: &[Tensor], meta: &HashMap<String, String>) -> Vec<u8> {
@@ -193,10 +197,23 @@ fn truncated_files_are_refused() {
     for cut in [0, 4, 8, 20, bytes.len() / 2, bytes.len() - 1] {
         let err = refused(&bytes[..cut]);
         assert!(
-            matches!(err, CheckpointError::Format(_)),
+            matches!(&err, CheckpointError::Truncated { actual, .. } if *actual == cut),
             "cut at {cut}: {err}"
         );
+        let text = err.to_string();
+        assert!(
+            text.contains("truncated") && text.contains(&cut.to_string()),
+            "{text}"
+        );
     }
+    // where: the header length, the header, or the first tensor cut off
+    let header = |cut: usize| match refused(&bytes[..cut]) {
+        CheckpointError::Truncated { place, .. } => place,
+        e => panic!("{e}"),
+    };
+    assert_eq!(header(4), "the header length");
+    assert_eq!(header(20), "the header");
+    assert!(header(bytes.len() - 1).starts_with("tensor \""));
     assert!(matches!(
         refused(b"not a checkpoint at all"),
         CheckpointError::Format(_)
@@ -212,7 +229,7 @@ fn wrong_dtypes_are_refused() {
     t[i].3 = vec![0u8; 8 * n];
     let err = refused(&build(&t, &m));
     assert!(
-        matches!(&err, CheckpointError::WrongDtype { key, expected: "float32", .. } if key == "state.0.exp_avg"),
+        matches!(&err, CheckpointError::WrongDtype { key, expected: "F32", found } if key == "state.0.exp_avg" && found == "F64"),
         "{err}"
     );
     // an f32 checkpoint into an f64 optimizer
@@ -239,8 +256,12 @@ fn shapes_that_disagree_with_the_registered_tensors_are_refused() {
     other.register("conv", &[2, 3, 4]).unwrap();
     let err = other.load_safetensors(&bytes, None).unwrap_err();
     assert!(
-        matches!(&err, CheckpointError::ShapeMismatch { key, expected, found } if key == "shape.0" && expected == &[5, 6] && found == &[6, 5]),
+        matches!(&err, CheckpointError::ShapeMismatch { index: 0, name, key, optimizer, file } if name == "w" && key == "shape.0" && optimizer == &[5, 6] && file == &[6, 5]),
         "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "tensor 0 (\"w\"): the file's shape.0 has shape [6, 5], the optimizer has [5, 6]"
     );
     // a state tensor whose shape disagrees with its own metadata
     let (mut t, m) = parts();
@@ -413,16 +434,198 @@ fn adamw_checkpoints_round_trip_and_are_not_came_checkpoints() {
 }
 
 #[test]
-fn a_missing_file_is_an_io_error() {
+fn a_missing_file_is_an_io_error_that_names_the_file() {
     let mut opt = model();
-    assert!(matches!(
-        opt.load(&temp("nope.safetensors")),
-        Err(CheckpointError::Io(_))
-    ));
-    assert!(matches!(
-        opt.save(Path::new("/nonexistent-dir/x/opt.safetensors")),
-        Err(CheckpointError::Io(_))
-    ));
+    let path = temp("nope.safetensors");
+    let err = opt.load(&path).unwrap_err();
+    assert!(
+        matches!(&err, CheckpointError::File { path: p, error } if *p == path && matches!(**error, CheckpointError::Io(_))),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: ", path.display())),
+        "{err}"
+    );
+    let dir = Path::new("/nonexistent-dir/x/opt.safetensors");
+    let err = opt.save(dir).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("/nonexistent-dir/x/opt.safetensors"),
+        "{err}"
+    );
+    assert!(
+        matches!(&err, CheckpointError::File { error, .. } if matches!(**error, CheckpointError::Io(_)))
+    );
+}
+
+#[test]
+fn another_number_of_tensors_is_named_with_both_counts() {
+    let (t, m) = parts();
+    let bytes = build(&t, &m);
+    for registered in [2, 4] {
+        let mut opt = Came::<f32>::new(CameConfig::new(1e-2)).unwrap();
+        opt.add_group(CameConfig::new(5e-3)).unwrap();
+        for i in 0..registered {
+            opt.register(&format!("t{i}"), &[2]).unwrap();
+        }
+        let err = opt.load_safetensors(&bytes, None).unwrap_err();
+        assert!(
+            matches!(err, CheckpointError::TensorCount { file: 3, optimizer } if optimizer == registered),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("the file holds 3 tensors, the optimizer has {registered} registered")
+        );
+    }
+}
+
+#[test]
+fn parameter_buffers_that_do_not_match_name_the_tensor() {
+    let opt = model();
+    let p = params(1);
+    let one: Vec<&[f32]> = vec![&p[0]];
+    let err = opt.to_safetensors(Some(&one)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CheckpointError::ParamCount {
+                expected: 3,
+                actual: 1
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "1 parameter buffers passed for 3 registered tensors"
+    );
+    let short = vec![0.0f32; 4];
+    let views: Vec<&[f32]> = vec![&p[0], &short, &p[2]];
+    let err = opt.to_safetensors(Some(&views)).unwrap_err();
+    assert!(
+        matches!(&err, CheckpointError::ParamLength { index: 1, name, expected: 5, actual: 4 } if name == "b"),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "tensor 1 (\"b\"): its parameter buffer has 4 elements, the tensor 5"
+    );
+}
+
+/// Every number of a checkpoint's config reads back bit for bit, in the build users get (the
+/// crate's own serde_json features, none from the tests), and a re-saved file is the same.
+#[test]
+fn config_numbers_round_trip_bit_for_bit() {
+    let awkward = [
+        1e-30,
+        5e-324,
+        2.225_073_858_507_201_4e-308,
+        0.1,
+        1.0 / 3.0,
+        -0.0,
+        f64::MAX,
+    ];
+    for &x in &awkward {
+        let config = CameConfig {
+            lr: if x > 0.0 { x } else { 1e-3 },
+            betas: (0.9, x.abs().min(0.5), 1.0 / 3.0),
+            eps: (x.abs().min(1.0), 1e-30),
+            clip_threshold: if x > 0.0 { x } else { 1.0 / 3.0 },
+            weight_decay: if x.is_sign_negative() || x <= 1.0 {
+                x
+            } else {
+                0.0
+            },
+            ..CameConfig::default()
+        };
+        config.validate().unwrap();
+        let mut opt = Came::<f32>::new(config).unwrap();
+        opt.register("w", &[2, 3]).unwrap();
+        let bytes = opt.to_safetensors(None).unwrap();
+        let mut other = Came::<f32>::new(CameConfig::default()).unwrap();
+        other.register("w", &[2, 3]).unwrap();
+        other.load_safetensors(&bytes, None).unwrap();
+        let loaded = other.groups()[0];
+        let bits = |c: &CameConfig| {
+            [
+                c.lr,
+                c.betas.0,
+                c.betas.1,
+                c.betas.2,
+                c.eps.0,
+                c.eps.1,
+                c.clip_threshold,
+                c.weight_decay,
+            ]
+            .map(f64::to_bits)
+        };
+        assert_eq!(bits(&loaded), bits(&config), "{x:e}");
+        assert_eq!(
+            other.to_safetensors(None).unwrap(),
+            bytes,
+            "{x:e}: re-saved bytes differ"
+        );
+    }
+}
+
+#[test]
+fn the_same_state_gives_the_same_bytes() {
+    let train = || {
+        let mut opt = model();
+        let mut p = params(2);
+        step(&mut opt, &mut p, 3);
+        let views: Vec<&[f32]> = p.iter().map(Vec::as_slice).collect();
+        opt.to_safetensors(Some(&views)).unwrap()
+    };
+    let first = train();
+    for _ in 0..5 {
+        assert_eq!(train(), first);
+    }
+    // the header's keys are in order
+    let n = usize::try_from(u64::from_le_bytes(first[..8].try_into().unwrap())).unwrap();
+    let header = std::str::from_utf8(&first[8..8 + n]).unwrap();
+    assert!(
+        header.starts_with("{\"__metadata__\":{\"config\""),
+        "{header}"
+    );
+}
+
+/// One flipped bit anywhere in a file is refused, with nothing changed; in a tensor's data the
+/// error names the tensor.
+#[test]
+fn a_flipped_bit_anywhere_is_found() {
+    let mut opt = model();
+    let mut p = params(2);
+    step(&mut opt, &mut p, 3);
+    let views: Vec<&[f32]> = p.iter().map(Vec::as_slice).collect();
+    let bytes = opt.to_safetensors(Some(&views)).unwrap();
+    let n = usize::try_from(u64::from_le_bytes(bytes[..8].try_into().unwrap())).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let data_start = 8 + n;
+    for at in 0..bytes.len() {
+        for bit in [0x01u8, 0x80] {
+            let mut spoiled = bytes.clone();
+            spoiled[at] ^= bit;
+            let err = refused(&spoiled);
+            if at >= data_start {
+                let tensor = file
+                    .tensors()
+                    .into_iter()
+                    .find(|(_, v)| {
+                        let start = v.data().as_ptr() as usize - bytes.as_ptr() as usize;
+                        (start..start + v.data().len()).contains(&at)
+                    })
+                    .map(|(k, _)| k)
+                    .unwrap();
+                assert!(
+                    matches!(&err, CheckpointError::Corrupt { key } if *key == tensor),
+                    "byte {at}: {err}"
+                );
+            }
+        }
+    }
 }
 
 #[test]

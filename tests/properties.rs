@@ -303,7 +303,7 @@ fn bias_corrected_instability_scales_the_first_step_by_sqrt_one_minus_beta3() {
     let grad: Vec<f32> = (0..30).map(|i| 0.1 * ((i * 7 % 11) as f32 - 5.0)).collect();
     let moved = |config: CameConfig| -> Vec<f64> {
         let mut p = p0.clone();
-        run(&dims, &config, &mut p, &[grad.clone()]);
+        run(&dims, &config, &mut p, std::slice::from_ref(&grad));
         p.iter().zip(&p0).map(|(a, b)| f64::from(a - b)).collect()
     };
     let reference = moved(CameConfig::new(1e-3));

@@ -72,7 +72,7 @@ fn field<'v>(v: &'v Value, key: &str) -> Result<&'v Value, String> {
 }
 
 fn number(v: &Value, dtype: Dtype) -> Result<f64, String> {
-    // arbitrary_precision keeps the decimal text: parse it in the case's own dtype
+    // the shortest decimal of the value in the case's own dtype: parse it in that dtype
     let text = match v {
         Value::Number(n) => n.to_string(),
         other => return Err(format!("expected a number, got {other}")),

@@ -1,14 +1,18 @@
-//! Bytes in and out of a checkpoint file: tensors as little-endian bytes, and atomic writes.
+//! Bytes in and out of a checkpoint file: tensors as little-endian bytes, a header in a fixed
+//! order, the check that a file is complete, and atomic writes.
 
 use std::borrow::Cow;
 use std::format;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::string::{String, ToString};
 use std::vec::Vec;
 
 use safetensors::tensor::{Dtype, View};
+use serde_json::Value;
 
+use super::CheckpointError;
 use crate::Float;
 
 /// The safetensors dtype of `T`.
@@ -20,11 +24,113 @@ pub(super) fn dtype_of<T: Float>() -> Dtype {
     }
 }
 
+/// The safetensors name of `T`'s dtype (`F32`, `F64`).
+pub(super) fn dtype_label<T: Float>() -> &'static str {
+    if size_of::<T>() == 4 { "F32" } else { "F64" }
+}
+
+/// The file with its JSON header rewritten with every object's keys in order, so that the
+/// same state gives the same bytes (safetensors writes its metadata in a hash map's order).
+/// The header is padded with spaces to a multiple of 8 bytes, as safetensors pads it.
+pub(super) fn canonical(bytes: &[u8]) -> Result<Vec<u8>, CheckpointError> {
+    let bad = |e: &dyn std::fmt::Display| CheckpointError::Format(e.to_string());
+    let n = header_len(bytes).ok_or_else(|| bad(&"no header length"))?;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).map_err(|e| bad(&e))?;
+    let mut text = String::new();
+    write_sorted(&header, &mut text);
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
+}
+
+/// JSON with every object's keys sorted.
+fn write_sorted(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::from(k.as_str()).to_string());
+                out.push(':');
+                write_sorted(&map[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_sorted(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// The header length a file declares, if the file has its 8 bytes and the header.
+fn header_len(bytes: &[u8]) -> Option<usize> {
+    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    (bytes.len() >= n.checked_add(8)?).then_some(n)
+}
+
+/// [`CheckpointError::Truncated`] if the file ends before its header length, its header, or
+/// the data its header places (the first tensor that does not fit is named).
+pub(super) fn check_complete(bytes: &[u8]) -> Result<(), CheckpointError> {
+    let truncated = |needed: usize, place: String| CheckpointError::Truncated {
+        actual: bytes.len(),
+        needed,
+        place,
+    };
+    let Some(len) = bytes.get(..8) else {
+        return Err(truncated(8, "the header length".to_string()));
+    };
+    let n = u64::from_le_bytes(len.try_into().unwrap_or([0; 8]));
+    let needed = usize::try_from(n).ok().and_then(|n| n.checked_add(8));
+    match needed {
+        Some(needed) if needed <= bytes.len() => {}
+        // a length that cannot be real is a corrupt header, not a cut file
+        Some(needed) if needed <= 1 << 30 => {
+            return Err(truncated(needed, "the header".to_string()));
+        }
+        _ => return Ok(()),
+    }
+    let start = 8 + usize::try_from(n).unwrap_or(0);
+    let Ok(Value::Object(header)) = serde_json::from_slice::<Value>(&bytes[8..start]) else {
+        return Ok(()); // not JSON: the parser says what is wrong
+    };
+    let mut ends: Vec<(u64, &String)> = header
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .filter_map(|(k, v)| Some((v.get("data_offsets")?.get(1)?.as_u64()?, k)))
+        .collect();
+    ends.sort();
+    for (end, name) in ends {
+        let needed = usize::try_from(end).ok().and_then(|e| e.checked_add(start));
+        if needed.is_none_or(|needed| needed > bytes.len()) {
+            let needed = needed.unwrap_or(usize::MAX);
+            return Err(truncated(needed, format!("tensor {name:?}")));
+        }
+    }
+    Ok(())
+}
+
 /// A tensor to write: dtype, shape and little-endian bytes.
 pub(super) struct Bytes {
     dtype: Dtype,
     shape: Vec<usize>,
-    data: Vec<u8>,
+    pub(super) data: Vec<u8>,
 }
 
 impl Bytes {

@@ -3,10 +3,13 @@
 //! Tensors `state.<i>.<key>` (the reference's state names, `i` the tensor's registration
 //! position) and optionally `param.<i>`; metadata `optimizer`, `config` (JSON of group 0),
 //! `step.<i>`, `shape.<i>` (JSON), and, written by this crate, `groups` (JSON array of every
-//! group's config), `group.<i>`, `name.<i>` and `source`. A file written by came-pytorch's
-//! conversion script (`scripts/convert_checkpoint.py`) or by the reference fixtures has only the
-//! first set; the rest default to one group and unchecked names.
+//! group's config), `group.<i>`, `name.<i>`, `source`, and the checksums `crc32.<tensor>` and
+//! `crc32.metadata` (`checksum.rs`). A file written by came-pytorch's conversion script
+//! (`scripts/convert_checkpoint.py`), by the reference fixtures or by an earlier version of
+//! this crate has only some of these; the rest default to one group, unchecked names and no
+//! checksum. The same state always gives the same bytes: the header's keys are in order.
 
+mod checksum;
 mod error;
 mod file;
 
@@ -22,7 +25,7 @@ use safetensors::tensor::{Dtype, SafeTensors};
 use serde_json::Value;
 
 pub use error::CheckpointError;
-use file::{Bytes, decode, dtype_of, write_atomic};
+use file::{Bytes, canonical, check_complete, decode, dtype_label, dtype_of, write_atomic};
 
 use super::cpu::CpuOptimizer;
 use super::rule::Rule;
@@ -52,16 +55,20 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
         path: &Path,
         params: Option<&[&[T]]>,
     ) -> Result<(), CheckpointError> {
-        let bytes = self.to_safetensors(params)?;
-        Ok(write_atomic(path, &bytes)?)
+        let write = || -> Result<(), CheckpointError> {
+            let bytes = self.to_safetensors(params)?;
+            Ok(write_atomic(path, &bytes)?)
+        };
+        write().map_err(|e| e.in_file(path))
     }
 
     /// [`Optimizer::save`](super::Optimizer::save), with the parameters too (`param.<i>`, in
     /// registration order), so the file alone resumes a run.
     ///
     /// # Errors
-    /// [`CheckpointError::Params`] if `params` does not match the registered tensors;
-    /// [`CheckpointError::Io`].
+    /// [`CheckpointError::ParamCount`] or [`CheckpointError::ParamLength`] if `params` does not
+    /// match the registered tensors; [`CheckpointError::Io`]; each inside
+    /// [`CheckpointError::File`].
     pub fn save_with_params(
         &self,
         path: impl AsRef<Path>,
@@ -73,13 +80,13 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
     /// The checkpoint as the bytes of a `.safetensors` file.
     ///
     /// # Errors
-    /// [`CheckpointError::Params`] if `params` does not match the registered tensors;
-    /// [`CheckpointError::Format`] if serialisation fails.
+    /// [`CheckpointError::ParamCount`] or [`CheckpointError::ParamLength`] if `params` does not
+    /// match the registered tensors; [`CheckpointError::Format`] if serialisation fails.
     pub fn to_safetensors(&self, params: Option<&[&[T]]>) -> Result<Vec<u8>, CheckpointError> {
         if let Some(params) = params {
             self.check_params(params.iter().map(|p| p.len()))?;
         }
-        let mut meta = HashMap::new();
+        let mut meta = BTreeMap::new();
         meta.insert("optimizer".to_string(), C::NAME.to_string());
         meta.insert(
             "source".to_string(),
@@ -112,9 +119,15 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
                 tensors.push((format!("param.{i}"), Bytes::new(t.dims.clone(), params[i])));
             }
         }
+        checksum::sign(
+            &mut meta,
+            tensors.iter().map(|(k, b)| (k.as_str(), b.data.as_slice())),
+        );
         let views = tensors.iter().map(|(k, b)| (k.as_str(), b));
-        safetensors::serialize(views, Some(meta))
-            .map_err(|e| CheckpointError::Format(e.to_string()))
+        let meta: HashMap<String, String> = meta.into_iter().collect();
+        let bytes = safetensors::serialize(views, Some(meta))
+            .map_err(|e| CheckpointError::Format(e.to_string()))?;
+        canonical(&bytes)
     }
 
     /// Loads a checkpoint written by [`save`](super::Optimizer::save) or in the reference's
@@ -126,8 +139,11 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
         path: &Path,
         params: Option<&mut [&mut [T]]>,
     ) -> Result<(), CheckpointError> {
-        let bytes = fs::read(path)?;
-        self.load_safetensors(&bytes, params)
+        let load = || -> Result<(), CheckpointError> {
+            let bytes = fs::read(path)?;
+            self.load_safetensors(&bytes, params)
+        };
+        load().map_err(|e| e.in_file(path))
     }
 
     /// [`Optimizer::load`](super::Optimizer::load), also restoring the parameters from the
@@ -135,7 +151,8 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
     ///
     /// # Errors
     /// Any [`CheckpointError`] ([`CheckpointError::MissingKey`] if the file has no
-    /// parameters); on error neither the optimizer nor `params` is changed.
+    /// parameters), inside [`CheckpointError::File`]; on error neither the optimizer nor
+    /// `params` is changed.
     pub fn load_with_params(
         &mut self,
         path: impl AsRef<Path>,
@@ -157,6 +174,7 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
         if let Some(p) = &params {
             self.check_params(p.iter().map(|p| p.len()))?;
         }
+        check_complete(bytes)?;
         let file =
             SafeTensors::deserialize(bytes).map_err(|e| CheckpointError::Format(e.to_string()))?;
         let (_, header) = SafeTensors::read_metadata(bytes)
@@ -167,6 +185,7 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
             .unwrap_or_default()
             .into_iter()
             .collect();
+        checksum::verify(&meta, &file)?;
         let groups = self.read_groups(&meta)?;
         let want_params = params.is_some();
         let mut known_meta: BTreeSet<String> = ["optimizer", "source", "config", "groups"]
@@ -182,7 +201,10 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
             }
             staged.push(self.stage(i, &file, &meta, want_params, &mut known_tensors)?);
         }
-        if let Some(k) = meta.keys().find(|k| !known_meta.contains(*k)) {
+        if let Some(k) = meta
+            .keys()
+            .find(|k| !known_meta.contains(*k) && !checksum::is_checksum(k))
+        {
             return Err(CheckpointError::UnknownKey(k.clone()));
         }
         if let Some(k) = file
@@ -223,9 +245,11 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
         let dims = parse_dims(&shape_key, meta_get(meta, &shape_key)?)?;
         if dims != t.dims {
             return Err(CheckpointError::ShapeMismatch {
+                index: i,
+                name: t.name.clone(),
                 key: shape_key,
-                expected: t.dims.clone(),
-                found: dims,
+                optimizer: t.dims.clone(),
+                file: dims,
             });
         }
         let step_key = format!("step.{i}");
@@ -260,7 +284,7 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
         for piece in t.state.pieces() {
             let key = format!("state.{i}.{}", piece.key);
             let dims: Vec<usize> = piece.dims.of(&t.dims).collect();
-            let values = read_tensor::<T>(file, &key, &dims)?;
+            let values = read_tensor::<T>(file, &key, &dims, (i, &t.name))?;
             known_tensors.insert(key.clone());
             if t.shape.numel() == 0 {
                 // a tensor without elements never reads its state: came-pytorch stores NaN for
@@ -278,7 +302,7 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
         let param_key = format!("param.{i}");
         known_tensors.insert(param_key.clone());
         let param = if want_params {
-            Some(read_tensor::<T>(file, &param_key, &t.dims)?)
+            Some(read_tensor::<T>(file, &param_key, &t.dims, (i, &t.name))?)
         } else {
             None
         };
@@ -291,16 +315,16 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
     ) -> Result<(), CheckpointError> {
         let tensors = self.registry.tensors();
         if lens.len() != tensors.len() {
-            return Err(CheckpointError::Params {
-                tensor: tensors.len(),
+            return Err(CheckpointError::ParamCount {
                 expected: tensors.len(),
                 actual: lens.len(),
             });
         }
-        for (i, (len, t)) in lens.zip(tensors).enumerate() {
+        for (index, (len, t)) in lens.zip(tensors).enumerate() {
             if len != t.shape.numel() {
-                return Err(CheckpointError::Params {
-                    tensor: i,
+                return Err(CheckpointError::ParamLength {
+                    index,
+                    name: t.name.clone(),
                     expected: t.shape.numel(),
                     actual: len,
                 });
@@ -317,6 +341,16 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
                 expected: C::NAME,
                 found: optimizer.clone(),
             });
+        }
+        // the file's tensors are shape.0, shape.1, ...
+        let file = meta
+            .keys()
+            .filter_map(|k| k.strip_prefix("shape.")?.parse::<usize>().ok())
+            .max()
+            .map_or(0, |last| last + 1);
+        let optimizer = self.registry.tensors().len();
+        if file != optimizer {
+            return Err(CheckpointError::TensorCount { file, optimizer });
         }
         let parse = |key: &str, v: &Value| -> Result<C, CheckpointError> {
             let c = C::from_json(v).ok_or_else(|| bad(key, "not a config of this optimizer"))?;
@@ -385,10 +419,12 @@ fn parse_dims(key: &str, text: &str) -> Result<Vec<usize>, CheckpointError> {
         .collect()
 }
 
+/// The values of tensor `key`, which belongs to registered tensor `(index, name)`.
 fn read_tensor<T: Float>(
     file: &SafeTensors<'_>,
     key: &str,
     dims: &[usize],
+    (index, name): (usize, &str),
 ) -> Result<Vec<T>, CheckpointError> {
     let view = file
         .tensor(key)
@@ -396,15 +432,17 @@ fn read_tensor<T: Float>(
     if view.dtype() != dtype_of::<T>() {
         return Err(CheckpointError::WrongDtype {
             key: key.to_string(),
-            expected: T::DTYPE,
+            expected: dtype_label::<T>(),
             found: dtype_name(view.dtype()),
         });
     }
     if view.shape() != dims {
         return Err(CheckpointError::ShapeMismatch {
+            index,
+            name: name.to_string(),
             key: key.to_string(),
-            expected: dims.to_vec(),
-            found: view.shape().to_vec(),
+            optimizer: dims.to_vec(),
+            file: view.shape().to_vec(),
         });
     }
     let numel: usize = dims.iter().product();
