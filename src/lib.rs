@@ -98,7 +98,7 @@ pub use optim::{
 pub use shape::{Shape, state_len};
 pub use state::{CameState, StateParts};
 
-/// The README's examples, compiled and run as doctests.
-#[cfg(doctest)]
+/// The README's examples, compiled and run as doctests (they use the owned optimizer: `std`).
+#[cfg(all(doctest, feature = "std"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -496,3 +496,51 @@ fn optimizers_of_one_config_type_share_a_trait_object() {
     }
     assert_ne!(bits(&moved[0]), bits(&moved[1]));
 }
+
+/// A schedule over groups of different learning rates: each group's base lr times a factor,
+/// as PyTorch's schedulers scale each group's `initial_lr`; the base survives a checkpoint.
+#[test]
+fn schedules_scale_each_group_s_base_learning_rate() {
+    let mut opt = Came::<f32>::new(CameConfig::new(1e-3)).unwrap();
+    let fast = opt.add_group(CameConfig::new(1e-2)).unwrap();
+    opt.register("w", &[4, 3]).unwrap();
+    opt.register_in(fast, "b", &[3]).unwrap();
+    let lrs = |o: &Came<f32>| o.groups().iter().map(|g| g.lr).collect::<Vec<_>>();
+    opt.scale_learning_rate(0.5).unwrap();
+    assert_eq!(lrs(&opt), [5e-4, 5e-3]);
+    opt.scale_learning_rate(0.25).unwrap();
+    assert_eq!(lrs(&opt), [2.5e-4, 2.5e-3]);
+    // a bad factor changes nothing
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let err = opt.scale_learning_rate(bad).unwrap_err();
+        assert!(matches!(err, OptimizerError::LrScale(x) if x.to_bits() == bad.to_bits()));
+    }
+    assert_eq!(lrs(&opt), [2.5e-4, 2.5e-3]);
+    // setting a group's lr sets its base
+    opt.set_group_lr(fast, 2e-2).unwrap();
+    opt.scale_learning_rate(0.5).unwrap();
+    assert_eq!(lrs(&opt), [5e-4, 1e-2]);
+    // the base lrs survive a checkpoint: the schedule goes on after a resume
+    let bytes = opt.to_safetensors(None).unwrap();
+    let mut resumed = Came::<f32>::new(CameConfig::new(1e-3)).unwrap();
+    resumed.add_group(CameConfig::new(1e-3)).unwrap();
+    resumed.register("w", &[4, 3]).unwrap();
+    resumed.register_in(fast, "b", &[3]).unwrap();
+    resumed.load_safetensors(&bytes, None).unwrap();
+    assert_eq!(lrs(&resumed), [5e-4, 1e-2]);
+    resumed.scale_learning_rate(0.1).unwrap();
+    assert_eq!(lrs(&resumed), [1e-4, 2e-3]);
+    assert_eq!(resumed.step_count(TensorId(1)), Some(0));
+    assert_eq!(resumed.step_count(TensorId(2)), None);
+}
+
+#[test]
+fn too_many_threads_are_refused_and_the_optimizer_keeps_its_own() {
+    let mut opt = came_opt(2);
+    let err = opt.set_threads(100_000).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    assert_eq!(opt.threads(), 2);
+    let mut p = data(&mut Rng(1), 1.0);
+    let g = data(&mut Rng(2), 0.1);
+    opt.step(&mut support::pairs(&mut p, &g)).unwrap();
+}

@@ -12,6 +12,24 @@
 //! a GPU [`CudaCame::new`] returns [`CudaError::NoCuda`] or [`CudaError::NoDevice`] instead of
 //! cudarc's panic.
 //!
+//! ```no_run
+//! use came::cuda::CudaCame;
+//! use came::{CameConfig, Optimizer};
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // NoCuda / NoDevice without a driver or a GPU
+//!     let mut opt = CudaCame::<f32>::new(0, CameConfig::new(1e-3))?;
+//!     opt.register("w", &[4096, 4096])?;
+//!     let s = opt.stream().clone();
+//!     let mut w = s.clone_htod(&vec![0.01f32; 4096 * 4096])?;
+//!     let g = s.clone_htod(&vec![0.001f32; 4096 * 4096])?;
+//!     opt.step(&mut [(&mut w, &g)])?;
+//!     // the same checkpoint files as the CPU optimizer
+//!     opt.save(std::path::Path::new("came.safetensors"))?;
+//!     Ok(())
+//! }
+//! ```
+//!
 //! The layers, one file each: `error.rs` ([`CudaError`]), `compile.rs` (NVRTC and the loaded
 //! kernels), `abi.rs` (the `#[repr(C)]` structs `came.cu` reads), `plan.rs` (where each
 //! tensor's state and scratch space go, and the task lists), `launch.rs` (the device buffers and
@@ -374,6 +392,10 @@ impl<T: CudaFloat> Optimizer for CudaCame<T> {
 
     fn set_group_lr(&mut self, group: GroupId, lr: f64) -> Result<(), CudaError> {
         Ok(self.registry.set_group_lr(group, lr)?)
+    }
+
+    fn scale_learning_rate(&mut self, factor: f64) -> Result<(), CudaError> {
+        Ok(self.registry.scale_lr(factor)?)
     }
 
     /// Steps every tensor, given `(param, grad)` device buffers in registration order.

@@ -48,6 +48,21 @@ fn lower<R>(a: Option<(usize, R)>, b: Option<(usize, R)>) -> Option<(usize, R)> 
     }
 }
 
+/// Threads a pool may have per CPU.
+const MAX_THREADS_PER_CPU: usize = 8;
+
+/// The bound on threads never goes below this many (small machines, containers that report
+/// one CPU).
+const MIN_MAX_THREADS: usize = 64;
+
+/// The most threads a pool may have on a machine of `cpus` CPUs: a step of any model is bound
+/// by memory bandwidth long before, and the operating system refuses thread stacks well
+/// above it (100,000 threads panicked on a worker and hung).
+fn max_threads(cpus: usize) -> usize {
+    cpus.saturating_mul(MAX_THREADS_PER_CPU)
+        .max(MIN_MAX_THREADS)
+}
+
 /// Runs `$body` with `$exec` bound to the executor of `$pool`: [`Serial`] on the calling thread
 /// for one thread, else [`Rayon`] inside the pool.
 macro_rules! on_pool {
@@ -90,12 +105,26 @@ impl Pool {
     /// on the calling thread and no worker is started.
     ///
     /// # Errors
-    /// If the operating system refuses to start the worker threads.
+    /// [`std::io::ErrorKind::InvalidInput`] for more than 8 threads per CPU (and more than 64),
+    /// which no step can use; the operating system's error if it refuses to start the
+    /// threads.
     pub fn new(threads: usize) -> std::io::Result<Self> {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         let threads = match threads {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            0 => cpus,
             n => n,
         };
+        let most = max_threads(cpus);
+        if threads > most {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                std::format!(
+                    "{threads} threads asked for: at most {most} ({MAX_THREADS_PER_CPU} per CPU, \
+                     {cpus} CPUs here, and never under {MIN_MAX_THREADS}); a step is bound by \
+                     memory bandwidth long before that"
+                ),
+            ));
+        }
         let pool = if threads == 1 {
             None
         } else {
@@ -186,5 +215,25 @@ impl Pool {
     /// The rayon pool, if steps run on more than the calling thread.
     pub(crate) fn rayon(&self) -> Option<&rayon::ThreadPool> {
         self.pool.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::string::ToString;
+
+    #[test]
+    fn the_thread_count_is_bounded_before_any_thread_starts() {
+        assert_eq!(max_threads(1), 64);
+        assert_eq!(max_threads(16), 128);
+        let err = Pool::new(100_000).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(
+            err.to_string()
+                .starts_with("100000 threads asked for: at most"),
+            "{err}"
+        );
+        assert_eq!(Pool::new(3).unwrap().threads(), 3);
     }
 }

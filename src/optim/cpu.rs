@@ -81,7 +81,9 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
     /// Steps on `threads` threads (0: one per CPU). Results do not depend on it.
     ///
     /// # Errors
-    /// If the operating system refuses to start the threads.
+    /// As [`Pool::new`]: more than 8 threads per CPU (and more than 64) are refused before any
+    /// starts; the operating system's error if it refuses to start them. The optimizer then
+    /// keeps the threads it had.
     pub fn set_threads(&mut self, threads: usize) -> std::io::Result<()> {
         self.pool = Pool::new(threads)?;
         Ok(())
@@ -234,6 +236,10 @@ impl<T: Float, C: Rule> Optimizer for CpuOptimizer<T, C> {
 
     fn set_group_lr(&mut self, group: GroupId, lr: f64) -> Result<(), OptimizerError> {
         self.registry.set_group_lr(group, lr)
+    }
+
+    fn scale_learning_rate(&mut self, factor: f64) -> Result<(), OptimizerError> {
+        self.registry.scale_lr(factor)
     }
 
     /// Steps every tensor, given `(param, grad)` for each in registration order.

@@ -7,7 +7,7 @@ use std::vec::Vec;
 use crate::Error;
 
 /// What went wrong in an owned optimizer (CPU or GPU).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum OptimizerError {
     /// A group's hyperparameters are invalid (see [`Error`] for each case).
@@ -44,6 +44,8 @@ pub enum OptimizerError {
     /// Two optimizers (a GPU one and the CPU one whose state it is to take, say) do not have
     /// the same groups and tensors. Nothing was changed.
     Mismatch(Mismatch),
+    /// A learning-rate scale that is not finite and > 0. Nothing was changed.
+    LrScale(f64),
 }
 
 /// How the registrations of two optimizers differ: the first difference found, in the order
@@ -148,6 +150,9 @@ impl fmt::Display for OptimizerError {
                 write!(f, "tensor {index} ({name:?}): {error}")
             }
             OptimizerError::Mismatch(m) => write!(f, "the optimizers' registrations differ: {m}"),
+            OptimizerError::LrScale(x) => {
+                write!(f, "a learning-rate scale must be finite and > 0, got {x}")
+            }
         }
     }
 }

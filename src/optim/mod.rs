@@ -150,7 +150,8 @@ pub trait Optimizer {
     /// Group 0's learning rate.
     fn learning_rate(&self) -> f64;
 
-    /// Sets every group's learning rate, e.g. from a schedule before each step.
+    /// Sets every group's learning rate (and base learning rate, see
+    /// [`Optimizer::scale_learning_rate`]), e.g. from a schedule before each step.
     ///
     /// # Errors
     /// An lr that is not finite and > 0; nothing is changed.
@@ -161,6 +162,23 @@ pub trait Optimizer {
     /// # Errors
     /// An unknown group, or an lr that is not finite and > 0.
     fn set_group_lr(&mut self, group: GroupId, lr: f64) -> Result<(), Self::Error>;
+
+    /// Sets every group's learning rate to its base learning rate times `factor`: a schedule
+    /// over groups of different learning rates in one call, as PyTorch's schedulers scale each
+    /// group's `initial_lr`. A group's base learning rate is the lr it was added with, or the
+    /// last one set with [`Optimizer::set_learning_rate`] or [`Optimizer::set_group_lr`];
+    /// checkpoints keep it (`initial_lr` in the group's config, where it differs from `lr`).
+    ///
+    /// # Errors
+    /// A factor that is not finite and > 0, or a product that is not a valid lr; nothing is
+    /// changed.
+    fn scale_learning_rate(&mut self, factor: f64) -> Result<(), Self::Error>;
+
+    /// Steps a registered tensor has taken (its own count: a tensor left out of a step by
+    /// [`Optimizer::step_some`] does not count it).
+    fn step_count(&self, id: TensorId) -> Option<u64> {
+        self.tensor(id).map(|t| t.step)
+    }
 
     /// Steps every registered tensor, given `(param, grad)` for each in registration order.
     ///

@@ -28,6 +28,9 @@ pub(crate) struct Registered {
 #[derive(Clone, Debug)]
 pub(crate) struct Registry<C> {
     groups: Vec<C>,
+    /// Each group's base learning rate, which [`Registry::scale_lr`] multiplies (PyTorch's
+    /// `initial_lr`)
+    base_lrs: Vec<f64>,
     tensors: Vec<Registered>,
 }
 
@@ -36,6 +39,7 @@ impl<C: Rule> Registry<C> {
     pub fn new(config: C) -> Result<Self, OptimizerError> {
         config.validate().map_err(OptimizerError::Config)?;
         Ok(Self {
+            base_lrs: vec![config.lr()],
             groups: vec![config],
             tensors: Vec::new(),
         })
@@ -55,6 +59,7 @@ impl<C: Rule> Registry<C> {
 
     pub fn add_group(&mut self, config: C) -> Result<GroupId, OptimizerError> {
         config.validate().map_err(OptimizerError::Config)?;
+        self.base_lrs.push(config.lr());
         self.groups.push(config);
         Ok(GroupId(self.groups.len() - 1))
     }
@@ -62,13 +67,22 @@ impl<C: Rule> Registry<C> {
     pub fn set_group_config(&mut self, group: GroupId, config: C) -> Result<(), OptimizerError> {
         config.validate().map_err(OptimizerError::Config)?;
         *self.group_mut(group)? = config;
+        self.base_lrs[group.0] = config.lr();
         Ok(())
     }
 
-    /// Replaces every group's config (a loaded checkpoint's); the count must not change.
-    pub fn replace_groups(&mut self, groups: Vec<C>) {
+    /// Replaces every group's config and base lr (a loaded checkpoint's); the count must not
+    /// change.
+    pub fn replace_groups(&mut self, groups: Vec<C>, base_lrs: Vec<f64>) {
         debug_assert_eq!(groups.len(), self.groups.len());
+        debug_assert_eq!(base_lrs.len(), groups.len());
         self.groups = groups;
+        self.base_lrs = base_lrs;
+    }
+
+    /// Each group's base learning rate.
+    pub fn base_lrs(&self) -> &[f64] {
+        &self.base_lrs
     }
 
     /// Group 0's learning rate.
@@ -76,17 +90,35 @@ impl<C: Rule> Registry<C> {
         self.groups[0].lr()
     }
 
+    /// Sets every group's lr and base lr.
     pub fn set_lr(&mut self, lr: f64) -> Result<(), OptimizerError> {
         crate::config::check_lr(lr).map_err(OptimizerError::Config)?;
         for g in &mut self.groups {
             g.set_lr(lr);
         }
+        self.base_lrs.fill(lr);
         Ok(())
     }
 
+    /// Sets one group's lr and base lr.
     pub fn set_group_lr(&mut self, group: GroupId, lr: f64) -> Result<(), OptimizerError> {
         crate::config::check_lr(lr).map_err(OptimizerError::Config)?;
         self.group_mut(group)?.set_lr(lr);
+        self.base_lrs[group.0] = lr;
+        Ok(())
+    }
+
+    /// Sets every group's lr to its base lr times `factor`; checks every result first.
+    pub fn scale_lr(&mut self, factor: f64) -> Result<(), OptimizerError> {
+        if !(factor.is_finite() && factor > 0.0) {
+            return Err(OptimizerError::LrScale(factor));
+        }
+        for &base in &self.base_lrs {
+            crate::config::check_lr(base * factor).map_err(OptimizerError::Config)?;
+        }
+        for (g, &base) in self.groups.iter_mut().zip(&self.base_lrs) {
+            g.set_lr(base * factor);
+        }
         Ok(())
     }
 

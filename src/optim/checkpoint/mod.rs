@@ -29,7 +29,6 @@ use file::{Bytes, canonical, check_complete, decode, dtype_label, dtype_of, writ
 
 use super::cpu::CpuOptimizer;
 use super::rule::Rule;
-use super::rule::sealed::RuleImpl;
 use crate::Float;
 
 fn json_string(v: &Value) -> String {
@@ -97,7 +96,19 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
             "config".to_string(),
             json_string(&registry.groups()[0].to_json()),
         );
-        let groups: Vec<Value> = registry.groups().iter().map(RuleImpl::to_json).collect();
+        let groups: Vec<Value> = registry
+            .groups()
+            .iter()
+            .zip(registry.base_lrs())
+            .map(|(g, &base)| {
+                let mut v = g.to_json();
+                // PyTorch's name for a scheduler's base lr; written only where it differs
+                if base.to_bits() != g.lr().to_bits() {
+                    v["initial_lr"] = Value::from(base);
+                }
+                v
+            })
+            .collect();
         meta.insert("groups".to_string(), json_string(&Value::from(groups)));
         let mut tensors: Vec<(String, Bytes)> = Vec::new();
         for (i, (t, slot)) in registry.tensors().iter().zip(&self.slots).enumerate() {
@@ -186,7 +197,7 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
             .into_iter()
             .collect();
         checksum::verify(&meta, &file)?;
-        let groups = self.read_groups(&meta)?;
+        let (groups, base_lrs) = self.read_groups(&meta)?;
         let want_params = params.is_some();
         let mut known_meta: BTreeSet<String> = ["optimizer", "source", "config", "groups"]
             .iter()
@@ -215,7 +226,7 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
             return Err(CheckpointError::UnknownKey(k.to_string()));
         }
         // everything is checked: commit
-        self.registry.replace_groups(groups);
+        self.registry.replace_groups(groups, base_lrs);
         let tensors = self.registry.tensors_mut().iter_mut();
         for ((t, slot), s) in tensors.zip(&mut self.slots).zip(&mut staged) {
             slot.state = core::mem::take(&mut s.state);
@@ -333,8 +344,13 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
         Ok(())
     }
 
-    /// The groups a file holds: `groups` if present, else the one `config`.
-    fn read_groups(&self, meta: &BTreeMap<String, String>) -> Result<Vec<C>, CheckpointError> {
+    /// The groups a file holds, with their base learning rates: `groups` if present, else the
+    /// one `config`.
+    #[allow(clippy::type_complexity)]
+    fn read_groups(
+        &self,
+        meta: &BTreeMap<String, String>,
+    ) -> Result<(Vec<C>, Vec<f64>), CheckpointError> {
         let optimizer = meta_get(meta, "optimizer")?;
         if optimizer != C::NAME {
             return Err(CheckpointError::WrongOptimizer {
@@ -360,8 +376,21 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
         let config_json: Value = serde_json::from_str(meta_get(meta, "config")?)
             .map_err(|e| bad("config", &e.to_string()))?;
         let config = parse("config", &config_json)?;
-        let groups = match meta.get("groups") {
-            None => vec![config],
+        // a group's base lr: its `initial_lr` where the file has one, else its lr
+        let base_lr = |v: &Value, c: &C| -> Result<f64, CheckpointError> {
+            match v.get("initial_lr") {
+                None => Ok(c.lr()),
+                Some(x) => {
+                    let lr = x
+                        .as_f64()
+                        .ok_or_else(|| bad("groups", "initial_lr: not a number"))?;
+                    crate::config::check_lr(lr).map_err(CheckpointError::Config)?;
+                    Ok(lr)
+                }
+            }
+        };
+        let (groups, base_lrs) = match meta.get("groups") {
+            None => (vec![config], vec![config.lr()]),
             Some(text) => {
                 let v: Value =
                     serde_json::from_str(text).map_err(|e| bad("groups", &e.to_string()))?;
@@ -373,7 +402,12 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
                 if groups.first() != Some(&config) {
                     return Err(bad("config", "differs from the first of groups"));
                 }
-                groups
+                let base_lrs = list
+                    .iter()
+                    .zip(&groups)
+                    .map(|(v, c)| base_lr(v, c))
+                    .collect::<Result<Vec<f64>, _>>()?;
+                (groups, base_lrs)
             }
         };
         let here = self.registry.groups().len();
@@ -387,7 +421,7 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
                 ),
             ));
         }
-        Ok(groups)
+        Ok((groups, base_lrs))
     }
 }
 
