@@ -9,26 +9,28 @@
 //! The model (`common/model.rs`) is a Bengio-style MLP over the last few characters with a
 //! hand-written backward pass over flat `f32` buffers; the optimizers (`common/optim.rs`) are
 //! the crate's owned `Came` and `AdamW`, and the trainer (`common/train.rs`) is written once
-//! against the `came::Optimizer` trait they implement. Writes `shakespeare.csv` (every
-//! progress point) and `shakespeare.svg` (the loss curves), and ends with one line per
-//! optimizer and phase for scripts:
-//! `result optimizer=came phase=pretrain val_loss=... state_bytes=... seconds=...`.
+//! against the `came::Optimizer` trait they implement. Every validation loss it prints, writes
+//! or draws is the mean over the whole validation text, the measure of the final table. Writes
+//! `shakespeare.csv` (every progress point; no timings, so that a rerun with the same settings
+//! and thread count writes the same bytes) and `shakespeare.svg` (the loss curves, the unigram
+//! baseline, each optimizer's state), and ends with one line per optimizer and phase for
+//! scripts: `result optimizer=came phase=pretrain val_loss=... state_bytes=... seconds=...`.
 
 mod common;
 
 use came::Instability;
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use came::Optimizer;
 use common::data::{Corpus, FINETUNE, PRETRAIN};
 use common::model::{self, Config};
 use common::optim::{self as optim, NAMES};
-use common::plot::{self, Curve};
+use common::plot::{self, Curve, Panel};
 use common::rng::Rng;
-use common::train::{Outcome, Phase, Trainer};
+use common::train::{Outcome, Phase, Point, Trainer};
 
 const HELP: &str = "\
 Trains a char-level MLP language model on Shakespeare with CAME, AdamW and Adafactor.
@@ -49,9 +51,13 @@ Options (defaults in brackets):
   --embed N              embedding width [24]
   --hidden N             hidden units [512]
   --threads N            threads for forward and backward [all cores]
-  --eval-every N         steps between progress lines (fine-tuning: a quarter) [500]
+  --eval-every N         steps between progress lines (fine-tuning: a quarter) [500];
+                         each measures the whole validation text, as the table does
   --seed N               initialisation and batch order [1]
-  --csv PATH             progress points [shakespeare.csv]
+  --csv PATH             progress points: step, training and validation loss, no timings
+                         (the same bytes on every run with the same settings and threads)
+                         [shakespeare.csv]
+  --times PATH           also write the seconds of every progress point there [none]
   --svg PATH             loss curves [shakespeare.svg]
   --sample N             characters of generated text per model [240]
 ";
@@ -70,6 +76,7 @@ struct Args {
     eval_every: usize,
     seed: u64,
     csv: PathBuf,
+    times: Option<PathBuf>,
     svg: PathBuf,
     sample: usize,
 }
@@ -95,6 +102,7 @@ impl Args {
             eval_every: 500,
             seed: 1,
             csv: "shakespeare.csv".into(),
+            times: None,
             svg: "shakespeare.svg".into(),
             sample: 240,
         };
@@ -152,6 +160,7 @@ impl Args {
                 "--eval-every" => a.eval_every = int()?.max(1),
                 "--seed" => a.seed = value.parse().map_err(|e| bad(&e))?,
                 "--csv" => a.csv = value.into(),
+                "--times" => a.times = Some(value.into()),
                 "--svg" => a.svg = value.into(),
                 "--sample" => a.sample = int()?,
                 _ => return Err(format!("unknown option {flag} (try --help)")),
@@ -177,6 +186,70 @@ struct Run {
     zero_shot: f64,
     finetune: Outcome,
     params: Vec<f32>,
+}
+
+/// Where the run stands, for the progress lines: which optimizer of how many, and the steps
+/// behind and ahead, to estimate the time left from the rate so far.
+struct Progress {
+    started: Instant,
+    optimizers: usize,
+    total_steps: usize,
+    done_steps: usize,
+}
+
+impl Progress {
+    /// One progress line: `[came 1/3] pretraining  step 1500/6000  train ...  val ...  time`.
+    fn line(&self, tag: (&str, usize), phase: (&str, usize), full_val: usize, p: &Point) {
+        let ((name, k), (phase, steps)) = (tag, phase);
+        let subset = if p.val_positions < full_val {
+            format!(" (subset of {} of {full_val} positions)", p.val_positions)
+        } else {
+            String::new()
+        };
+        let done = self.done_steps + p.step;
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let all_left = elapsed / done as f64 * (self.total_steps - done) as f64;
+        let left = if p.step < steps {
+            let phase_left = p.seconds / p.step as f64 * (steps - p.step) as f64;
+            format!("~{} left in this phase", duration(phase_left))
+        } else {
+            "phase done".to_string()
+        };
+        println!(
+            "[{name} {k}/{}] {phase}  step {:>w$}/{steps}  train {:.4}  val {:.4}{subset}  \
+             {:.1} s elapsed, {left}, ~{} left in all",
+            self.optimizers,
+            p.step,
+            p.train_loss,
+            p.val_loss,
+            p.seconds,
+            duration(all_left),
+            w = steps.to_string().len(),
+        );
+    }
+}
+
+/// `42 s`, `3 min 05 s`.
+fn duration(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    if s < 100 {
+        format!("{s} s")
+    } else {
+        format!("{} min {:02} s", s / 60, s % 60)
+    }
+}
+
+/// `1030176` as `1,030,176`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn main() {
@@ -222,35 +295,70 @@ fn main() {
         "unigram baseline (validation): pretraining {:.3} nats/char, {} {:.3}",
         unigram.0, FINETUNE.0, unigram.1
     );
+    // a prediction needs `context` characters before it: the first ones are never predicted
+    let positions = |val: &[u8]| val.len().saturating_sub(config.context);
+    let val_positions = (
+        positions(&corpus.pretrain.val),
+        positions(&corpus.finetune.val),
+    );
+    println!(
+        "progress lines: train = mean loss of the training batches since the previous line; \
+         val = loss over the whole validation text ({} positions; {} {}), as in the table; \
+         time left estimated from the rate so far",
+        val_positions.0, FINETUNE.0, val_positions.1
+    );
 
     let mut trainer = Trainer::new(config, args.threads, args.batch);
+    let mut progress = Progress {
+        started: Instant::now(),
+        optimizers: args.optimizers.len(),
+        total_steps: args.optimizers.len() * (args.pretrain_steps + args.finetune_steps),
+        done_steps: 0,
+    };
     let mut runs = Vec::new();
     for (i, &name) in args.optimizers.iter().enumerate() {
-        let (t, c, a) = (&mut trainer, &corpus, &args);
+        let (t, c, a, p) = (&mut trainer, &corpus, &args, &mut progress);
         runs.push(match name {
-            "came" => train(t, c, a, i, name, || {
+            "came" => train(t, c, a, p, i, name, || {
                 optim::came(&config, a.beta3, a.instability)
             }),
-            "adamw" => train(t, c, a, i, name, || optim::adamw(&config)),
-            "adafactor" => train(t, c, a, i, name, || optim::adafactor(&config, a.beta3)),
+            "adamw" => train(t, c, a, p, i, name, || optim::adamw(&config)),
+            "adafactor" => train(t, c, a, p, i, name, || optim::adafactor(&config, a.beta3)),
             _ => unreachable!("--optimizers takes known names only"),
         });
     }
 
-    print_table(&runs, unigram);
-    if let Err(e) = write_csv(&args.csv, &runs) {
-        eprintln!("error: writing {}: {e}", args.csv.display());
+    print_table(&runs, &args, unigram);
+    for (path, times) in [(Some(&args.csv), false), (args.times.as_ref(), true)] {
+        if let Some(path) = path
+            && let Err(e) = write_csv(path, &runs, times)
+        {
+            eprintln!("error: writing {}: {e}", path.display());
+        }
     }
-    let curves = |finetune: bool| -> Vec<Curve<'_>> {
+    let adamw = runs
+        .iter()
+        .find(|r| r.name == "adamw")
+        .map(|r| r.state_bytes);
+    let curves = |finetune: bool| -> Vec<Curve> {
         runs.iter()
             .map(|r| {
                 let o = if finetune { &r.finetune } else { &r.pretrain };
+                // fine-tuning starts from the pretrained model, measured before its first step
+                let start = finetune.then_some((0.0, r.zero_shot));
+                let vs = match adamw {
+                    Some(a) if r.name != "adamw" => {
+                        format!(", {:.1}% of AdamW", 100.0 * r.state_bytes as f64 / a as f64)
+                    }
+                    _ => String::new(),
+                };
                 Curve {
-                    label: r.name,
-                    val: o
-                        .points
-                        .iter()
-                        .map(|p| (p.step as f64, p.val_loss))
+                    label: display_name(r.name).to_string(),
+                    note: format!("{} B optimizer state{vs}", thousands(r.state_bytes)),
+                    colour: NAMES.iter().position(|&n| n == r.name).unwrap_or(0),
+                    val: start
+                        .into_iter()
+                        .chain(o.points.iter().map(|p| (p.step as f64, p.val_loss)))
                         .collect(),
                     train: o
                         .points
@@ -262,10 +370,42 @@ fn main() {
             .collect()
     };
     let (pre, fine) = (curves(false), curves(true));
-    let fine_title = format!("fine-tuning on {}", FINETUNE.0);
-    match plot::write_svg(&args.svg, [("pretraining", &pre), (&fine_title, &fine)]) {
+    let fine_title = format!("fine-tuning on {}, from each pretrained model", FINETUNE.0);
+    let title = format!(
+        "Character-level MLP on Shakespeare ({} parameters): loss by optimizer",
+        thousands(config.numel())
+    );
+    let val_note = format!(
+        "Validation loss: over the whole validation text ({} positions; {} {}), the table's \
+         measure; the dot at the end of each curve is the table's value, and fine-tuning\nstarts \
+         at step 0 from its 'before fine-tuning' value. Lower row: the validation curves over \
+         the second half of each phase, magnified, with the table's values.",
+        thousands(val_positions.0),
+        FINETUNE.0,
+        thousands(val_positions.1)
+    );
+    let baseline = format!(
+        "unigram baseline (validation): {:.3} pretraining, {:.3} {}",
+        unigram.0, unigram.1, FINETUNE.0
+    );
+    let panels = [
+        Panel {
+            title: "pretraining on five plays",
+            baseline: unigram.0,
+            curves: &pre,
+        },
+        Panel {
+            title: &fine_title,
+            baseline: unigram.1,
+            curves: &fine,
+        },
+    ];
+    match plot::write_svg(&args.svg, &title, &val_note, &baseline, panels) {
         Ok(()) => println!("\nwrote {} and {}", args.csv.display(), args.svg.display()),
         Err(e) => eprintln!("error: writing {}: {e}", args.svg.display()),
+    }
+    if let Some(times) = &args.times {
+        println!("wrote {}", times.display());
     }
 
     if args.sample > 0 {
@@ -305,6 +445,7 @@ fn train<O: Optimizer<Param = [f32], Grad = [f32]>>(
     trainer: &mut Trainer,
     corpus: &Corpus,
     args: &Args,
+    progress: &mut Progress,
     i: usize,
     name: &'static str,
     new: impl Fn() -> O,
@@ -314,22 +455,35 @@ fn train<O: Optimizer<Param = [f32], Grad = [f32]>>(
     let mut params = model::init(&config, args.seed);
     let mut opt = new();
     let state_bytes = opt.state_bytes();
-    println!("\n[{name}] pretraining, peak lr {lr:.2e}, {state_bytes} bytes of optimizer state");
+    let tag = (name, i + 1);
+    let n = progress.optimizers;
+    println!(
+        "\n[{name} {}/{n}] pretraining, peak lr {lr:.2e}, {state_bytes} bytes of optimizer state",
+        i + 1
+    );
     let phase = Phase {
         steps: args.pretrain_steps,
         batch: args.batch,
         lr,
         warmup: (args.pretrain_steps / 20).max(1),
         eval_every: args.eval_every,
-        eval_positions: 4096,
+        // every progress point measures the whole validation text, as the table does
+        eval_positions: usize::MAX,
         seed: args.seed + 100 + i as u64,
     };
-    let pretrain = trainer.phase(&mut params, &mut opt, &corpus.pretrain, &phase, report);
+    let full = corpus.pretrain.val.len().saturating_sub(config.context);
+    let pretrain = trainer.phase(&mut params, &mut opt, &corpus.pretrain, &phase, |p| {
+        progress.line(tag, ("pretraining", phase.steps), full, p);
+    });
+    progress.done_steps += phase.steps;
     let all: Vec<usize> = (config.context..corpus.finetune.val.len()).collect();
     let zero_shot = trainer.eval(&params, &corpus.finetune.val, &all);
     println!(
-        "[{name}] validation {:.4} nats/char; on {} before fine-tuning {:.4}",
-        pretrain.val_loss, FINETUNE.0, zero_shot
+        "[{name} {}/{n}] validation {:.4} nats/char; on {} before fine-tuning {:.4}",
+        i + 1,
+        pretrain.val_loss,
+        FINETUNE.0,
+        zero_shot
     );
     // fine-tuning starts a fresh optimizer, as a separate fine-tuning job would
     let mut opt = new();
@@ -342,12 +496,19 @@ fn train<O: Optimizer<Param = [f32], Grad = [f32]>>(
         ..phase
     };
     println!(
-        "[{name}] fine-tuning on {}, peak lr {:.2e}",
-        FINETUNE.0, phase.lr
+        "[{name} {}/{n}] fine-tuning on {}, peak lr {:.2e}",
+        i + 1,
+        FINETUNE.0,
+        phase.lr
     );
-    let finetune = trainer.phase(&mut params, &mut opt, &corpus.finetune, &phase, report);
+    let full = corpus.finetune.val.len().saturating_sub(config.context);
+    let finetune = trainer.phase(&mut params, &mut opt, &corpus.finetune, &phase, |p| {
+        progress.line(tag, ("fine-tuning", phase.steps), full, p);
+    });
+    progress.done_steps += phase.steps;
     println!(
-        "[{name}] fine-tuned validation {:.4} nats/char",
+        "[{name} {}/{n}] fine-tuned validation {:.4} nats/char",
+        i + 1,
         finetune.val_loss
     );
     Run {
@@ -360,14 +521,33 @@ fn train<O: Optimizer<Param = [f32], Grad = [f32]>>(
     }
 }
 
-fn report(p: &common::train::Point) {
-    println!(
-        "  step {:>5}  train {:.4}  val {:.4}  {:>6.1} steps/s",
-        p.step, p.train_loss, p.val_loss, p.steps_per_second
-    );
+fn display_name(name: &str) -> &'static str {
+    match name {
+        "came" => "CAME",
+        "adamw" => "AdamW",
+        "adafactor" => "Adafactor",
+        _ => unreachable!("a known optimizer"),
+    }
 }
 
-fn print_table(runs: &[Run], unigram: (f64, f64)) {
+/// The optimizer and its settings, as the table's first column names them.
+fn setting(args: &Args, name: &str) -> String {
+    let lr = format!("lr {:e}", args.lr(name));
+    match name {
+        "came" => {
+            let corrected = if matches!(args.instability, Instability::BiasCorrected) {
+                ", bias-corrected"
+            } else {
+                ""
+            };
+            format!("CAME ({lr}, β3 {}{corrected})", args.beta3)
+        }
+        _ => format!("{} ({lr})", display_name(name)),
+    }
+}
+
+/// The table the README shows, in Markdown.
+fn print_table(runs: &[Run], args: &Args, unigram: (f64, f64)) {
     let adamw = runs
         .iter()
         .find(|r| r.name == "adamw")
@@ -376,7 +556,9 @@ fn print_table(runs: &[Run], unigram: (f64, f64)) {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n| optimizer | pretrain val nats/char (bits) | {} before fine-tuning | fine-tuned val nats/char (bits) | state bytes | vs AdamW | seconds |",
+        "\n| optimizer | pretraining val loss, nats/char (bits) | {} before fine-tuning | \
+         fine-tuned val loss, nats/char (bits) | optimizer state | vs AdamW | \
+         seconds (pretraining + fine-tuning) |",
         FINETUNE.0
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|");
@@ -386,15 +568,16 @@ fn print_table(runs: &[Run], unigram: (f64, f64)) {
         });
         let _ = writeln!(
             out,
-            "| {} | {:.4} ({:.3}) | {:.4} | {:.4} ({:.3}) | {} | {ratio} | {:.1} |",
-            r.name,
+            "| {} | {:.4} ({:.3}) | {:.4} | {:.4} ({:.3}) | {} B | {ratio} | {:.1} + {:.1} |",
+            setting(args, r.name),
             r.pretrain.val_loss,
             bits(r.pretrain.val_loss),
             r.zero_shot,
             r.finetune.val_loss,
             bits(r.finetune.val_loss),
-            r.state_bytes,
-            r.pretrain.seconds + r.finetune.seconds
+            thousands(r.state_bytes),
+            r.pretrain.seconds,
+            r.finetune.seconds
         );
     }
     let _ = writeln!(
@@ -409,16 +592,26 @@ fn print_table(runs: &[Run], unigram: (f64, f64)) {
     print!("{out}");
 }
 
-fn write_csv(path: &PathBuf, runs: &[Run]) -> std::io::Result<()> {
-    let mut out = String::from("optimizer,phase,step,train_loss,val_loss,seconds\n");
+/// Every progress point: the losses (`times: false`, the same bytes on every run with the same
+/// settings and threads), or the seconds since the phase started (`times: true`).
+fn write_csv(path: &Path, runs: &[Run], times: bool) -> std::io::Result<()> {
+    let mut out = String::from(if times {
+        "optimizer,phase,step,seconds\n"
+    } else {
+        "optimizer,phase,step,train_loss,val_loss\n"
+    });
     for r in runs {
         for (phase, o) in [("pretrain", &r.pretrain), ("finetune", &r.finetune)] {
             for p in &o.points {
-                let _ = writeln!(
-                    out,
-                    "{},{phase},{},{:.5},{:.5},{:.2}",
-                    r.name, p.step, p.train_loss, p.val_loss, p.seconds
-                );
+                let _ = if times {
+                    writeln!(out, "{},{phase},{},{:.2}", r.name, p.step, p.seconds)
+                } else {
+                    writeln!(
+                        out,
+                        "{},{phase},{},{:.5},{:.5}",
+                        r.name, p.step, p.train_loss, p.val_loss
+                    )
+                };
             }
         }
     }

@@ -1,5 +1,6 @@
 //! The training loop: batches of random positions, the gradient computed in parallel over
-//! shards of the batch, a warmup-then-cosine learning-rate schedule, progress points.
+//! shards of the batch, a warmup-then-cosine learning-rate schedule, progress points whose
+//! validation loss is, by default, the same whole-validation-text measure as the final loss.
 
 use std::time::Instant;
 
@@ -20,8 +21,10 @@ pub struct Phase {
     pub warmup: usize,
     /// Steps between progress points (and at the last step).
     pub eval_every: usize,
-    /// Validation positions a progress point is measured on (evenly spread); the final loss
-    /// uses all of them.
+    /// Validation positions a progress point is measured on (evenly spread). `usize::MAX` (or
+    /// anything at least the number of validation positions) measures all of them, as the final
+    /// loss does. The last point always measures all of them, so that a curve ends at the final
+    /// loss whatever this is.
     pub eval_positions: usize,
     pub seed: u64,
 }
@@ -44,19 +47,22 @@ pub struct Point {
     pub step: usize,
     /// Mean training loss since the previous point (nats per character).
     pub train_loss: f64,
-    /// Validation loss on the progress subset.
+    /// Validation loss over `val_positions` positions (all of them unless
+    /// `Phase::eval_positions` asked for fewer).
     pub val_loss: f64,
+    /// How many validation positions `val_loss` is the mean over.
+    pub val_positions: usize,
     /// Seconds since the phase started (evaluations included).
     pub seconds: f64,
-    pub steps_per_second: f64,
 }
 
 /// What a phase ended with.
 #[derive(Clone, Debug)]
 pub struct Outcome {
     pub points: Vec<Point>,
-    /// Validation loss over the whole validation text.
+    /// Validation loss over the whole validation text: the last point's.
     pub val_loss: f64,
+    /// Seconds the phase took, evaluations included.
     pub seconds: f64,
 }
 
@@ -162,7 +168,7 @@ impl Trainer {
         let mut rng = Rng::new(phase.seed);
         let start = Instant::now();
         let mut points = Vec::new();
-        let (mut train_sum, mut train_n, mut last) = (0.0, 0usize, (0usize, start));
+        let (mut train_sum, mut train_n) = (0.0, 0usize);
         for step in 0..phase.steps {
             let mut positions = std::mem::take(&mut self.positions);
             positions.clear();
@@ -174,21 +180,25 @@ impl Trainer {
             opt.set_learning_rate(phase.lr_at(step))
                 .expect("a finite learning rate > 0");
             self.step(params, opt);
-            if (step + 1) % phase.eval_every == 0 || step + 1 == phase.steps {
-                let now = Instant::now();
+            let done = step + 1 == phase.steps;
+            if (step + 1) % phase.eval_every == 0 || done {
+                let val = if done { &all_val } else { &some_val };
                 let point = Point {
                     step: step + 1,
                     train_loss: train_sum / train_n as f64,
-                    val_loss: self.eval(params, &split.val, &some_val),
+                    val_loss: self.eval(params, &split.val, val),
+                    val_positions: val.len(),
                     seconds: start.elapsed().as_secs_f64(),
-                    steps_per_second: (step + 1 - last.0) as f64 / (now - last.1).as_secs_f64(),
                 };
                 progress(&point);
                 points.push(point);
-                (train_sum, train_n, last) = (0.0, 0, (step + 1, Instant::now()));
+                (train_sum, train_n) = (0.0, 0);
             }
         }
-        let val_loss = self.eval(params, &split.val, &all_val);
+        let val_loss = match points.last() {
+            Some(p) => p.val_loss,
+            None => self.eval(params, &split.val, &all_val),
+        };
         Outcome {
             points,
             val_loss,
