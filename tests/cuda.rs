@@ -137,6 +137,72 @@ fn every_reference_case_replays_on_the_gpu() {
     }
 }
 
+/// A GPU optimizer and a CPU one with the same tensors, the host parameters and their copies
+/// on the device, and the random stream for the gradients.
+struct Twins {
+    gpu: CudaCame<f32>,
+    cpu: Came<f32>,
+    host: Vec<Vec<f32>>,
+    dev: Vec<CudaSlice<f32>>,
+    rng: Rng,
+}
+
+impl Twins {
+    fn new(dims: &[&[usize]], config: CameConfig, seed: u64) -> Self {
+        let mut gpu = gpu::<f32>(config);
+        let mut cpu = Came::<f32>::new(config).unwrap();
+        for (i, d) in dims.iter().enumerate() {
+            gpu.register(&format!("t{i}"), d).unwrap();
+            cpu.register(&format!("t{i}"), d).unwrap();
+        }
+        let mut rng = Rng(seed);
+        let host: Vec<Vec<f32>> = dims
+            .iter()
+            .map(|d| f32s(rng.vec(d.iter().product(), 1.0)))
+            .collect();
+        let s = gpu.stream().clone();
+        let dev = host.iter().map(|p| upload(&s, p)).collect();
+        Self {
+            gpu,
+            cpu,
+            host,
+            dev,
+            rng,
+        }
+    }
+
+    /// A gradient per tensor, on the host and on the device.
+    fn grads(&mut self) -> (Vec<Vec<f32>>, Vec<CudaSlice<f32>>) {
+        let grads: Vec<Vec<f32>> = self
+            .host
+            .iter()
+            .map(|p| f32s(self.rng.vec(p.len(), 0.1)))
+            .collect();
+        let s = self.gpu.stream().clone();
+        let dev = grads.iter().map(|g| upload(&s, g)).collect();
+        (grads, dev)
+    }
+
+    /// Every parameter of the GPU within the f32 tolerance of the CPU's.
+    fn assert_close(&self, dims: &[&[usize]]) {
+        let s = self.gpu.stream();
+        for (i, (h, d)) in self.host.iter().zip(&self.dev).enumerate() {
+            let d = s.clone_dtoh(d).unwrap();
+            let worst = h
+                .iter()
+                .zip(&d)
+                .map(|(&a, &b)| (a - b).abs() / (5e-6 + 5e-6 * a.abs()))
+                .fold(0.0f32, f32::max);
+            println!("{:?}: {worst:.4}x tolerance", dims[i]);
+            assert!(worst <= 1.0, "{:?}: {worst}x tolerance", dims[i]);
+        }
+    }
+}
+
+fn f32s(v: Vec<f64>) -> Vec<f32> {
+    v.into_iter().map(|x| x as f32).collect()
+}
+
 /// Random large shapes, GPU against the CPU kernels: 1-D, 2-D, 4-D, odd sizes, several groups.
 #[test]
 #[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
@@ -152,51 +218,16 @@ fn gpu_matches_cpu_on_large_odd_shapes() {
     let config = CameConfig::new(1e-3)
         .with_weight_decay(0.01)
         .with_clip_threshold(0.5);
-    let mut g_opt = gpu::<f32>(config);
-    let mut c_opt = Came::<f32>::new(config).unwrap();
-    for (i, d) in dims.iter().enumerate() {
-        g_opt.register(&format!("t{i}"), d).unwrap();
-        c_opt.register(&format!("t{i}"), d).unwrap();
-    }
-    let s = g_opt.stream().clone();
-    let mut rng = Rng(42);
-    let mut host: Vec<Vec<f32>> = dims
-        .iter()
-        .map(|d| {
-            rng.vec(d.iter().product(), 1.0)
-                .into_iter()
-                .map(|x| x as f32)
-                .collect()
-        })
-        .collect();
-    let mut dev: Vec<CudaSlice<f32>> = host.iter().map(|p| upload(&s, p)).collect();
+    let mut t = Twins::new(&dims, config, 42);
     for _ in 0..4 {
-        let grads: Vec<Vec<f32>> = host
-            .iter()
-            .map(|p| {
-                rng.vec(p.len(), 0.1)
-                    .into_iter()
-                    .map(|x| x as f32)
-                    .collect()
-            })
-            .collect();
-        let dgrads: Vec<CudaSlice<f32>> = grads.iter().map(|g| upload(&s, g)).collect();
+        let (grads, dgrads) = t.grads();
         let mut pairs: Vec<(&mut CudaSlice<f32>, &CudaSlice<f32>)> =
-            dev.iter_mut().zip(&dgrads).collect();
-        g_opt.step(&mut pairs).unwrap();
-        let mut pairs = support::pairs(&mut host, &grads);
-        c_opt.step(&mut pairs).unwrap();
+            t.dev.iter_mut().zip(&dgrads).collect();
+        t.gpu.step(&mut pairs).unwrap();
+        let mut pairs = support::pairs(&mut t.host, &grads);
+        t.cpu.step(&mut pairs).unwrap();
     }
-    for (i, (h, d)) in host.iter().zip(&dev).enumerate() {
-        let d = s.clone_dtoh(d).unwrap();
-        let worst = h
-            .iter()
-            .zip(&d)
-            .map(|(&a, &b)| (a - b).abs() / (5e-6 + 5e-6 * a.abs()))
-            .fold(0.0f32, f32::max);
-        println!("{:?}: {worst:.4}x tolerance", dims[i]);
-        assert!(worst <= 1.0, "{:?}: {worst}x tolerance", dims[i]);
-    }
+    t.assert_close(&dims);
 }
 
 /// Tensors without a gradient on some steps: the GPU leaves them as the CPU does (parameters,
@@ -206,65 +237,31 @@ fn gpu_matches_cpu_on_large_odd_shapes() {
 fn gpu_leaves_out_tensors_without_a_gradient_like_the_cpu() {
     let dims: [&[usize]; 3] = [&[300, 257], &[4097], &[2, 70, 33]];
     let config = CameConfig::new(1e-3).with_weight_decay(0.01);
-    let mut g_opt = gpu::<f32>(config);
-    let mut c_opt = Came::<f32>::new(config).unwrap();
-    for (i, d) in dims.iter().enumerate() {
-        g_opt.register(&format!("t{i}"), d).unwrap();
-        c_opt.register(&format!("t{i}"), d).unwrap();
-    }
-    let s = g_opt.stream().clone();
-    let mut rng = Rng(9);
-    let mut host: Vec<Vec<f32>> = dims
-        .iter()
-        .map(|d| {
-            rng.vec(d.iter().product(), 1.0)
-                .into_iter()
-                .map(|x| x as f32)
-                .collect()
-        })
-        .collect();
-    let mut dev: Vec<CudaSlice<f32>> = host.iter().map(|p| upload(&s, p)).collect();
+    let mut t = Twins::new(&dims, config, 9);
     for step in 0..5 {
-        let grads: Vec<Vec<f32>> = host
-            .iter()
-            .map(|p| {
-                rng.vec(p.len(), 0.1)
-                    .into_iter()
-                    .map(|x| x as f32)
-                    .collect()
-            })
-            .collect();
-        let dgrads: Vec<CudaSlice<f32>> = grads.iter().map(|g| upload(&s, g)).collect();
+        let (grads, dgrads) = t.grads();
         // tensor `step % 3` has no gradient this step
         let left_out = step % 3;
-        let mut pairs: Vec<(&mut CudaSlice<f32>, Option<&CudaSlice<f32>>)> = dev
+        let mut pairs: Vec<(&mut CudaSlice<f32>, Option<&CudaSlice<f32>>)> = t
+            .dev
             .iter_mut()
             .zip(&dgrads)
             .enumerate()
             .map(|(i, (p, g))| (p, (i != left_out).then_some(g)))
             .collect();
-        g_opt.step_some(&mut pairs).unwrap();
-        let [h0, h1, h2] = &mut host[..] else {
-            unreachable!()
-        };
-        let mut pairs: Vec<(&mut [f32], Option<&[f32]>)> = [h0, h1, h2]
-            .into_iter()
+        t.gpu.step_some(&mut pairs).unwrap();
+        let mut pairs: Vec<(&mut [f32], Option<&[f32]>)> = t
+            .host
+            .iter_mut()
             .zip(&grads)
             .enumerate()
             .map(|(i, (p, g))| (p.as_mut_slice(), (i != left_out).then_some(g.as_slice())))
             .collect();
-        c_opt.step_some(&mut pairs).unwrap();
+        t.cpu.step_some(&mut pairs).unwrap();
     }
-    for (i, (h, d)) in host.iter().zip(&dev).enumerate() {
-        let d = s.clone_dtoh(d).unwrap();
-        let worst = h
-            .iter()
-            .zip(&d)
-            .map(|(&a, &b)| (a - b).abs() / (5e-6 + 5e-6 * a.abs()))
-            .fold(0.0f32, f32::max);
-        assert!(worst <= 1.0, "{:?}: {worst}x tolerance", dims[i]);
-        let (g, c) = (g_opt.tensor(TensorId(i)), c_opt.tensor(TensorId(i)));
-        assert_eq!(g.unwrap().step, c.unwrap().step);
+    t.assert_close(&dims);
+    for i in 0..dims.len() {
+        assert_eq!(t.gpu.step_count(TensorId(i)), t.cpu.step_count(TensorId(i)));
     }
 }
 
