@@ -123,6 +123,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(miri, ignore = "a million additions: minutes under miri")]
     fn compensated_totals_do_not_drift() {
         // a million copies of 0.81: a plain f32 sum is off by about 1e-2 relative
         let s = Ops::<Scalar, f32>::new(Scalar);

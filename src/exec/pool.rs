@@ -234,6 +234,8 @@ mod tests {
                 .starts_with("100000 threads asked for: at most"),
             "{err}"
         );
-        assert_eq!(Pool::new(3).unwrap().threads(), 3);
+        // one thread starts none (a pool of workers is tested in tests/threads.rs, not here:
+        // miri runs these unit tests, and rayon's epoch GC trips its experimental aliasing model)
+        assert_eq!(Pool::new(1).unwrap().threads(), 1);
     }
 }
