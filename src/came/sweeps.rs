@@ -111,7 +111,7 @@ pub(crate) fn row_sq_sum<S: Simd, T: Float>(o: Ops<S, T>, g: &[T], eps: T) -> T 
 ///
 /// With `w_r` the inverse of row `r`'s new statistic, `weighted` sums up to `sum_i g_ij^2 / r_i`,
 /// from which the squared norm of the whole update follows without another sweep (see
-/// `step::factored`).
+/// `came::factored`).
 #[inline(always)]
 pub(crate) fn col_sq_terms<S: Simd, T: Float, const R: usize>(
     o: Ops<S, T>,
