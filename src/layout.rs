@@ -163,6 +163,21 @@ impl StateLayout {
         }
     }
 
+    /// How the tensor is stepped.
+    pub(crate) const fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Elements of the parameter.
+    pub(crate) const fn numel(&self) -> usize {
+        self.numel
+    }
+
+    /// Work lanes the tensor is cut into.
+    pub(crate) const fn lanes(&self) -> usize {
+        self.lanes
+    }
+
     /// Elements of the whole state buffer, workspace included.
     #[must_use]
     pub const fn len(&self) -> usize {

@@ -15,8 +15,7 @@ use crate::layout::{Layout, StateLayout};
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Shape {
-    layout: Layout,
-    numel: usize,
+    /// The layout, element count and lanes are the state layout's: kept once.
     state: StateLayout,
 }
 
@@ -68,11 +67,7 @@ impl Shape {
 
     const fn with_layout(layout: Layout, numel: usize) -> Result<Self, Error> {
         match StateLayout::new(layout, lanes_of(layout, numel)) {
-            Some(state) => Ok(Self {
-                layout,
-                numel,
-                state,
-            }),
+            Some(state) => Ok(Self { state }),
             None => Err(Error::ShapeOverflow),
         }
     }
@@ -80,19 +75,19 @@ impl Shape {
     /// Factored or element-wise, with the sizes involved.
     #[must_use]
     pub const fn layout(&self) -> Layout {
-        self.layout
+        self.state.layout()
     }
 
     /// Whether the tensor gets row/column statistics and the confidence term (rank >= 2).
     #[must_use]
     pub const fn is_factored(&self) -> bool {
-        matches!(self.layout, Layout::Factored { .. })
+        matches!(self.state.layout(), Layout::Factored { .. })
     }
 
     /// Number of elements of the parameter (and of the gradient).
     #[must_use]
     pub const fn numel(&self) -> usize {
-        self.numel
+        self.state.numel()
     }
 
     /// Exact length of the CAME state buffer for this shape: the momentum (`numel`), then for a
@@ -117,7 +112,7 @@ impl Shape {
     /// lane.
     #[must_use]
     pub const fn lanes(&self) -> usize {
-        lanes_of(self.layout, self.numel)
+        self.state.lanes()
     }
 }
 

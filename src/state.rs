@@ -177,30 +177,27 @@ impl<S> StateParts<S> {
     /// The pieces paired with their reference names ([`FACTORED_KEYS`] or [`VECTOR_KEYS`]),
     /// momentum first.
     pub fn named(self) -> heapless::Vec<(&'static str, S), 5> {
-        let pieces: heapless::Vec<S, 5> = match self {
+        match self {
             StateParts::Factored {
                 exp_avg,
                 exp_avg_sq_row,
                 exp_avg_sq_col,
                 exp_avg_res_row,
                 exp_avg_res_col,
-            } => heapless::Vec::from_iter([
-                exp_avg,
-                exp_avg_sq_row,
-                exp_avg_sq_col,
-                exp_avg_res_row,
-                exp_avg_res_col,
-            ]),
+            } => FACTORED_KEYS
+                .into_iter()
+                .zip([
+                    exp_avg,
+                    exp_avg_sq_row,
+                    exp_avg_sq_col,
+                    exp_avg_res_row,
+                    exp_avg_res_col,
+                ])
+                .collect(),
             StateParts::Vector {
                 exp_avg,
                 exp_avg_sq,
-            } => heapless::Vec::from_iter([exp_avg, exp_avg_sq]),
-        };
-        let keys: &[&'static str] = if pieces.len() == 5 {
-            &FACTORED_KEYS
-        } else {
-            &VECTOR_KEYS
-        };
-        keys.iter().copied().zip(pieces).collect()
+            } => VECTOR_KEYS.into_iter().zip([exp_avg, exp_avg_sq]).collect(),
+        }
     }
 }

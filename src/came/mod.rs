@@ -31,7 +31,7 @@ use crate::config::Coefficients;
 use crate::error::Buffer;
 use crate::exec::{Executor, Serial};
 use crate::state::check_len;
-use crate::{CameConfig, CameState, Error, Float, Layout, Shape};
+use crate::{CameConfig, CameState, Error, Float, Shape};
 
 /// What a successful step of one tensor reports (CAME and AdamW alike).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -143,19 +143,16 @@ pub(crate) fn prepare<T: Float, E: Executor>(
         return Ok(Clip::none());
     }
     let k = Coefficients::new(config, steps);
-    match shape.layout() {
-        Layout::Vector { .. } => vector::prepare(exec, &k, shape, grad, state),
-        Layout::Factored { batch, .. } => {
-            let (dims, mut parts) = parts::cut(shape, state);
-            if !parts.stats.valid() {
-                return Err(Error::NonFiniteState);
-            }
-            if batch == 1 {
-                factored::prepare(exec, &k, dims, grad, &mut parts)
-            } else {
-                batch::prepare(exec, &k, dims, param, grad, &mut parts)
-            }
-        }
+    let Some((dims, mut parts)) = parts::factored(shape, state) else {
+        return vector::prepare(exec, &k, shape, grad, state);
+    };
+    if !parts.stats.valid() {
+        return Err(Error::NonFiniteState);
+    }
+    if dims.batch == 1 {
+        factored::prepare(exec, &k, dims, grad, &mut parts)
+    } else {
+        batch::prepare(exec, &k, dims, param, grad, &mut parts)
     }
 }
 
@@ -177,20 +174,15 @@ pub(crate) fn finish<T: Float, E: Executor>(
         return Ok(());
     }
     let k = Coefficients::new(config, steps);
-    match shape.layout() {
-        Layout::Vector { .. } => {
-            vector::finish(exec, &k, shape, clip, param, grad, state);
-            Ok(())
-        }
-        Layout::Factored { batch, .. } => {
-            let (dims, mut parts) = parts::cut(shape, state);
-            parts.commit_sq();
-            if batch == 1 {
-                factored::update(exec, &k, dims, clip.d, param, grad, &mut parts)
-            } else {
-                batch::update(exec, &k, dims, clip.d, param, grad, &mut parts)
-            }
-        }
+    let Some((dims, mut parts)) = parts::factored(shape, state) else {
+        vector::finish(exec, &k, shape, clip, param, grad, state);
+        return Ok(());
+    };
+    parts.commit_sq();
+    if dims.batch == 1 {
+        factored::update(exec, &k, dims, clip.d, param, grad, &mut parts)
+    } else {
+        batch::update(exec, &k, dims, clip.d, param, grad, &mut parts)
     }
 }
 

@@ -41,22 +41,23 @@ pub(super) struct Parts<'s, T> {
 }
 
 /// A factored tensor's sizes and its state buffer (of `shape.state_len()` elements) cut into
-/// its pieces.
-pub(super) fn cut<'s, T>(shape: &Shape, state: &'s mut [T]) -> (Dims, Parts<'s, T>) {
-    let (batch, rows, cols) = match shape.layout() {
-        Layout::Factored { batch, rows, cols } => (batch, rows, cols),
-        Layout::Vector { len } => (1, 1, len),
+/// its pieces; `None` for a vector, whose state is two plain halves.
+pub(super) fn factored<'s, T>(shape: &Shape, state: &'s mut [T]) -> Option<(Dims, Parts<'s, T>)> {
+    let Layout::Factored { batch, rows, cols } = shape.layout() else {
+        return None;
     };
+    let lanes = shape.lanes();
     let dims = Dims {
         batch,
         rows,
         cols,
-        lanes: shape.lanes(),
+        lanes,
     };
-    (dims, cut_layout(&shape.state_layout(), state))
+    Some((dims, cut(&shape.state_layout(), state)))
 }
 
-fn cut_layout<'s, T>(layout: &StateLayout, state: &'s mut [T]) -> Parts<'s, T> {
+/// A factored tensor's state buffer (of `layout.len()` elements) cut into its pieces.
+fn cut<'s, T>(layout: &StateLayout, state: &'s mut [T]) -> Parts<'s, T> {
     let w = layout.workspace();
     let mut lens = [0; 11];
     for (len, piece) in lens.iter_mut().zip(layout.pieces()) {

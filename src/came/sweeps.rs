@@ -19,7 +19,7 @@ use super::formula::{self, Consts};
 use super::sum::{self, Kahan, ROW_BLOCK};
 use crate::Float;
 use crate::config::Coefficients;
-use crate::exec::simd::{Ops, V};
+use crate::exec::simd::{Ops, Scalar, V};
 
 /// Rows walked side by side.
 pub(crate) const GROUP: usize = 4;
@@ -99,7 +99,7 @@ pub(crate) fn row_sq_sum<S: Simd, T: Float>(o: Ops<S, T>, g: &[T], eps: T) -> T 
         acc[a] = o.add(acc[a], term(x));
     }
     let mut sum = o.sum(o.add(o.add(acc[0], acc[1]), o.add(acc[2], acc[3])));
-    let s = Ops::<crate::exec::simd::Scalar, T>::new(crate::exec::simd::Scalar);
+    let s = Ops::<Scalar, T>::new(Scalar);
     for &x in gt {
         sum = sum + formula::sq_term(s, formula::square(s, x), eps);
     }
@@ -131,7 +131,7 @@ pub(crate) fn col_sq_terms<S: Simd, T: Float, const R: usize>(
         *c = o.add(*c, col);
         *v = o.add(*v, acc);
     }
-    let s = Ops::<crate::exec::simd::Scalar, T>::new(crate::exec::simd::Scalar);
+    let s = Ops::<Scalar, T>::new(Scalar);
     for (j, (c, v)) in ct.iter_mut().zip(wt).enumerate() {
         let (col, acc) = col_group(s, array::from_fn(|r| gt[r][j]), eps, w);
         *c = *c + col;
