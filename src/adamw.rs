@@ -306,8 +306,8 @@ pub(crate) fn step_all_on<T: Float, E: Executor>(
         exec,
         tensors,
         true,
-        |t| prepare(config, t.state.step, t.param, t.grad, t.state.data).map(|_| ()),
-        |t| {
+        |_, t| prepare(config, t.state.step, t.param, t.grad, t.state.data).map(|_| ()),
+        |_, t| {
             let k = Coefficients::new(config, t.state.step.saturating_add(1));
             finish(exec, &k, t.param, t.grad, t.state.data);
             t.state.advance();

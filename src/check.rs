@@ -3,6 +3,7 @@
 use core::marker::PhantomData;
 
 use crate::came::formula;
+use crate::element::{Element, lanes};
 use crate::exec::LaneKernel;
 use crate::exec::simd::{self, Ops, Scalar};
 use crate::{Error, Float};
@@ -22,18 +23,21 @@ use crate::{Error, Float};
 ///
 /// # Errors
 /// [`Error::NonFiniteGradient`] with the flat position of the first bad element.
-pub fn check_gradient<T: Float>(grad: &[T]) -> Result<(), Error> {
+pub fn check_gradient<G: Element>(grad: &[G]) -> Result<(), Error> {
     scan_gradient(grad).map(|_| ())
 }
 
 /// [`check_gradient`], and whether the square of some (finite) element overflows `T`.
-pub(crate) fn scan_gradient<T: Float>(grad: &[T]) -> Result<SquaresOverflow, Error> {
+pub(crate) fn scan_gradient<G: Element>(grad: &[G]) -> Result<SquaresOverflow, Error> {
     let mut check = (grad, false);
     simd::run(&SquareCheck(PhantomData), &mut check);
     if !check.1 {
         return Ok(SquaresOverflow(false));
     }
-    match grad.iter().position(|g| !g.is_finite()) {
+    match grad
+        .iter()
+        .position(|g| !num_traits::Float::is_finite(g.to_compute()))
+    {
         Some(index) => Err(Error::NonFiniteGradient { index }),
         None => Ok(SquaresOverflow(true)),
     }
@@ -44,33 +48,39 @@ pub(crate) fn scan_gradient<T: Float>(grad: &[T]) -> Result<SquaresOverflow, Err
 pub(crate) struct SquaresOverflow(pub bool);
 
 /// Sums `x² - x²` over a slice: 0 when every element and its square are finite, NaN otherwise.
-struct SquareCheck<'a, T>(PhantomData<&'a T>);
+struct SquareCheck<'a, G>(PhantomData<&'a G>);
 
-impl<'a, T: Float> LaneKernel for SquareCheck<'a, T> {
+impl<'a, G: Element> LaneKernel for SquareCheck<'a, G> {
     /// the values, and whether any is NaN or infinite or has an infinite square
-    type Item = (&'a [T], bool);
+    type Item = (&'a [G], bool);
 
     #[inline(always)]
     fn run<S: pulp::Simd>(&self, simd: S, (x, bad): &mut Self::Item) {
-        let o = Ops::<S, T>::new(simd);
-        let (xv, xt) = T::as_simd::<S>(x);
-        let mut acc = o.splat(T::zero());
-        for &v in xv {
+        let o = Ops::<S, G::Compute>::new(simd);
+        let n = x.len() / lanes::<S, G::Compute>();
+        let (xv, xt) = x.split_at(n * lanes::<S, G::Compute>());
+        let mut acc = o.splat(num_traits::Zero::zero());
+        for i in 0..n {
+            let v = G::load::<S>(xv, i);
             acc = o.add(acc, formula::finite_or_nan(o, formula::square(o, v)));
         }
         let mut sum = o.sum(acc);
-        let s = Ops::<Scalar, T>::new(Scalar);
+        let s = Ops::<Scalar, G::Compute>::new(Scalar);
         for &v in xt {
+            let v = v.to_compute();
             sum = sum + formula::finite_or_nan(s, formula::square(s, v));
         }
-        *bad = sum != T::zero();
+        *bad = sum != num_traits::Zero::zero();
     }
 }
 
 /// Which error explains a non-finite statistic: a bad gradient element, or an overflow of an
 /// update from finite inputs (the state was checked before).
-pub(crate) fn gradient_error<T: Float>(grad: &[T]) -> Error {
-    match grad.iter().position(|g| !g.is_finite()) {
+pub(crate) fn gradient_error<G: Element>(grad: &[G]) -> Error {
+    match grad
+        .iter()
+        .position(|g| !num_traits::Float::is_finite(g.to_compute()))
+    {
         Some(index) => Error::NonFiniteGradient { index },
         None => Error::NonFiniteUpdate,
     }

@@ -37,6 +37,36 @@ pub struct CameConfig {
     /// How the instability statistics start (default [`Instability::Reference`], the
     /// reference's zeros without correction). Only with the confidence term.
     pub instability: Instability,
+    /// How a 16-bit parameter (`half::bf16`, `half::f16`) is rounded when the update is written
+    /// back (default [`Rounding::Nearest`], the reference's). No effect on `f32` and `f64`
+    /// parameters, which are never rounded.
+    pub rounding: Rounding,
+}
+
+/// How updated 16-bit parameters are rounded to their storage type.
+///
+/// Near convergence an update is often smaller than half a unit in the last place of a bf16
+/// weight (2^-9 relative), and rounding to nearest then drops it every time: training stalls.
+/// Stochastic rounding keeps every update on average (Gupta et al., *Deep Learning with Limited
+/// Numerical Precision*, ICML 2015; Zamirai et al., arXiv:2010.06192, for bf16 training).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Rounding {
+    /// To nearest, ties to even, after the weight decay and again after the update: exactly
+    /// what came-pytorch 0.1.3 does with 16-bit parameters.
+    #[default]
+    Nearest,
+    /// Once, after decay and update together, to one of the two neighbouring 16-bit values,
+    /// the upper with probability equal to the value's distance from the lower one (in units of
+    /// their gap): unbiased. The random bits of element `i` are a counter-based function of
+    /// `(seed, tensor, step, i)` (SplitMix64's finalizer), where `tensor` is the tensor's
+    /// position in the step (registration order in the owned optimizer, the slice position in
+    /// [`crate::step_all`], 0 in [`crate::step`]) and `step` the state's step count before the
+    /// step: results are identical for any thread count and on resume from a checkpoint.
+    Stochastic {
+        /// The run's seed.
+        seed: u64,
+    },
 }
 
 /// How CAME's instability statistics `R`, `C` (lines 12-13 of Algorithm 1) start.
@@ -70,6 +100,7 @@ impl Default for CameConfig {
             weight_decay: 0.0,
             confidence: true,
             instability: Instability::Reference,
+            rounding: Rounding::Nearest,
         }
     }
 }
@@ -120,6 +151,13 @@ impl CameConfig {
     #[must_use]
     pub fn with_confidence(mut self, confidence: bool) -> Self {
         self.confidence = confidence;
+        self
+    }
+
+    /// Sets how 16-bit parameters are rounded ([`Rounding`]).
+    #[must_use]
+    pub fn with_rounding(mut self, rounding: Rounding) -> Self {
+        self.rounding = rounding;
         self
     }
 
@@ -210,6 +248,8 @@ pub(crate) struct Coefficients<T> {
     pub confidence: bool,
     /// `1 - β3^t` for this step `t` when the instability statistics are bias-corrected
     pub bias_correction3: Option<T>,
+    /// The stochastic-rounding key of this tensor and step; `None`: round to nearest.
+    pub rounding_key: Option<u64>,
 }
 
 impl<T: Float> Coefficients<T> {
@@ -235,6 +275,16 @@ impl<T: Float> Coefficients<T> {
                 // in f64, like the reference's Python floats (AdamW's bias corrections)
                 T::from_f64(1.0 - libm::pow(b3, t as f64))
             }),
+            rounding_key: None,
         }
+    }
+
+    /// These coefficients for tensor number `tensor` of a step: with its stochastic-rounding
+    /// key when `config` asks for stochastic rounding.
+    pub(crate) fn for_tensor(mut self, config: &CameConfig, steps: u64, tensor: usize) -> Self {
+        if let Rounding::Stochastic { seed } = config.rounding {
+            self.rounding_key = Some(crate::element::rounding_key(seed, tensor, steps));
+        }
+        self
     }
 }

@@ -117,6 +117,7 @@ simd_ops!(
 /// it; both are correctly rounded.
 pub trait Float:
     sealed::Sealed<V<pulp::Scalar> = Self>
+    + crate::Element<Compute = Self>
     + num_traits::Float
     + Copy
     + Default

@@ -72,6 +72,7 @@ mod check;
 mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod element;
 mod error;
 mod exec;
 mod float;
@@ -84,7 +85,8 @@ mod state;
 pub use came::multi::{TensorStep, step_all};
 pub use came::{StepInfo, step};
 pub use check::check_gradient;
-pub use config::{CameConfig, Instability};
+pub use config::{CameConfig, Instability, Rounding};
+pub use element::{Element, round_stochastic};
 pub use error::{Buffer, Error, TensorError};
 #[cfg(feature = "std")]
 pub use exec::pool::Pool;

@@ -150,7 +150,7 @@ fn length_mismatch_names_each_buffer() {
     let mut buf = vec![0.0f32; shape.state_len()];
     let mut state = CameState::new(&mut buf);
     let g = vec![0.5f32; 20];
-    let err = came::step(&config, &shape, &mut [0.0; 19], &g, &mut state).unwrap_err();
+    let err = came::step(&config, &shape, &mut [0.0f32; 19], &g, &mut state).unwrap_err();
     assert_eq!(
         err,
         Error::LengthMismatch {
@@ -159,7 +159,7 @@ fn length_mismatch_names_each_buffer() {
             actual: 19
         }
     );
-    let err = came::step(&config, &shape, &mut [0.0; 20], &g[..3], &mut state).unwrap_err();
+    let err = came::step(&config, &shape, &mut [0.0f32; 20], &g[..3], &mut state).unwrap_err();
     assert_eq!(
         err,
         Error::LengthMismatch {
@@ -170,7 +170,7 @@ fn length_mismatch_names_each_buffer() {
     );
     let mut short = vec![0.0f32; shape.state_len() - 1];
     let mut bad_state = CameState::new(&mut short);
-    let err = came::step(&config, &shape, &mut [0.0; 20], &g, &mut bad_state).unwrap_err();
+    let err = came::step(&config, &shape, &mut [0.0f32; 20], &g, &mut bad_state).unwrap_err();
     assert_eq!(
         err,
         Error::LengthMismatch {
@@ -241,7 +241,7 @@ fn negative_statistics_are_corrupt_state() {
         &CameConfig::default(),
         &shape,
         &mut p,
-        &[0.1; 3],
+        &[0.1f32; 3],
         &mut state,
     );
     assert_eq!(err, Err(Error::NonFiniteState));
@@ -261,7 +261,7 @@ fn non_finite_state_in_a_vector_changes_nothing() {
         &CameConfig::default(),
         &shape,
         &mut p,
-        &[0.1; 4],
+        &[0.1f32; 4],
         &mut state,
     )
     .unwrap_err();
@@ -294,7 +294,14 @@ fn zero_eps1_with_a_zero_gradient_is_refused() {
     let shape = Shape::new(&[3]).unwrap();
     let mut buf = vec![0.0f32; shape.state_len()];
     let mut state = CameState::new(&mut buf);
-    let err = came::step(&config, &shape, &mut [1.0; 3], &[0.0, 1.0, 2.0], &mut state).unwrap_err();
+    let err = came::step(
+        &config,
+        &shape,
+        &mut [1.0f32; 3],
+        &[0.0f32, 1.0, 2.0],
+        &mut state,
+    )
+    .unwrap_err();
     assert_eq!(err, Error::NonFiniteUpdate);
 }
 

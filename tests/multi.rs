@@ -212,13 +212,13 @@ fn length_errors_name_the_tensor() {
     let mut tensors = [TensorStep {
         shape,
         param: &mut p,
-        grad: &[0.0; 3],
+        grad: &[0.0f32; 3],
         state: &mut state,
     }];
     let err = came::step_all(&CameConfig::default(), &mut tensors).unwrap_err();
     assert_eq!(err.tensor, 0);
     assert!(matches!(err.error, Error::LengthMismatch { .. }));
-    assert!(came::step_all::<f32>(&CameConfig::default(), &mut []).is_ok());
+    assert!(came::step_all::<f32, f32>(&CameConfig::default(), &mut []).is_ok());
 }
 
 #[test]

@@ -26,7 +26,7 @@ fn bits(v: &[f32]) -> Vec<u32> {
 }
 
 /// Steps `opt` with a fresh set of gradients per step; returns the parameters.
-fn train<C: came::optim::Rule>(
+fn train<C: came::optim::Steps<f32, f32>>(
     opt: &mut CpuOptimizer<f32, C>,
     steps: usize,
     lr: impl Fn(usize) -> f64,
@@ -137,7 +137,7 @@ fn state_bytes_counts_every_tensor() {
 }
 
 /// A snapshot of everything the optimizer holds that a step could change.
-fn snapshot<C: came::optim::Rule>(opt: &CpuOptimizer<f32, C>) -> Vec<(u64, Vec<u32>)> {
+fn snapshot<C: came::optim::Steps<f32, f32>>(opt: &CpuOptimizer<f32, C>) -> Vec<(u64, Vec<u32>)> {
     (0..opt.len())
         .map(|i| {
             let id = TensorId(i);
@@ -152,7 +152,7 @@ fn snapshot<C: came::optim::Rule>(opt: &CpuOptimizer<f32, C>) -> Vec<(u64, Vec<u
         .collect()
 }
 
-fn guard_case<C: came::optim::Rule>(mut opt: CpuOptimizer<f32, C>) {
+fn guard_case<C: came::optim::Steps<f32, f32>>(mut opt: CpuOptimizer<f32, C>) {
     let mut rng = Rng(8);
     let mut params = data(&mut rng, 1.0);
     // one good step first, so the state is not all zeros

@@ -48,7 +48,8 @@ fn zero_size_dims_are_a_successful_no_op() {
         assert_eq!(shape.numel(), 0);
         let mut buf = vec![0.0f32; shape.state_len()];
         let mut state = CameState::new(&mut buf);
-        let info = came::step(&CameConfig::default(), &shape, &mut [], &[], &mut state).unwrap();
+        let info = came::step::<f32, f32>(&CameConfig::default(), &shape, &mut [], &[], &mut state)
+            .unwrap();
         assert_eq!(info.step, 1);
         assert_eq!(info.update_rms, Some(0.0));
         assert!(buf.iter().all(|&x| x == 0.0));

@@ -15,18 +15,19 @@ use super::small::{self, SMALL_COLS};
 use super::sum::{BLOCK_ROWS, ColSums};
 use crate::check::{all_finite, gradient_error};
 use crate::config::Coefficients;
-use crate::exec::lanes::{LaneItems, split, split_mut};
+use crate::element::Element;
+use crate::exec::lanes::{LaneItems, lane_range, split, split_mut};
 use crate::exec::simd::Ops;
 use crate::exec::{Executor, LaneKernel};
 use crate::{Error, Float};
 
 /// Sweep 1 of every matrix: new squared-gradient statistics and factors, and the clip.
-pub(super) fn prepare<T: Float, E: Executor>(
+pub(super) fn prepare<T: Float, P: Element<Compute = T>, G: Element<Compute = T>, E: Executor>(
     exec: &E,
     k: &Coefficients<T>,
     dims: Dims,
-    param: &mut [T],
-    grad: &[T],
+    param: &mut [P],
+    grad: &[G],
     parts: &mut Parts<'_, T>,
 ) -> Result<Clip<T>, Error> {
     let (_, sum_sq) = run(exec, k, dims, Sweep::Norm, T::one(), param, grad, parts)?;
@@ -37,13 +38,13 @@ pub(super) fn prepare<T: Float, E: Executor>(
 }
 
 /// Sweeps 2 and 3 of every matrix, after the squared-gradient statistics were committed.
-pub(super) fn update<T: Float, E: Executor>(
+pub(super) fn update<T: Float, P: Element<Compute = T>, G: Element<Compute = T>, E: Executor>(
     exec: &E,
     k: &Coefficients<T>,
     dims: Dims,
     d: T,
-    param: &mut [T],
-    grad: &[T],
+    param: &mut [P],
+    grad: &[G],
     parts: &mut Parts<'_, T>,
 ) -> Result<(), Error> {
     let (finite, _) = run(exec, k, dims, Sweep::Momentum, d, param, grad, parts)?;
@@ -58,13 +59,15 @@ pub(super) fn update<T: Float, E: Executor>(
 }
 
 /// One lane of a batch: its share of the matrices' data and statistics.
-struct Lane<'a, T> {
+struct Lane<'a, T, P, G> {
     /// gradients
-    g: &'a [T],
+    g: &'a [G],
     /// momentum (written in sweep 2)
     m: &'a mut [T],
     /// parameters (written in sweep 3)
-    p: &'a mut [T],
+    p: &'a mut [P],
+    /// flat index of the lane's first parameter
+    start: usize,
     /// committed statistics: squared gradient rows, columns; instability rows, columns
     stats: [&'a [T]; 4],
     /// new row and column statistics, checked before they are committed
@@ -90,16 +93,19 @@ enum Sweep {
     Apply,
 }
 
-struct Batch<'a, T> {
+struct Batch<'a, T, P, G> {
     rows: usize,
     cols: usize,
     d: T,
     k: &'a Coefficients<T>,
     sweep: Sweep,
+    types: core::marker::PhantomData<(P, G)>,
 }
 
-impl<'a, T: Float> LaneKernel for Batch<'a, T> {
-    type Item = Lane<'a, T>;
+impl<'a, T: Float, P: Element<Compute = T>, G: Element<Compute = T>> LaneKernel
+    for Batch<'a, T, P, G>
+{
+    type Item = Lane<'a, T, P, G>;
 
     #[inline(always)]
     fn run<S: Simd>(&self, simd: S, lane: &mut Self::Item) {
@@ -164,13 +170,13 @@ impl<'a, T: Float> LaneKernel for Batch<'a, T> {
             }
             Sweep::Apply if small => {
                 let pm = (&mut *lane.p, &*lane.m);
-                small::batch_apply(pm, (rows, cols), (&*fr, &*fc), k);
+                small::batch_apply(pm, (rows, cols), (&*fr, &*fc), lane.start, k);
             }
             Sweep::Apply => {
                 let mats = lane.p.chunks_exact_mut(size).zip(lane.m.chunks_exact(size));
                 let f = fr.chunks_exact(rows).zip(fc.chunks_exact(cols));
-                for ((p, m), (rf, cf)) in mats.zip(f) {
-                    rows::apply(o, (p, m), cols, rf, cf, k);
+                for (i, ((p, m), f)) in mats.zip(f).enumerate() {
+                    rows::apply(o, (p, m), cols, f, lane.start + i * size, k);
                 }
             }
         }
@@ -180,14 +186,14 @@ impl<'a, T: Float> LaneKernel for Batch<'a, T> {
 /// Runs one sweep of a batch over all lanes; returns whether all new statistics are finite and
 /// the squared norm of the update (sweep [`Sweep::Norm`]).
 #[allow(clippy::too_many_arguments)]
-fn run<T: Float, E: Executor>(
+fn run<T: Float, P: Element<Compute = T>, G: Element<Compute = T>, E: Executor>(
     exec: &E,
     k: &Coefficients<T>,
     dims: Dims,
     sweep: Sweep,
     d: T,
-    param: &mut [T],
-    grad: &[T],
+    param: &mut [P],
+    grad: &[G],
     parts: &mut Parts<'_, T>,
 ) -> Result<(bool, f64), Error> {
     let Dims {
@@ -218,11 +224,13 @@ fn run<T: Float, E: Executor>(
                 .chunks_exact_mut(ColSums::<T>::PARTS * cols)
                 .zip(weighted.chunks_exact_mut(ColSums::<T>::PARTS * cols)),
         )
+        .enumerate()
         .map(
-            |(((((((g, m), p), (sr, sc)), (rr, rc)), next), factors), sums)| Lane {
+            |(lane, (((((((g, m), p), (sr, sc)), (rr, rc)), next), factors), sums))| Lane {
                 g,
                 m,
                 p,
+                start: lane_range(batch, lanes, lane).0 * size,
                 stats: [sr, sc, rr, rc],
                 next,
                 factors,
@@ -239,6 +247,7 @@ fn run<T: Float, E: Executor>(
             d,
             k,
             sweep,
+            types: core::marker::PhantomData,
         },
         &mut items,
     );

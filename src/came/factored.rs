@@ -31,18 +31,19 @@ use super::rows::{self, Factors, factors, finish_cols};
 use super::sum::{ColSums, combine_lanes};
 use crate::check::{all_finite, gradient_error};
 use crate::config::Coefficients;
-use crate::exec::lanes::{LaneItems, split, split_mut};
+use crate::element::Element;
+use crate::exec::lanes::{LaneItems, lane_range, split, split_mut};
 use crate::exec::simd::Ops;
 use crate::exec::{Executor, LaneKernel};
 use crate::{Error, Float};
 
 /// Sweep 1: the new squared-gradient statistics and their factors (kept in the workspace) and
 /// the clip. Writes nothing but the workspace.
-pub(super) fn prepare<T: Float, E: Executor>(
+pub(super) fn prepare<T: Float, G: Element<Compute = T>, E: Executor>(
     exec: &E,
     k: &Coefficients<T>,
     dims: Dims,
-    grad: &[T],
+    grad: &[G],
     parts: &mut Parts<'_, T>,
 ) -> Result<Clip<T>, Error> {
     let sum_sq = matrix_norm(exec, k, dims, grad, &parts.stats, &mut parts.work)?;
@@ -55,16 +56,17 @@ pub(super) fn prepare<T: Float, E: Executor>(
 // ---- one matrix, lanes of rows ----
 
 /// Sweep 1 of one matrix: squared-gradient statistics of a lane's rows.
-struct SqStats<'a, T> {
+struct SqStats<'a, T, G> {
     cols: usize,
     k: &'a Coefficients<T>,
+    g: core::marker::PhantomData<G>,
 }
 
-impl<'a, T: Float> LaneKernel for SqStats<'a, T> {
+impl<'a, T: Float, G: Element<Compute = T>> LaneKernel for SqStats<'a, T, G> {
     /// gradient rows, old row statistics, new row statistics, column sums, weighted column
     /// sums
     type Item = (
-        &'a [T],
+        &'a [G],
         &'a [T],
         &'a mut [T],
         ColSums<'a, T>,
@@ -81,18 +83,19 @@ impl<'a, T: Float> LaneKernel for SqStats<'a, T> {
 }
 
 /// Sweep 2 of one matrix: momentum and instability statistics of a lane's rows.
-struct Momentum<'a, T> {
+struct Momentum<'a, T, G> {
     cols: usize,
     cf: &'a [T],
     d: T,
     k: &'a Coefficients<T>,
+    g: core::marker::PhantomData<G>,
 }
 
-impl<'a, T: Float> LaneKernel for Momentum<'a, T> {
+impl<'a, T: Float, G: Element<Compute = T>> LaneKernel for Momentum<'a, T, G> {
     /// gradient rows, momentum rows, row factors, old and new instability row statistics,
     /// column sums
     type Item = (
-        &'a [T],
+        &'a [G],
         &'a mut [T],
         &'a [T],
         &'a [T],
@@ -121,29 +124,31 @@ impl<'a, T: Float> LaneKernel for Momentum<'a, T> {
 }
 
 /// Sweep 3 of one matrix: the parameter update of a lane's rows.
-struct Apply<'a, T> {
+struct Apply<'a, T, P> {
     cols: usize,
     cf: &'a [T],
     k: &'a Coefficients<T>,
+    p: core::marker::PhantomData<P>,
 }
 
-impl<'a, T: Float> LaneKernel for Apply<'a, T> {
-    /// parameter rows, momentum rows, row factors
-    type Item = (&'a mut [T], &'a [T], &'a [T]);
+impl<'a, T: Float, P: Element<Compute = T>> LaneKernel for Apply<'a, T, P> {
+    /// parameter rows, momentum rows, row factors, flat index of the lane's first parameter
+    type Item = (&'a mut [P], &'a [T], &'a [T], usize);
 
     #[inline(always)]
-    fn run<S: Simd>(&self, simd: S, (p, m, rf): &mut Self::Item) {
-        rows::apply(Ops::new(simd), (p, m), self.cols, rf, self.cf, self.k);
+    fn run<S: Simd>(&self, simd: S, (p, m, rf, start): &mut Self::Item) {
+        let o = Ops::new(simd);
+        rows::apply(o, (p, m), self.cols, (rf, self.cf), *start, self.k);
     }
 }
 
 /// Sweep 1 of one matrix: returns the squared norm of the unclipped update, with the new
 /// statistics and their factors in the workspace.
-fn matrix_norm<T: Float, E: Executor>(
+fn matrix_norm<T: Float, G: Element<Compute = T>, E: Executor>(
     exec: &E,
     k: &Coefficients<T>,
     dims: Dims,
-    grad: &[T],
+    grad: &[G],
     stats: &Stats<'_, T>,
     work: &mut Work<'_, T>,
 ) -> Result<f64, Error> {
@@ -176,7 +181,8 @@ fn matrix_norm<T: Float, E: Executor>(
                 )
             })
             .collect();
-        exec.run(&SqStats { cols, k }, &mut items);
+        let g = core::marker::PhantomData;
+        exec.run(&SqStats { cols, k, g }, &mut items);
     }
     let col_sums = combine_lanes(col_parts, cols);
     let q = combine_lanes(weighted, cols);
@@ -197,13 +203,13 @@ fn matrix_norm<T: Float, E: Executor>(
 }
 
 /// Sweeps 2 and 3 of one matrix, after the squared-gradient statistics were committed.
-pub(super) fn update<T: Float, E: Executor>(
+pub(super) fn update<T: Float, P: Element<Compute = T>, G: Element<Compute = T>, E: Executor>(
     exec: &E,
     k: &Coefficients<T>,
     dims: Dims,
     d: T,
-    param: &mut [T],
-    grad: &[T],
+    param: &mut [P],
+    grad: &[G],
     parts: &mut Parts<'_, T>,
 ) -> Result<(), Error> {
     let Dims {
@@ -232,7 +238,8 @@ pub(super) fn update<T: Float, E: Executor>(
                 (g, m, f, old, next, ColSums::new(sums, cols))
             })
             .collect();
-        exec.run(&Momentum { cols, cf, d, k }, &mut items);
+        let g = core::marker::PhantomData;
+        exec.run(&Momentum { cols, cf, d, k, g }, &mut items);
     }
     let col_sums = combine_lanes(col_parts, cols);
     finish_cols(
@@ -259,9 +266,11 @@ pub(super) fn update<T: Float, E: Executor>(
     let mut items: LaneItems<_> = split_mut(param, cols, rows, lanes)
         .zip(split(m, cols, rows, lanes))
         .zip(split(rf, 1, rows, lanes))
-        .map(|((p, m), f)| (p, m, f))
+        .enumerate()
+        .map(|(lane, ((p, m), f))| (p, m, f, lane_range(rows, lanes, lane).0 * cols))
         .collect();
     let cf = &**cf;
-    exec.run(&Apply { cols, cf, k }, &mut items);
+    let p = core::marker::PhantomData;
+    exec.run(&Apply { cols, cf, k, p }, &mut items);
     Ok(())
 }

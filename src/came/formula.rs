@@ -31,6 +31,7 @@ use pulp::Simd;
 
 use crate::Float;
 use crate::config::Coefficients;
+use crate::element::Element;
 use crate::exec::simd::{Ops, Scalar, V};
 
 /// The step's coefficients as vectors of `S`, splatted once per sweep.
@@ -132,16 +133,34 @@ pub(crate) fn decay<S: Simd, T: Float>(o: Ops<S, T>, c: &Consts<S, T>, p: V<S, T
     o.sub(p, o.mul(c.decay, p))
 }
 
-/// Lines 14-15 for one element of a factored tensor: `p - ((Rf Cf) m) lr`, after weight decay
-/// when `DECAY`; `rf`, `cf` are the confidence factors of the element's row and column.
+/// Decoupled weight decay of a parameter stored in `P`, when `DECAY`: `p - (lr wd) p`, rounded
+/// to `P` when `round` (a 16-bit parameter rounded to nearest: the reference decays the
+/// parameter in place, in its own dtype, before the update). With stochastic rounding the
+/// decayed value stays in `T`: rounding it to nearest would undo a decay smaller than half a
+/// unit in the last place.
 #[inline(always)]
-pub(crate) fn apply<S: Simd, T: Float, const DECAY: bool>(
+pub(crate) fn decayed<S: Simd, T: Float, P: Element<Compute = T>, const DECAY: bool>(
+    o: Ops<S, T>,
+    c: &Consts<S, T>,
+    p: V<S, T>,
+    round: bool,
+) -> V<S, T> {
+    if !DECAY {
+        return p;
+    }
+    let p = decay(o, c, p);
+    if round { P::round_vec::<S>(p) } else { p }
+}
+
+/// Lines 14-15 for one element of a factored tensor: `p - ((Rf Cf) m) lr` (after weight decay,
+/// [`decayed`]); `rf`, `cf` are the confidence factors of the element's row and column.
+#[inline(always)]
+pub(crate) fn apply<S: Simd, T: Float>(
     o: Ops<S, T>,
     c: &Consts<S, T>,
     (p, m): (V<S, T>, V<S, T>),
     (rf, cf): (V<S, T>, V<S, T>),
 ) -> V<S, T> {
-    let p = if DECAY { decay(o, c, p) } else { p };
     o.sub(p, o.mul(o.mul(o.mul(rf, cf), m), c.lr))
 }
 
@@ -179,9 +198,9 @@ pub(crate) fn vector_second_moment<S: Simd, T: Float>(
 }
 
 /// Lines 9, 10 and 15 for a vector: the clipped update `u / d` (when `CLIP`), the momentum and
-/// `p - m lr` after weight decay (when `DECAY`). Returns `(m, p)`.
+/// `p - m lr` (`p` after weight decay, [`decayed`]). Returns `(m, p)`.
 #[inline(always)]
-pub(crate) fn vector_update<S: Simd, T: Float, const CLIP: bool, const DECAY: bool>(
+pub(crate) fn vector_update<S: Simd, T: Float, const CLIP: bool>(
     o: Ops<S, T>,
     c: &Consts<S, T>,
     (u, d): (V<S, T>, V<S, T>),
@@ -189,7 +208,6 @@ pub(crate) fn vector_update<S: Simd, T: Float, const CLIP: bool, const DECAY: bo
 ) -> (V<S, T>, V<S, T>) {
     let u = if CLIP { o.div(u, d) } else { u };
     let m_new = ema(o, m, u, c.beta1, c.one_minus_beta1);
-    let p = if DECAY { decay(o, c, p) } else { p };
     (m_new, o.sub(p, o.mul(m_new, c.lr)))
 }
 

@@ -28,6 +28,7 @@ mod vector;
 use formula::Clip;
 
 use crate::config::Coefficients;
+use crate::element::Element;
 use crate::error::Buffer;
 use crate::exec::{Executor, Serial};
 use crate::state::check_len;
@@ -75,23 +76,23 @@ pub struct StepInfo {
 ///
 /// On every error the parameters are unchanged and so is the state, except where
 /// [`Error::NonFiniteState`] says otherwise (the state was corrupt already).
-pub fn step<T: Float>(
+pub fn step<P: Element, G: Element<Compute = P::Compute>>(
     config: &CameConfig,
     shape: &Shape,
-    param: &mut [T],
-    grad: &[T],
-    state: &mut CameState<'_, T>,
+    param: &mut [P],
+    grad: &[G],
+    state: &mut CameState<'_, P::Compute>,
 ) -> Result<StepInfo, Error> {
     step_on(&Serial, config, shape, param, grad, state)
 }
 
 /// [`step`] with the lanes run by `exec`.
-pub(crate) fn step_on<T: Float, E: Executor>(
+pub(crate) fn step_on<T: Float, P: Element<Compute = T>, G: Element<Compute = T>, E: Executor>(
     exec: &E,
     config: &CameConfig,
     shape: &Shape,
-    param: &mut [T],
-    grad: &[T],
+    param: &mut [P],
+    grad: &[G],
     state: &mut CameState<'_, T>,
 ) -> Result<StepInfo, Error> {
     let steps = state.step_count();
@@ -106,7 +107,7 @@ pub(crate) fn step_on<T: Float, E: Executor>(
     )?;
     finish(
         exec,
-        config,
+        (config, 0),
         shape,
         clip,
         param,
@@ -127,12 +128,12 @@ pub(crate) fn step_on<T: Float, E: Executor>(
 /// workspace; every error a step can report on a healthy state is found here. `steps` counts
 /// the steps the tensor took before this one.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn prepare<T: Float, E: Executor>(
+pub(crate) fn prepare<T: Float, P: Element<Compute = T>, G: Element<Compute = T>, E: Executor>(
     exec: &E,
     config: &CameConfig,
     shape: &Shape,
-    param: &mut [T],
-    grad: &[T],
+    param: &mut [P],
+    grad: &[G],
     state: &mut [T],
     steps: u64,
 ) -> Result<Clip<T>, Error> {
@@ -158,22 +159,23 @@ pub(crate) fn prepare<T: Float, E: Executor>(
 
 /// The second half of a step, after [`prepare`] on the same tensor and state: commits the
 /// statistics left in the workspace and updates momentum, instability statistics and
-/// parameters. Does not count the step.
+/// parameters. Does not count the step. `tensor` is the tensor's position in the step (for
+/// stochastic rounding, [`crate::Rounding`]).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn finish<T: Float, E: Executor>(
+pub(crate) fn finish<T: Float, P: Element<Compute = T>, G: Element<Compute = T>, E: Executor>(
     exec: &E,
-    config: &CameConfig,
+    (config, tensor): (&CameConfig, usize),
     shape: &Shape,
     clip: Clip<T>,
-    param: &mut [T],
-    grad: &[T],
+    param: &mut [P],
+    grad: &[G],
     state: &mut [T],
     steps: u64,
 ) -> Result<(), Error> {
     if shape.numel() == 0 {
         return Ok(());
     }
-    let k = Coefficients::new(config, steps);
+    let k = Coefficients::new(config, steps).for_tensor(config, steps, tensor);
     let Some((dims, mut parts)) = parts::factored(shape, state) else {
         vector::finish(exec, &k, shape, clip, param, grad, state);
         return Ok(());

@@ -1,21 +1,22 @@
 //! Stepping several borrowed tensors at once, all or nothing.
 
 use super::{check_tensor_lens, finish, prepare};
+use crate::element::Element;
 use crate::exec::{Executor, Serial, all_or_nothing};
 use crate::state::check_len;
-use crate::{CameConfig, CameState, Float, Shape, TensorError};
+use crate::{CameConfig, CameState, Shape, TensorError};
 
 /// One tensor of a multi-tensor step: its shape and borrowed parameter, gradient and state.
 #[derive(Debug)]
-pub struct TensorStep<'a, 's, T> {
+pub struct TensorStep<'a, 's, P: Element, G = P> {
     /// The tensor's shape.
     pub shape: Shape,
     /// The parameters, `shape.numel()` elements.
-    pub param: &'a mut [T],
+    pub param: &'a mut [P],
     /// The gradient, `shape.numel()` elements.
-    pub grad: &'a [T],
+    pub grad: &'a [G],
     /// The tensor's state.
-    pub state: &'a mut CameState<'s, T>,
+    pub state: &'a mut CameState<'s, P::Compute>,
 }
 
 /// Steps every tensor with one config, without allocating, all or nothing.
@@ -45,32 +46,32 @@ pub struct TensorStep<'a, 's, T> {
 /// The error of the first failing tensor, with its position; nothing was changed, except for a
 /// [`crate::Error::NonFiniteState`] found in the second half (a momentum corrupted before the step,
 /// see there).
-pub fn step_all<T: Float>(
+pub fn step_all<P: Element, G: Element<Compute = P::Compute>>(
     config: &CameConfig,
-    tensors: &mut [TensorStep<'_, '_, T>],
+    tensors: &mut [TensorStep<'_, '_, P, G>],
 ) -> Result<(), TensorError> {
     step_all_on(&Serial, config, tensors)
 }
 
 /// [`step_all`] with tensors and lanes run by `exec`.
-pub(crate) fn step_all_on<T: Float, E: Executor>(
+pub(crate) fn step_all_on<P: Element, G: Element<Compute = P::Compute>, E: Executor>(
     exec: &E,
     config: &CameConfig,
-    tensors: &mut [TensorStep<'_, '_, T>],
+    tensors: &mut [TensorStep<'_, '_, P, G>],
 ) -> Result<(), TensorError> {
     validate_all(config, tensors)?;
     let failed = all_or_nothing(
         exec,
         tensors,
         true,
-        |t| {
+        |_, t| {
             let steps = t.state.step_count();
             let state = t.state.as_mut_slice();
             let clip = prepare(exec, config, &t.shape, t.param, t.grad, state, steps)?;
             t.state.set_pending(Some(clip));
             Ok(())
         },
-        |t| {
+        |i, t| {
             let steps = t.state.step_count();
             let clip = if let Some(clip) = t.state.take_pending() {
                 clip
@@ -79,7 +80,16 @@ pub(crate) fn step_all_on<T: Float, E: Executor>(
                 prepare(exec, config, &t.shape, t.param, t.grad, state, steps)?
             };
             let state = t.state.as_mut_slice();
-            finish(exec, config, &t.shape, clip, t.param, t.grad, state, steps)?;
+            finish(
+                exec,
+                (config, i),
+                &t.shape,
+                clip,
+                t.param,
+                t.grad,
+                state,
+                steps,
+            )?;
             t.state.advance();
             Ok(())
         },
@@ -89,9 +99,9 @@ pub(crate) fn step_all_on<T: Float, E: Executor>(
 }
 
 /// Checks the config and every tensor's buffer lengths.
-fn validate_all<T: Float>(
+fn validate_all<P: Element, G>(
     config: &CameConfig,
-    tensors: &[TensorStep<'_, '_, T>],
+    tensors: &[TensorStep<'_, '_, P, G>],
 ) -> Result<(), TensorError> {
     config
         .validate()

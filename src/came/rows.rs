@@ -14,6 +14,7 @@ use super::sum::{BLOCK_ROWS, ColSums};
 use super::sweeps::{GROUP, apply_rows, col_sq_terms, momentum_rows, row_sq_sum, rows, rows_mut};
 use crate::Float;
 use crate::config::Coefficients;
+use crate::element::Element;
 use crate::exec::simd::{Ops, Scalar};
 
 /// How many of `rows` rows of `cols` elements are walked `GROUP` at a time (the rest one at a
@@ -37,9 +38,9 @@ const NARROW_ROW_BYTES: usize = 8192;
 /// terms added to `sums`, weighted column terms `g_ij^2 / next_i` to `weighted`, in blocks of
 /// [`BLOCK_ROWS`] rows (see [`super::sum`]).
 #[inline(always)]
-pub(super) fn sq_stats<S: Simd, T: Float>(
+pub(super) fn sq_stats<S: Simd, T: Float, G: Element<Compute = T>>(
     o: Ops<S, T>,
-    g: &[T],
+    g: &[G],
     cols: usize,
     (old, next): (&[T], &mut [T]),
     (sums, weighted): (&mut ColSums<'_, T>, &mut ColSums<'_, T>),
@@ -56,9 +57,9 @@ pub(super) fn sq_stats<S: Simd, T: Float>(
 
 /// [`sq_stats`] on one block of rows, adding to the blocks' column sums.
 #[inline(always)]
-fn sq_stats_block<S: Simd, T: Float>(
+fn sq_stats_block<S: Simd, T: Float, G: Element<Compute = T>>(
     o: Ops<S, T>,
-    g: &[T],
+    g: &[G],
     cols: usize,
     (old, next): (&[T], &mut [T]),
     sums: (&mut [T], &mut [T]),
@@ -72,14 +73,14 @@ fn sq_stats_block<S: Simd, T: Float>(
     let (old4, old1) = old.split_at(split);
     let (next4, next1) = next.split_at_mut(split);
     let (sums, weighted) = sums;
-    sq_stats_by::<S, T, GROUP>(o, g4, cols, (old4, next4), (sums, weighted), k);
-    sq_stats_by::<S, T, 1>(o, g1, cols, (old1, next1), (sums, weighted), k);
+    sq_stats_by::<S, T, G, GROUP>(o, g4, cols, (old4, next4), (sums, weighted), k);
+    sq_stats_by::<S, T, G, 1>(o, g1, cols, (old1, next1), (sums, weighted), k);
 }
 
 #[inline(always)]
-fn sq_stats_by<S: Simd, T: Float, const R: usize>(
+fn sq_stats_by<S: Simd, T: Float, G: Element<Compute = T>, const R: usize>(
     o: Ops<S, T>,
-    g: &[T],
+    g: &[G],
     cols: usize,
     (old, next): (&[T], &mut [T]),
     (sums, weighted): (&mut [T], &mut [T]),
@@ -88,7 +89,7 @@ fn sq_stats_by<S: Simd, T: Float, const R: usize>(
     let n = T::from_f64(cols as f64);
     let groups = g.chunks_exact(R * cols).zip(old.chunks_exact(R));
     for ((g, old), next) in groups.zip(next.chunks_exact_mut(R)) {
-        let g = rows::<T, R>(g, cols);
+        let g = rows::<G, R>(g, cols);
         let mut s = [T::zero(); R];
         for r in 0..R {
             s[r] = row_sq_sum(o, g[r], k.eps1);
@@ -97,7 +98,7 @@ fn sq_stats_by<S: Simd, T: Float, const R: usize>(
             next[r] = average(old[r], s[r], n, k.beta2, k.one_minus_beta2);
         }
         let w: [T; R] = core::array::from_fn(|r| T::one() / next[r]);
-        col_sq_terms::<S, T, R>(o, g, k.eps1, w, (&mut *sums, &mut *weighted));
+        col_sq_terms::<S, T, G, R>(o, g, k.eps1, w, (&mut *sums, &mut *weighted));
     }
 }
 
@@ -112,9 +113,9 @@ pub(super) struct Factors<'a, T> {
 /// Sweep 2 on some rows: their momentum and instability, `next` row statistics, column terms
 /// added to `sums` in blocks of [`BLOCK_ROWS`] rows.
 #[inline(always)]
-pub(super) fn momentum<S: Simd, T: Float>(
+pub(super) fn momentum<S: Simd, T: Float, G: Element<Compute = T>>(
     o: Ops<S, T>,
-    (g, m): (&[T], &mut [T]),
+    (g, m): (&[G], &mut [T]),
     cols: usize,
     f: Factors<'_, T>,
     (old, next): (&[T], &mut [T]),
@@ -134,9 +135,9 @@ pub(super) fn momentum<S: Simd, T: Float>(
 
 /// [`momentum`] on one block of rows, adding to the block's column sums.
 #[inline(always)]
-fn momentum_block<S: Simd, T: Float>(
+fn momentum_block<S: Simd, T: Float, G: Element<Compute = T>>(
     o: Ops<S, T>,
-    (g, m): (&[T], &mut [T]),
+    (g, m): (&[G], &mut [T]),
     cols: usize,
     f: Factors<'_, T>,
     (old, next): (&[T], &mut [T]),
@@ -154,14 +155,14 @@ fn momentum_block<S: Simd, T: Float>(
     let (next4, next1) = next.split_at_mut(split);
     let f4 = Factors { rf: rf4, ..f };
     let f1 = Factors { rf: rf1, ..f };
-    momentum_by::<S, T, GROUP>(o, (g4, m4), cols, f4, (old4, next4), sums, k);
-    momentum_by::<S, T, 1>(o, (g1, m1), cols, f1, (old1, next1), sums, k);
+    momentum_by::<S, T, G, GROUP>(o, (g4, m4), cols, f4, (old4, next4), sums, k);
+    momentum_by::<S, T, G, 1>(o, (g1, m1), cols, f1, (old1, next1), sums, k);
 }
 
 #[inline(always)]
-fn momentum_by<S: Simd, T: Float, const R: usize>(
+fn momentum_by<S: Simd, T: Float, G: Element<Compute = T>, const R: usize>(
     o: Ops<S, T>,
-    (g, m): (&[T], &mut [T]),
+    (g, m): (&[G], &mut [T]),
     cols: usize,
     f: Factors<'_, T>,
     (old, next): (&[T], &mut [T]),
@@ -175,47 +176,48 @@ fn momentum_by<S: Simd, T: Float, const R: usize>(
         // the clip divisor divides the row factor (exactly 1 when the update is not clipped)
         let rf_d: [T; R] = core::array::from_fn(|r| rf[r] / f.d);
         let data = (rows(g, cols), rows_mut(m, cols));
-        let s = momentum_rows::<S, T, R>(o, data, rf_d, f.cf, k, sums);
+        let s = momentum_rows::<S, T, G, R>(o, data, rf_d, f.cf, k, sums);
         for r in 0..R {
             next[r] = average(old[r], s[r], n, k.beta3, k.one_minus_beta3);
         }
     }
 }
 
-/// Sweep 3 on some rows: the parameters.
+/// Sweep 3 on some rows: the parameters (`start`: the flat index of `p[0]` in its tensor).
 #[inline(always)]
-pub(super) fn apply<S: Simd, T: Float>(
+pub(super) fn apply<S: Simd, T: Float, P: Element<Compute = T>>(
     o: Ops<S, T>,
-    (p, m): (&mut [T], &[T]),
+    (p, m): (&mut [P], &[T]),
     cols: usize,
-    rf: &[T],
-    cf: &[T],
+    (rf, cf): (&[T], &[T]),
+    start: usize,
     k: &Coefficients<T>,
 ) {
     if cols < SMALL_COLS {
-        return small::apply((p, m), cols, rf, cf, k);
+        return small::apply((p, m), cols, (rf, cf), start, k);
     }
     let split = grouped::<T>(cols, rf.len());
     let (p4, p1) = p.split_at_mut(split * cols);
     let (m4, m1) = m.split_at(split * cols);
     let (rf4, rf1) = rf.split_at(split);
-    apply_by::<S, T, GROUP>(o, (p4, m4), cols, rf4, cf, k);
-    apply_by::<S, T, 1>(o, (p1, m1), cols, rf1, cf, k);
+    apply_by::<S, T, P, GROUP>(o, (p4, m4), cols, (rf4, cf), start, k);
+    apply_by::<S, T, P, 1>(o, (p1, m1), cols, (rf1, cf), start + split * cols, k);
 }
 
 #[inline(always)]
-fn apply_by<S: Simd, T: Float, const R: usize>(
+fn apply_by<S: Simd, T: Float, P: Element<Compute = T>, const R: usize>(
     o: Ops<S, T>,
-    (p, m): (&mut [T], &[T]),
+    (p, m): (&mut [P], &[T]),
     cols: usize,
-    rf: &[T],
-    cf: &[T],
+    (rf, cf): (&[T], &[T]),
+    start: usize,
     k: &Coefficients<T>,
 ) {
     let data = p.chunks_exact_mut(R * cols).zip(m.chunks_exact(R * cols));
-    for ((p, m), rf) in data.zip(rf.chunks_exact(R)) {
+    for (group, ((p, m), rf)) in data.zip(rf.chunks_exact(R)).enumerate() {
         let rf: [T; R] = core::array::from_fn(|r| rf[r]);
-        apply_rows::<S, T, R>(o, (rows_mut(p, cols), rows(m, cols)), rf, cf, k);
+        let at = start + group * R * cols;
+        apply_rows::<S, T, P, R>(o, (rows_mut(p, cols), rows(m, cols)), (rf, cf), at, k);
     }
 }
 

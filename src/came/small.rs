@@ -13,14 +13,15 @@
 use super::formula::{self, average, norm_from_quotients, scalar, sq_term, square};
 use crate::Float;
 use crate::config::Coefficients;
+use crate::element::{Element, random_bits};
 
 /// Rows of fewer elements take these loops, without the vector set-up per row.
 pub(crate) const SMALL_COLS: usize = 16;
 
 /// Row sums first, then the column terms and the weighted column terms of the row.
 #[inline(always)]
-pub(super) fn sq_stats<T: Float>(
-    g: &[T],
+pub(super) fn sq_stats<T: Float, G: Element<Compute = T>>(
+    g: &[G],
     cols: usize,
     (old, next): (&[T], &mut [T]),
     (sums, weighted): (&mut [T], &mut [T]),
@@ -31,12 +32,12 @@ pub(super) fn sq_stats<T: Float>(
     for ((g, &old), nx) in g.chunks_exact(cols).zip(old).zip(next) {
         let mut s = T::zero();
         for &x in g {
-            s = s + sq_term(o, square(o, x), c.eps1);
+            s = s + sq_term(o, square(o, x.to_compute()), c.eps1);
         }
         *nx = average(old, s, n, k.beta2, k.one_minus_beta2);
         let w = T::one() / *nx;
         for ((&x, col), v) in g.iter().zip(sums.iter_mut()).zip(weighted.iter_mut()) {
-            let sq = square(o, x);
+            let sq = square(o, x.to_compute());
             *col = *col + sq_term(o, sq, c.eps1);
             *v = *v + formula::weighted_term(o, sq, w);
         }
@@ -45,8 +46,8 @@ pub(super) fn sq_stats<T: Float>(
 
 /// Sweep 2 of some rows, with row factors `rf`, column factors `cf` and clip divisor `d`.
 #[inline(always)]
-pub(super) fn momentum<T: Float>(
-    (g, m): (&[T], &mut [T]),
+pub(super) fn momentum<T: Float, G: Element<Compute = T>>(
+    (g, m): (&[G], &mut [T]),
     cols: usize,
     (rf, cf, d): (&[T], &[T], T),
     (old, next): (&[T], &mut [T]),
@@ -64,8 +65,8 @@ pub(super) fn momentum<T: Float>(
 /// The momentum of one row with the clipped update `u = (r * cf_j) * g_j`; returns the row's
 /// `sum_j ((u_j - m_j)^2 + eps2)` and adds the column terms to `sums`.
 #[inline(always)]
-fn momentum_row<T: Float>(
-    (g, m): (&[T], &mut [T]),
+fn momentum_row<T: Float, G: Element<Compute = T>>(
+    (g, m): (&[G], &mut [T]),
     r: T,
     cf: &[T],
     sums: &mut [T],
@@ -74,7 +75,7 @@ fn momentum_row<T: Float>(
     let (o, c) = scalar(k);
     let mut s = T::zero();
     for (((&x, mj), &f), cs) in g.iter().zip(m).zip(cf).zip(sums.iter_mut()) {
-        let (m_new, res) = formula::momentum(o, &c, (x, *mj), (r, f));
+        let (m_new, res) = formula::momentum(o, &c, (x.to_compute(), *mj), (r, f));
         *mj = m_new;
         s = s + res;
         *cs = *cs + res;
@@ -82,35 +83,42 @@ fn momentum_row<T: Float>(
     s
 }
 
-/// Sweep 3 of some rows: the parameters.
+/// Sweep 3 of some rows: the parameters (`start`: the flat index of `p[0]` in its tensor).
 #[inline(always)]
-pub(super) fn apply<T: Float>(
-    (p, m): (&mut [T], &[T]),
+pub(super) fn apply<T: Float, P: Element<Compute = T>>(
+    (p, m): (&mut [P], &[T]),
     cols: usize,
-    rf: &[T],
-    cf: &[T],
+    (rf, cf): (&[T], &[T]),
+    start: usize,
     k: &Coefficients<T>,
 ) {
-    if k.decay.is_some() {
-        apply_with::<T, true>((p, m), cols, rf, cf, k);
-    } else {
-        apply_with::<T, false>((p, m), cols, rf, cf, k);
+    match (k.decay.is_some(), k.rounding_key.filter(|_| P::ROUNDS)) {
+        (false, None) => apply_with::<T, P, false>((p, m), cols, (rf, cf), (start, None), k),
+        (true, None) => apply_with::<T, P, true>((p, m), cols, (rf, cf), (start, None), k),
+        (false, key) => apply_with::<T, P, false>((p, m), cols, (rf, cf), (start, key), k),
+        (true, key) => apply_with::<T, P, true>((p, m), cols, (rf, cf), (start, key), k),
     }
 }
 
 #[inline(always)]
-fn apply_with<T: Float, const DECAY: bool>(
-    (p, m): (&mut [T], &[T]),
+fn apply_with<T: Float, P: Element<Compute = T>, const DECAY: bool>(
+    (p, m): (&mut [P], &[T]),
     cols: usize,
-    rf: &[T],
-    cf: &[T],
+    (rf, cf): (&[T], &[T]),
+    (start, key): (usize, Option<u64>),
     k: &Coefficients<T>,
 ) {
     let (o, c) = scalar(k);
     let rows = p.chunks_exact_mut(cols).zip(m.chunks_exact(cols));
-    for ((p, m), &r) in rows.zip(rf) {
-        for ((pj, &mj), &f) in p.iter_mut().zip(m).zip(cf) {
-            *pj = formula::apply::<_, T, DECAY>(o, &c, (*pj, mj), (r, f));
+    for (i, ((p, m), &r)) in rows.zip(rf).enumerate() {
+        for (j, ((pj, &mj), &f)) in p.iter_mut().zip(m).zip(cf).enumerate() {
+            let round = P::ROUNDS && key.is_none();
+            let p = formula::decayed::<_, T, P, DECAY>(o, &c, pj.to_compute(), round);
+            let x = formula::apply(o, &c, (p, mj), (r, f));
+            *pj = match key {
+                Some(key) => P::round_stochastic(x, random_bits(key, start + i * cols + j)),
+                None => P::from_compute(x),
+            };
         }
     }
 }
@@ -128,12 +136,12 @@ fn average_into<T: Float>(old: &[T], next: &mut [T], beta: T, omb: T, n: usize) 
 /// so that the loops over a row unroll and a matrix's column data stays in registers, and with
 /// `C = 0` (the count known at run time only) for any other width.
 macro_rules! by_width {
-    ($f:ident::<$t:ty>($cols:expr, $($arg:expr),* $(,)?)) => {
+    ($f:ident::<$($t:ty),+>($cols:expr, $($arg:expr),* $(,)?)) => {
         match $cols {
-            1 => $f::<$t, 1>($($arg),*),
-            3 => $f::<$t, 3>($($arg),*),
-            5 => $f::<$t, 5>($($arg),*),
-            _ => $f::<$t, 0>($($arg),*),
+            1 => $f::<$($t),+, 1>($($arg),*),
+            3 => $f::<$($t),+, 3>($($arg),*),
+            5 => $f::<$($t),+, 5>($($arg),*),
+            _ => $f::<$($t),+, 0>($($arg),*),
         }
     };
 }
@@ -147,15 +155,15 @@ const fn width<const C: usize>(cols: usize) -> usize {
 /// Sweep 1 of a lane of small matrices `(rows, cols)`: new squared-gradient statistics into
 /// `next`; returns the squared norm of the unclipped update. Uses the factor arrays as scratch.
 #[inline(always)]
-pub(super) fn batch_sq_stats<T: Float>(
-    g: &[T],
+pub(super) fn batch_sq_stats<T: Float, G: Element<Compute = T>>(
+    g: &[G],
     (rows, cols): (usize, usize),
     old: (&[T], &[T]),
     next: (&mut [T], &mut [T]),
     scratch: (&mut [T], &mut [T]),
     k: &Coefficients<T>,
 ) -> f64 {
-    by_width!(batch_sq_stats_with::<T>(
+    by_width!(batch_sq_stats_with::<T, G>(
         cols,
         g,
         (rows, cols),
@@ -167,8 +175,8 @@ pub(super) fn batch_sq_stats<T: Float>(
 }
 
 #[inline(always)]
-fn batch_sq_stats_with<T: Float, const C: usize>(
-    g: &[T],
+fn batch_sq_stats_with<T: Float, G: Element<Compute = T>, const C: usize>(
+    g: &[G],
     (rows, cols): (usize, usize),
     (old_row, old_col): (&[T], &[T]),
     (next_row, next_col): (&mut [T], &mut [T]),
@@ -187,7 +195,7 @@ fn batch_sq_stats_with<T: Float, const C: usize>(
         for (g, nx) in g.chunks_exact(cols).zip(nr) {
             let mut s = T::zero();
             for (&x, col) in g.iter().zip(nc.iter_mut()) {
-                let u = sq_term(o, square(o, x), c.eps1);
+                let u = sq_term(o, square(o, x.to_compute()), c.eps1);
                 s = s + u;
                 *col = *col + u;
             }
@@ -207,7 +215,7 @@ fn batch_sq_stats_with<T: Float, const C: usize>(
     for ((g, w), v) in mats.zip(scratch_col.chunks_exact_mut(cols)) {
         for (g, &w) in g.chunks_exact(cols).zip(w) {
             for (&x, v) in g.iter().zip(v.iter_mut()) {
-                *v = *v + formula::weighted_term(o, square(o, x), w);
+                *v = *v + formula::weighted_term(o, square(o, x.to_compute()), w);
             }
         }
     }
@@ -226,8 +234,8 @@ fn batch_sq_stats_with<T: Float, const C: usize>(
 /// `next`. Divides the row factors by the clip divisor in place (they are recomputed after
 /// this sweep).
 #[inline(always)]
-pub(super) fn batch_momentum<T: Float>(
-    gm: (&[T], &mut [T]),
+pub(super) fn batch_momentum<T: Float, G: Element<Compute = T>>(
+    gm: (&[G], &mut [T]),
     (rows, cols): (usize, usize),
     factors: (&mut [T], &[T]),
     d: T,
@@ -235,7 +243,7 @@ pub(super) fn batch_momentum<T: Float>(
     next: (&mut [T], &mut [T]),
     k: &Coefficients<T>,
 ) {
-    by_width!(batch_momentum_with::<T>(
+    by_width!(batch_momentum_with::<T, G>(
         cols,
         gm,
         (rows, cols),
@@ -248,8 +256,8 @@ pub(super) fn batch_momentum<T: Float>(
 }
 
 #[inline(always)]
-fn batch_momentum_with<T: Float, const C: usize>(
-    (g, m): (&[T], &mut [T]),
+fn batch_momentum_with<T: Float, G: Element<Compute = T>, const C: usize>(
+    (g, m): (&[G], &mut [T]),
     (rows, cols): (usize, usize),
     (rf, cf): (&mut [T], &[T]),
     d: T,
@@ -278,29 +286,38 @@ fn batch_momentum_with<T: Float, const C: usize>(
     average_into(old_col, next_col, k.beta3, k.one_minus_beta3, rows);
 }
 
-/// Sweep 3 of a lane of small matrices: the parameters.
+/// Sweep 3 of a lane of small matrices: the parameters (`start`: the flat index of `p[0]`).
 #[inline(always)]
-pub(super) fn batch_apply<T: Float>(
-    pm: (&mut [T], &[T]),
+pub(super) fn batch_apply<T: Float, P: Element<Compute = T>>(
+    pm: (&mut [P], &[T]),
     (rows, cols): (usize, usize),
     factors: (&[T], &[T]),
+    start: usize,
     k: &Coefficients<T>,
 ) {
-    by_width!(batch_apply_with::<T>(cols, pm, (rows, cols), factors, k));
+    by_width!(batch_apply_with::<T, P>(
+        cols,
+        pm,
+        (rows, cols),
+        factors,
+        start,
+        k
+    ));
 }
 
 #[inline(always)]
-fn batch_apply_with<T: Float, const C: usize>(
-    (p, m): (&mut [T], &[T]),
+fn batch_apply_with<T: Float, P: Element<Compute = T>, const C: usize>(
+    (p, m): (&mut [P], &[T]),
     (rows, cols): (usize, usize),
     (rf, cf): (&[T], &[T]),
+    start: usize,
     k: &Coefficients<T>,
 ) {
     let cols = width::<C>(cols);
     let size = rows * cols;
     let mats = p.chunks_exact_mut(size).zip(m.chunks_exact(size));
     let factors = rf.chunks_exact(rows).zip(cf.chunks_exact(cols));
-    for ((p, m), (rf, cf)) in mats.zip(factors) {
-        apply((p, m), cols, rf, cf, k);
+    for (i, ((p, m), f)) in mats.zip(factors).enumerate() {
+        apply((p, m), cols, f, start + i * size, k);
     }
 }

@@ -19,6 +19,7 @@ use super::formula::{self, Consts};
 use super::sum::{self, Kahan, ROW_BLOCK};
 use crate::Float;
 use crate::config::Coefficients;
+use crate::element::{Element, lanes, random_bits};
 use crate::exec::simd::{Ops, Scalar, V};
 
 /// Rows walked side by side.
@@ -46,29 +47,37 @@ pub(crate) fn rows_mut<T, const R: usize>(data: &mut [T], cols: usize) -> [&mut 
     })
 }
 
-/// Each row's whole vectors, cut to the same count `n`, and its tail.
+/// Each row cut into its first `n` whole vectors and the rest (its tail).
 #[inline(always)]
 #[allow(clippy::type_complexity)]
-fn vectors<S: Simd, T: Float, const R: usize>(
-    rows: [&[T]; R],
+fn vectors<S: Simd, E: Element, const R: usize>(
+    rows: [&[E]; R],
     n: usize,
-) -> ([&[V<S, T>]; R], [&[T]; R]) {
-    let split = rows.map(|r| T::as_simd::<S>(r));
-    (split.map(|(v, _)| &v[..n]), split.map(|(_, t)| t))
+) -> ([&[E]; R], [&[E]; R]) {
+    let l = lanes::<S, E::Compute>();
+    let split = rows.map(|r| r.split_at(n * l));
+    (split.map(|(v, _)| v), split.map(|(_, t)| t))
 }
 
-/// Each writable row's whole vectors, cut to the same count `n`, and its tail.
+/// Each writable row cut into its first `n` whole vectors and the rest (its tail).
 #[inline(always)]
 #[allow(clippy::type_complexity)]
-fn vectors_mut<S: Simd, T: Float, const R: usize>(
-    rows: [&mut [T]; R],
+fn vectors_mut<S: Simd, E: Element, const R: usize>(
+    rows: [&mut [E]; R],
     n: usize,
-) -> ([&mut [V<S, T>]; R], [&mut [T]; R]) {
-    let mut split = rows.map(|r| T::as_mut_simd::<S>(r));
+) -> ([&mut [E]; R], [&mut [E]; R]) {
+    let l = lanes::<S, E::Compute>();
+    let mut split = rows.map(|r| r.split_at_mut(n * l));
     (
-        array::from_fn(|r| &mut core::mem::take(&mut split[r].0)[..n]),
+        array::from_fn(|r| core::mem::take(&mut split[r].0)),
         array::from_fn(|r| core::mem::take(&mut split[r].1)),
     )
+}
+
+/// The number of whole vectors of `S` in `len` elements of `T`.
+#[inline(always)]
+fn whole<S: Simd, T: Float>(len: usize) -> usize {
+    len / lanes::<S, T>()
 }
 
 /// `sum_j (g_j^2 + eps)` of one row, read as a single stream with four accumulator vectors
@@ -76,18 +85,23 @@ fn vectors_mut<S: Simd, T: Float, const R: usize>(
 /// added into a compensated total ([`super::sum`]), combined as `(a0 + a1) + (a2 + a3)`, then
 /// the row's tail element by element.
 #[inline(always)]
-pub(crate) fn row_sq_sum<S: Simd, T: Float>(o: Ops<S, T>, g: &[T], eps: T) -> T {
-    let (gv, gt) = T::as_simd::<S>(g);
+pub(crate) fn row_sq_sum<S: Simd, T: Float, G: Element<Compute = T>>(
+    o: Ops<S, T>,
+    g: &[G],
+    eps: T,
+) -> T {
+    let nv = whole::<S, T>(g.len());
+    let (gv, gt) = g.split_at(nv * lanes::<S, T>());
     let e = o.splat(eps);
-    let term = |x| formula::sq_term(o, formula::square(o, x), e);
+    let term = |i| formula::sq_term(o, formula::square(o, G::load::<S>(gv, i)), e);
     let zero = o.splat(T::zero());
-    let (quads, rest) = gv.as_chunks::<4>();
+    let quads = nv / 4;
     let mut total = [Kahan::new(zero); 4];
-    for block in quads.chunks(ROW_BLOCK) {
+    for start in (0..quads).step_by(ROW_BLOCK) {
         let mut acc = [zero; 4];
-        for q in block {
+        for q in start..quads.min(start + ROW_BLOCK) {
             for a in 0..4 {
-                acc[a] = o.add(acc[a], term(q[a]));
+                acc[a] = o.add(acc[a], term(4 * q + a));
             }
         }
         for a in 0..4 {
@@ -95,12 +109,13 @@ pub(crate) fn row_sq_sum<S: Simd, T: Float>(o: Ops<S, T>, g: &[T], eps: T) -> T 
         }
     }
     let mut acc = total.map(|k| k.sum);
-    for (a, &x) in rest.iter().enumerate() {
-        acc[a] = o.add(acc[a], term(x));
+    for (a, i) in (4 * quads..nv).enumerate() {
+        acc[a] = o.add(acc[a], term(i));
     }
     let mut sum = o.sum(o.add(o.add(acc[0], acc[1]), o.add(acc[2], acc[3])));
     let s = Ops::<Scalar, T>::new(Scalar);
     for &x in gt {
+        let x = x.to_compute();
         sum = sum + formula::sq_term(s, formula::square(s, x), eps);
     }
     sum
@@ -113,9 +128,9 @@ pub(crate) fn row_sq_sum<S: Simd, T: Float>(o: Ops<S, T>, g: &[T], eps: T) -> T 
 /// from which the squared norm of the whole update follows without another sweep (see
 /// `came::factored`).
 #[inline(always)]
-pub(crate) fn col_sq_terms<S: Simd, T: Float, const R: usize>(
+pub(crate) fn col_sq_terms<S: Simd, T: Float, G: Element<Compute = T>, const R: usize>(
     o: Ops<S, T>,
-    g: [&[T]; R],
+    g: [&[G]; R],
     eps: T,
     w: [T; R],
     (col_sums, weighted): (&mut [T], &mut [T]),
@@ -123,17 +138,17 @@ pub(crate) fn col_sq_terms<S: Simd, T: Float, const R: usize>(
     let (cv, ct) = T::as_mut_simd::<S>(col_sums);
     let (wv, wt) = T::as_mut_simd::<S>(weighted);
     let n = cv.len();
-    let (gv, gt) = vectors::<S, T, R>(g, n);
+    let (gv, gt) = vectors::<S, G, R>(g, n);
     let e = o.splat(eps);
     let wr = w.map(|x| o.splat(x));
     for (i, (c, v)) in cv.iter_mut().zip(&mut wv[..n]).enumerate() {
-        let (col, acc) = col_group(o, array::from_fn(|r| gv[r][i]), e, wr);
+        let (col, acc) = col_group(o, array::from_fn(|r| G::load::<S>(gv[r], i)), e, wr);
         *c = o.add(*c, col);
         *v = o.add(*v, acc);
     }
     let s = Ops::<Scalar, T>::new(Scalar);
     for (j, (c, v)) in ct.iter_mut().zip(wt).enumerate() {
-        let (col, acc) = col_group(s, array::from_fn(|r| gt[r][j]), eps, w);
+        let (col, acc) = col_group(s, array::from_fn(|r| gt[r][j].to_compute()), eps, w);
         *c = *c + col;
         *v = *v + acc;
     }
@@ -164,9 +179,9 @@ fn col_group<S: Simd, T: Float, const R: usize>(
 /// row's `sum_j ((u_j - m_j)^2 + eps2)` (summed in blocks of [`ROW_BLOCK`] vectors added into a
 /// compensated total) and adds the column terms to `col_sums`.
 #[inline(always)]
-pub(crate) fn momentum_rows<S: Simd, T: Float, const R: usize>(
+pub(crate) fn momentum_rows<S: Simd, T: Float, G: Element<Compute = T>, const R: usize>(
     o: Ops<S, T>,
-    (g, m): ([&[T]; R], [&mut [T]; R]),
+    (g, m): ([&[G]; R], [&mut [T]; R]),
     rf_d: [T; R],
     cf: &[T],
     k: &Coefficients<T>,
@@ -174,7 +189,7 @@ pub(crate) fn momentum_rows<S: Simd, T: Float, const R: usize>(
 ) -> [T; R] {
     let (fv, ft) = T::as_simd::<S>(cf);
     let n = fv.len();
-    let (gv, gt) = vectors::<S, T, R>(g, n);
+    let (gv, gt) = vectors::<S, G, R>(g, n);
     let (mv, mt) = vectors_mut::<S, T, R>(m, n);
     let (cv, ct) = T::as_mut_simd::<S>(col_sums);
     let c = Consts::new(o, k);
@@ -192,13 +207,13 @@ pub(crate) fn momentum_rows<S: Simd, T: Float, const R: usize>(
             // at the same page offset)
             let (mut x, mut m_old) = ([zero; R], [zero; R]);
             for r in 0..R {
-                x[r] = gv[r][i];
-                m_old[r] = mv[r][i];
+                x[r] = G::load::<S>(gv[r], i);
+                m_old[r] = T::load::<S>(mv[r], i);
             }
             let mut col = c.eps2;
             for r in 0..R {
                 let (m_new, res) = formula::momentum(o, &c, (x[r], m_old[r]), (rfv[r], f));
-                mv[r][i] = m_new;
+                T::store::<S>(mv[r], i, m_new);
                 acc[r] = o.add(acc[r], res);
                 col = if r == 0 { res } else { o.add(col, res) };
             }
@@ -214,7 +229,8 @@ pub(crate) fn momentum_rows<S: Simd, T: Float, const R: usize>(
     for (j, (&f, col_sum)) in ft.iter().zip(ct).enumerate() {
         let mut col = T::zero();
         for r in 0..R {
-            let (m_new, res) = formula::momentum(s, &sc, (gt[r][j], mt[r][j]), (rf_d[r], f));
+            let gm = (gt[r][j].to_compute(), mt[r][j]);
+            let (m_new, res) = formula::momentum(s, &sc, gm, (rf_d[r], f));
             mt[r][j] = m_new;
             sums[r] = sums[r] + res;
             col = if r == 0 { res } else { col + res };
@@ -225,54 +241,104 @@ pub(crate) fn momentum_rows<S: Simd, T: Float, const R: usize>(
 }
 
 /// For `R` rows: decoupled weight decay `p -= (lr * wd) p` when on, then
-/// `p -= ((rf * cf_j) * m_j) * lr`.
+/// `p -= ((rf * cf_j) * m_j) * lr`, written back to `P` as `k.rounding` says (`start`: the flat
+/// index of the first row's first element, which stochastic rounding needs).
 #[inline(always)]
-pub(crate) fn apply_rows<S: Simd, T: Float, const R: usize>(
+pub(crate) fn apply_rows<S: Simd, T: Float, P: Element<Compute = T>, const R: usize>(
     o: Ops<S, T>,
-    (p, m): ([&mut [T]; R], [&[T]; R]),
-    rf: [T; R],
-    cf: &[T],
+    (p, m): ([&mut [P]; R], [&[T]; R]),
+    (rf, cf): ([T; R], &[T]),
+    start: usize,
     k: &Coefficients<T>,
 ) {
-    if k.decay.is_some() {
-        apply_rows_with::<S, T, R, true>(o, (p, m), rf, cf, k);
-    } else {
-        apply_rows_with::<S, T, R, false>(o, (p, m), rf, cf, k);
+    match (k.decay.is_some(), k.rounding_key.filter(|_| P::ROUNDS)) {
+        (false, None) => {
+            apply_rows_with::<S, T, P, R, false, false>(o, (p, m), (rf, cf), (start, 0), k)
+        }
+        (true, None) => {
+            apply_rows_with::<S, T, P, R, true, false>(o, (p, m), (rf, cf), (start, 0), k)
+        }
+        (false, Some(key)) => {
+            apply_rows_with::<S, T, P, R, false, true>(o, (p, m), (rf, cf), (start, key), k);
+        }
+        (true, Some(key)) => {
+            apply_rows_with::<S, T, P, R, true, true>(o, (p, m), (rf, cf), (start, key), k);
+        }
     }
 }
 
 #[inline(always)]
-fn apply_rows_with<S: Simd, T: Float, const R: usize, const DECAY: bool>(
+fn apply_rows_with<
+    S: Simd,
+    T: Float,
+    P: Element<Compute = T>,
+    const R: usize,
+    const DECAY: bool,
+    const RANDOM: bool,
+>(
     o: Ops<S, T>,
-    (p, m): ([&mut [T]; R], [&[T]; R]),
-    rf: [T; R],
-    cf: &[T],
+    (p, m): ([&mut [P]; R], [&[T]; R]),
+    (rf, cf): ([T; R], &[T]),
+    (start, key): (usize, u64),
     k: &Coefficients<T>,
 ) {
     let (fv, ft) = T::as_simd::<S>(cf);
-    let n = fv.len();
-    let (pv, pt) = vectors_mut::<S, T, R>(p, n);
+    let (n, cols) = (fv.len(), cf.len());
+    let (pv, pt) = vectors_mut::<S, P, R>(p, n);
     let (mv, mt) = vectors::<S, T, R>(m, n);
     let c = Consts::new(o, k);
     let rfv = rf.map(|x| o.splat(x));
     let zero = o.splat(T::zero());
+    let row_start: [usize; R] = array::from_fn(|r| start + r * cols);
+    let round = P::ROUNDS && !RANDOM;
     for (i, &f) in fv.iter().enumerate() {
         // loads before stores, as in `momentum_rows`
         let (mut pr, mut mr) = ([zero; R], [zero; R]);
         for r in 0..R {
-            pr[r] = pv[r][i];
-            mr[r] = mv[r][i];
+            pr[r] = P::load::<S>(pv[r], i);
+            mr[r] = T::load::<S>(mv[r], i);
         }
         for r in 0..R {
-            pv[r][i] = formula::apply::<S, T, DECAY>(o, &c, (pr[r], mr[r]), (rfv[r], f));
+            let p = formula::decayed::<S, T, P, DECAY>(o, &c, pr[r], round);
+            let x = formula::apply(o, &c, (p, mr[r]), (rfv[r], f));
+            if RANDOM {
+                store_stochastic::<S, P>(pv[r], i, x, key, row_start[r]);
+            } else {
+                P::store::<S>(pv[r], i, x);
+            }
         }
     }
     let (s, sc) = formula::scalar(k);
+    let tail = n * lanes::<S, T>();
     for (j, &f) in ft.iter().enumerate() {
         for r in 0..R {
-            let pm = (pt[r][j], mt[r][j]);
-            pt[r][j] = formula::apply::<_, T, DECAY>(s, &sc, pm, (rf[r], f));
+            let p = formula::decayed::<_, T, P, DECAY>(s, &sc, pt[r][j].to_compute(), round);
+            let x = formula::apply(s, &sc, (p, mt[r][j]), (rf[r], f));
+            pt[r][j] = if RANDOM {
+                P::round_stochastic(x, random_bits(key, row_start[r] + tail + j))
+            } else {
+                P::from_compute(x)
+            };
         }
+    }
+}
+
+/// Writes vector `v` over the `i`-th whole vector of `row` (whose first element has flat index
+/// `start`), each element rounded stochastically with its own random bits.
+#[inline(always)]
+pub(crate) fn store_stochastic<S: Simd, P: Element>(
+    row: &mut [P],
+    i: usize,
+    v: V<S, P::Compute>,
+    key: u64,
+    start: usize,
+) {
+    let l = lanes::<S, P::Compute>();
+    let mut wide = [num_traits::Zero::zero(); 16];
+    <P::Compute as crate::float::sealed::Sealed>::as_mut_simd::<S>(&mut wide[..l]).0[0] = v;
+    let first = i * l;
+    for (lane, (x, &w)) in row[first..first + l].iter_mut().zip(&wide).enumerate() {
+        *x = P::round_stochastic(w, random_bits(key, start + first + lane));
     }
 }
 
@@ -280,26 +346,26 @@ fn apply_rows_with<S: Simd, T: Float, const R: usize, const DECAY: bool>(
 /// unclipped update, `v_new = beta2 v + (1 - beta2) (g^2 + eps1)`, and `check` is 0 when every
 /// new second moment and every momentum value is finite, NaN otherwise.
 #[inline(always)]
-pub(crate) fn vector_sq_block<S: Simd, T: Float>(
+pub(crate) fn vector_sq_block<S: Simd, T: Float, G: Element<Compute = T>>(
     o: Ops<S, T>,
-    (g, v, m): (&[T], &[T], &[T]),
+    (g, v, m): (&[G], &[T], &[T]),
     k: &Coefficients<T>,
 ) -> (T, T) {
-    let (gv, gt) = T::as_simd::<S>(g);
     let (vv, vt) = T::as_simd::<S>(v);
     let (mv, mt) = T::as_simd::<S>(m);
+    let (gv, gt) = g.split_at(vv.len() * lanes::<S, T>());
     let c = Consts::new(o, k);
     let zero = o.splat(T::zero());
     let (mut acc, mut check) = (zero, zero);
-    for ((&g, &v), &m) in gv.iter().zip(vv).zip(mv) {
-        let (vn, u) = formula::vector_second_moment(o, &c, (g, v));
+    for (i, (&v, &m)) in vv.iter().zip(mv).enumerate() {
+        let (vn, u) = formula::vector_second_moment(o, &c, (G::load::<S>(gv, i), v));
         acc = o.add(acc, formula::square(o, u));
         check = o.add(check, formula::not_finite(o, vn, m));
     }
     let (mut sum, mut check) = (o.sum(acc), o.sum(check));
     let (s, sc) = formula::scalar(k);
     for ((&g, &v), &m) in gt.iter().zip(vt).zip(mt) {
-        let (vn, u) = formula::vector_second_moment(s, &sc, (g, v));
+        let (vn, u) = formula::vector_second_moment(s, &sc, (g.to_compute(), v));
         sum = sum + formula::square(s, u);
         check = check + formula::not_finite(s, vn, m);
     }
@@ -308,29 +374,53 @@ pub(crate) fn vector_sq_block<S: Simd, T: Float>(
 
 /// The whole update of a vector block: second moment, clipped update `(rsqrt(v) g) / d`,
 /// momentum, weight decay and the parameter step `p -= m * lr` (vectors have no confidence
-/// term). Without clipping (`d == 1` exactly) the division is skipped: it would change nothing.
+/// term), written back to `P` as `k.rounding_key` says (`start`: the flat index of `p[0]`).
+/// Without clipping (`d == 1` exactly) the division is skipped: it would change nothing.
 #[inline(always)]
-pub(crate) fn vector_apply<S: Simd, T: Float, const CLIP: bool, const DECAY: bool>(
+pub(crate) fn vector_apply<
+    S: Simd,
+    T: Float,
+    P: Element<Compute = T>,
+    G: Element<Compute = T>,
+    const CLIP: bool,
+    const DECAY: bool,
+>(
     o: Ops<S, T>,
-    (p, g, m, v): (&mut [T], &[T], &mut [T], &mut [T]),
-    d: T,
+    (p, g, m, v): (&mut [P], &[G], &mut [T], &mut [T]),
+    (d, start): (T, usize),
     k: &Coefficients<T>,
 ) {
-    let (pv, pt) = T::as_mut_simd::<S>(p);
-    let (gv, gt) = T::as_simd::<S>(g);
     let (mv, mt) = T::as_mut_simd::<S>(m);
     let (vv, vt) = T::as_mut_simd::<S>(v);
+    let split = mv.len() * lanes::<S, T>();
+    let (pv, pt) = p.split_at_mut(split);
+    let (gv, gt) = g.split_at(split);
+    let key = k.rounding_key.filter(|_| P::ROUNDS);
+    let round = P::ROUNDS && key.is_none();
     let c = Consts::new(o, k);
     let dv = o.splat(d);
-    for (((p, &g), m), v) in pv.iter_mut().zip(gv).zip(mv.iter_mut()).zip(vv.iter_mut()) {
-        let (vn, u) = formula::vector_second_moment(o, &c, (g, *v));
+    for (i, (m, v)) in mv.iter_mut().zip(vv.iter_mut()).enumerate() {
+        let (vn, u) = formula::vector_second_moment(o, &c, (G::load::<S>(gv, i), *v));
         *v = vn;
-        (*m, *p) = formula::vector_update::<S, T, CLIP, DECAY>(o, &c, (u, dv), (*m, *p));
+        let p = formula::decayed::<S, T, P, DECAY>(o, &c, P::load::<S>(pv, i), round);
+        let (m_new, p_new) = formula::vector_update::<S, T, CLIP>(o, &c, (u, dv), (*m, p));
+        *m = m_new;
+        match key {
+            Some(key) => store_stochastic::<S, P>(pv, i, p_new, key, start),
+            None => P::store::<S>(pv, i, p_new),
+        }
     }
     let (s, sc) = formula::scalar(k);
-    for (((p, &g), m), v) in pt.iter_mut().zip(gt).zip(mt.iter_mut()).zip(vt.iter_mut()) {
-        let (vn, u) = formula::vector_second_moment(s, &sc, (g, *v));
+    let rest = pt.iter_mut().zip(gt).zip(mt.iter_mut()).zip(vt.iter_mut());
+    for (j, (((p, &g), m), v)) in rest.enumerate() {
+        let (vn, u) = formula::vector_second_moment(s, &sc, (g.to_compute(), *v));
         *v = vn;
-        (*m, *p) = formula::vector_update::<_, T, CLIP, DECAY>(s, &sc, (u, d), (*m, *p));
+        let x = formula::decayed::<_, T, P, DECAY>(s, &sc, p.to_compute(), round);
+        let (m_new, p_new) = formula::vector_update::<_, T, CLIP>(s, &sc, (u, d), (*m, x));
+        *m = m_new;
+        *p = match key {
+            Some(key) => P::round_stochastic(p_new, random_bits(key, start + split + j)),
+            None => P::from_compute(p_new),
+        };
     }
 }

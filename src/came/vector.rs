@@ -12,7 +12,8 @@ use super::formula::Clip;
 use super::sweeps::{vector_apply, vector_sq_block};
 use crate::check::{all_finite, gradient_error, valid_statistics};
 use crate::config::Coefficients;
-use crate::exec::lanes::{ElementItem, LaneItems, element_items, split};
+use crate::element::Element;
+use crate::exec::lanes::{LaneItems, lane_range, split, split_mut};
 use crate::exec::simd::Ops;
 use crate::exec::{Executor, LaneKernel};
 use crate::{Error, Float, Shape};
@@ -21,13 +22,14 @@ use crate::{Error, Float, Shape};
 const BLOCK: usize = 1024;
 
 /// Sweep 1: the update's norm and the finiteness check of a lane's elements.
-struct Norm<'a, T> {
+struct Norm<'a, T, G> {
     k: &'a Coefficients<T>,
+    g: core::marker::PhantomData<G>,
 }
 
-impl<'a, T: Float> LaneKernel for Norm<'a, T> {
+impl<'a, T: Float, G: Element<Compute = T>> LaneKernel for Norm<'a, T, G> {
     /// gradient, second moment, momentum, squared norm, check (0 when all finite)
-    type Item = (&'a [T], &'a [T], &'a [T], f64, f64);
+    type Item = (&'a [G], &'a [T], &'a [T], f64, f64);
 
     #[inline(always)]
     fn run<S: Simd>(&self, simd: S, (g, v, m, sum, check): &mut Self::Item) {
@@ -42,34 +44,38 @@ impl<'a, T: Float> LaneKernel for Norm<'a, T> {
 }
 
 /// Sweep 2: the whole update of a lane's elements.
-struct Update<'a, T> {
+struct Update<'a, T, P, G> {
     d: T,
     k: &'a Coefficients<T>,
+    types: core::marker::PhantomData<(P, G)>,
 }
 
-impl<'a, T: Float> LaneKernel for Update<'a, T> {
-    /// parameters, gradient, momentum, second moment
-    type Item = ElementItem<'a, T>;
+impl<'a, T: Float, P: Element<Compute = T>, G: Element<Compute = T>> LaneKernel
+    for Update<'a, T, P, G>
+{
+    /// parameters, gradient, momentum, second moment, flat index of the lane's first element
+    type Item = (&'a mut [P], &'a [G], &'a mut [T], &'a mut [T], usize);
 
     #[inline(always)]
-    fn run<S: Simd>(&self, simd: S, (p, g, m, v): &mut Self::Item) {
+    fn run<S: Simd>(&self, simd: S, (p, g, m, v, start): &mut Self::Item) {
         let (o, d, k) = (Ops::new(simd), self.d, self.k);
         let data = (&mut **p, &**g, &mut **m, &mut **v);
+        let at = (d, *start);
         match (d == T::one(), k.decay.is_some()) {
-            (true, false) => vector_apply::<S, T, false, false>(o, data, d, k),
-            (true, true) => vector_apply::<S, T, false, true>(o, data, d, k),
-            (false, false) => vector_apply::<S, T, true, false>(o, data, d, k),
-            (false, true) => vector_apply::<S, T, true, true>(o, data, d, k),
+            (true, false) => vector_apply::<S, T, P, G, false, false>(o, data, at, k),
+            (true, true) => vector_apply::<S, T, P, G, false, true>(o, data, at, k),
+            (false, false) => vector_apply::<S, T, P, G, true, false>(o, data, at, k),
+            (false, true) => vector_apply::<S, T, P, G, true, true>(o, data, at, k),
         }
     }
 }
 
 /// Sweep 1: the update's norm and the clip; writes nothing.
-pub(super) fn prepare<T: Float, E: Executor>(
+pub(super) fn prepare<T: Float, G: Element<Compute = T>, E: Executor>(
     exec: &E,
     k: &Coefficients<T>,
     shape: &Shape,
-    grad: &[T],
+    grad: &[G],
     state: &[T],
 ) -> Result<Clip<T>, Error> {
     let n = grad.len();
@@ -81,7 +87,8 @@ pub(super) fn prepare<T: Float, E: Executor>(
         .zip(split(m, 1, n, lanes))
         .map(|((g, v), m)| (g, v, m, 0.0, 0.0))
         .collect();
-    exec.run(&Norm { k }, &mut items);
+    let g = core::marker::PhantomData;
+    exec.run(&Norm { k, g }, &mut items);
     let sum_sq = items.iter().map(|it| it.3).sum::<f64>();
     let check = items.iter().map(|it| it.4).sum::<f64>();
     if !(sum_sq.is_finite() && check == 0.0) {
@@ -96,18 +103,32 @@ pub(super) fn prepare<T: Float, E: Executor>(
 }
 
 /// Sweep 2: the whole update.
-pub(super) fn finish<T: Float, E: Executor>(
+pub(super) fn finish<T: Float, P: Element<Compute = T>, G: Element<Compute = T>, E: Executor>(
     exec: &E,
     k: &Coefficients<T>,
     shape: &Shape,
     clip: Clip<T>,
-    param: &mut [T],
-    grad: &[T],
+    param: &mut [P],
+    grad: &[G],
     state: &mut [T],
 ) {
     let n = param.len();
     let lanes = shape.lanes();
     let (m, rest) = state.split_at_mut(n);
-    let mut items = element_items((param, grad), (m, &mut rest[..n]), lanes);
-    exec.run(&Update { d: clip.d, k }, &mut items);
+    let mut items: LaneItems<_> = split_mut(param, 1, n, lanes)
+        .zip(split(grad, 1, n, lanes))
+        .zip(split_mut(m, 1, n, lanes))
+        .zip(split_mut(&mut rest[..n], 1, n, lanes))
+        .enumerate()
+        .map(|(lane, (((p, g), m), v))| (p, g, m, v, lane_range(n, lanes, lane).0))
+        .collect();
+    let types = core::marker::PhantomData;
+    exec.run(
+        &Update {
+            d: clip.d,
+            k,
+            types,
+        },
+        &mut items,
+    );
 }

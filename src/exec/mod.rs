@@ -111,8 +111,8 @@ where
     I: Send,
     R: Send,
     E: Executor,
-    P: Fn(&mut I) -> Result<(), R> + Sync + Send,
-    F: Fn(&mut I) -> Result<(), R> + Sync + Send,
+    P: Fn(usize, &mut I) -> Result<(), R> + Sync + Send,
+    F: Fn(usize, &mut I) -> Result<(), R> + Sync + Send,
     X: Fn(&mut I) + Sync + Send,
 {
     // a slice of nothing as long as any slice: zero-sized, so it takes no memory
@@ -122,8 +122,8 @@ where
         exec,
         (items, &mut units[..n]),
         guard,
-        |_, item, ()| prepare(item),
-        |_, item, ()| finish(item),
+        |i, item, ()| prepare(i, item),
+        |i, item, ()| finish(i, item),
         abort,
     )
 }
@@ -140,14 +140,14 @@ mod tests {
             &Serial,
             items,
             guard,
-            |it: &mut Item| {
+            |_, it: &mut Item| {
                 if it.3 {
                     return Err("bad");
                 }
                 it.0 = true;
                 Ok(())
             },
-            |it: &mut Item| {
+            |_, it: &mut Item| {
                 it.1 = true;
                 Ok(())
             },

@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use super::{Executor, LaneKernel, simd};
 use crate::adamw::{self, AdamWConfig, AdamWState};
 use crate::came::multi::step_all_on;
+use crate::element::Element;
 use crate::{CameConfig, CameState, Error, Float, Shape, StepInfo, TensorError, TensorStep};
 
 /// Runs lanes and tensors on the rayon pool the caller is installed in.
@@ -157,13 +158,13 @@ impl Pool {
     ///
     /// # Errors
     /// As [`crate::step`].
-    pub fn step<T: Float>(
+    pub fn step<P: Element, G: Element<Compute = P::Compute>>(
         &self,
         config: &CameConfig,
         shape: &Shape,
-        param: &mut [T],
-        grad: &[T],
-        state: &mut CameState<'_, T>,
+        param: &mut [P],
+        grad: &[G],
+        state: &mut CameState<'_, P::Compute>,
     ) -> Result<StepInfo, Error> {
         on_pool!(self, |exec| crate::came::step_on(
             exec, config, shape, param, grad, state
@@ -175,10 +176,10 @@ impl Pool {
     ///
     /// # Errors
     /// As [`crate::step_all`].
-    pub fn step_all<T: Float>(
+    pub fn step_all<P: Element, G: Element<Compute = P::Compute>>(
         &self,
         config: &CameConfig,
-        tensors: &mut [TensorStep<'_, '_, T>],
+        tensors: &mut [TensorStep<'_, '_, P, G>],
     ) -> Result<(), TensorError> {
         on_pool!(self, |exec| step_all_on(exec, config, tensors))
     }

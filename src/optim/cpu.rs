@@ -5,26 +5,33 @@ use std::vec;
 use std::vec::Vec;
 
 use super::registry::Registry;
-use super::rule::Rule;
+use super::rule::Steps;
+use super::rule::sealed::StepsImpl;
 use super::{
     CheckpointError, GroupId, Optimizer, OptimizerError, StepReport, TensorId, TensorInfo,
 };
 use crate::adamw::AdamWConfig;
+use crate::element::Element;
 use crate::exec::all_or_nothing_pairs;
 use crate::exec::pool::on_pool;
-use crate::{CameConfig, Float, Pool};
+use crate::{CameConfig, Pool};
 
 /// The CAME optimizer over owned state: `Came::<f32>::new(CameConfig::new(1e-3))`.
-pub type Came<T> = CpuOptimizer<T, CameConfig>;
+///
+/// `P` is the parameters' type and `G` the gradients' ([`Element`]: `f32`, `f64`,
+/// `half::bf16`, `half::f16`); the state is kept in their compute type (`f32` for the 16-bit
+/// types), as the reference keeps it: `Came::<half::bf16>` steps bf16 weights with bf16
+/// gradients, `Came::<f32, half::bf16>` f32 master weights with bf16 gradients.
+pub type Came<P, G = P> = CpuOptimizer<P, CameConfig, G>;
 
 /// The AdamW optimizer over owned state, with the same interface as [`Came`].
 pub type AdamW<T> = CpuOptimizer<T, AdamWConfig>;
 
 /// One registered tensor's state, and the half-step waiting between a step's two halves.
 #[derive(Debug)]
-pub(crate) struct Slot<T: Float, C: Rule> {
-    pub state: Vec<T>,
-    pending: Option<C::Pending<T>>,
+pub(crate) struct Slot<P: Element, C: Steps<P, G>, G: Element> {
+    pub state: Vec<P::Compute>,
+    pending: Option<<C as StepsImpl<P, G>>::Pending>,
     /// Whether the step in progress has finished this tensor.
     stepped: bool,
 }
@@ -55,14 +62,14 @@ pub(crate) struct Slot<T: Float, C: Rule> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
-pub struct CpuOptimizer<T: Float, C: Rule> {
+pub struct CpuOptimizer<P: Element, C: Steps<P, G>, G: Element = P> {
     pub(super) registry: Registry<C>,
-    pub(super) slots: Vec<Slot<T, C>>,
+    pub(super) slots: Vec<Slot<P, C, G>>,
     pool: Pool,
     guard: bool,
 }
 
-impl<T: Float, C: Rule> CpuOptimizer<T, C> {
+impl<P: Element, C: Steps<P, G>, G: Element> CpuOptimizer<P, C, G> {
     /// An optimizer with one parameter group of `config` (group 0, where
     /// [`Optimizer::register`] puts tensors), stepping on the calling thread, with the
     /// non-finite guard on.
@@ -118,7 +125,7 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
     /// The named pieces of a tensor's state under the reference's names (`exp_avg`, ...),
     /// with their shapes.
     #[must_use]
-    pub fn state(&self, id: TensorId) -> Option<Vec<StatePiece<'_, T>>> {
+    pub fn state(&self, id: TensorId) -> Option<Vec<StatePiece<'_, P::Compute>>> {
         let t = self.registry.tensors().get(id.0)?;
         let state = &self.slots[id.0].state;
         Some(
@@ -139,14 +146,14 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn from_registry<'a>(
         registry: Registry<C>,
-        named: impl Iterator<Item = Option<&'a [T]>>,
+        named: impl Iterator<Item = Option<&'a [P::Compute]>>,
     ) -> Self {
         let mut named = named;
         let slots = registry
             .tensors()
             .iter()
             .map(|t| {
-                let mut state = vec![T::zero(); t.state.len()];
+                let mut state = vec![zero::<P>(); t.state.len()];
                 if let Some(values) = named.next().flatten() {
                     state[..values.len()].copy_from_slice(values);
                 }
@@ -173,24 +180,24 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
 
     /// Tensor `i`'s whole state buffer, laid out as its [`crate::StateLayout`] says.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    pub(crate) fn state_buffer(&self, i: usize) -> &[T] {
+    pub(crate) fn state_buffer(&self, i: usize) -> &[P::Compute] {
         &self.slots[i].state
     }
 
     /// Zeroes every tensor's state and step count: a fresh optimizer with the same tensors.
     pub fn reset(&mut self) {
         for (t, slot) in self.registry.tensors_mut().iter_mut().zip(&mut self.slots) {
-            slot.state.fill(T::zero());
+            slot.state.fill(zero::<P>());
             slot.pending = None;
             t.step = 0;
         }
     }
 }
 
-impl<T: Float, C: Rule> Optimizer for CpuOptimizer<T, C> {
+impl<P: Element, C: Steps<P, G>, G: Element> Optimizer for CpuOptimizer<P, C, G> {
     type Config = C;
-    type Param = [T];
-    type Grad = [T];
+    type Param = [P];
+    type Grad = [G];
     type Error = OptimizerError;
     type CheckpointError = CheckpointError;
 
@@ -211,7 +218,7 @@ impl<T: Float, C: Rule> Optimizer for CpuOptimizer<T, C> {
         let id = self.registry.register(group, name, dims)?;
         let len = self.registry.tensors()[id.0].state.len();
         self.slots.push(Slot {
-            state: vec![T::zero(); len],
+            state: vec![zero::<P>(); len],
             pending: None,
             stepped: false,
         });
@@ -251,13 +258,13 @@ impl<T: Float, C: Rule> Optimizer for CpuOptimizer<T, C> {
     ///   With the guard on (the default) nothing is changed by those either, except after a
     ///   corrupt momentum ([`crate::Error::NonFiniteState`]); with it off, the other tensors
     ///   take their step.
-    fn step(&mut self, tensors: &mut [(&mut [T], &[T])]) -> Result<StepReport, OptimizerError> {
+    fn step(&mut self, tensors: &mut [(&mut [P], &[G])]) -> Result<StepReport, OptimizerError> {
         self.step_pairs(tensors)
     }
 
     fn step_some(
         &mut self,
-        tensors: &mut [(&mut [T], Option<&[T]>)],
+        tensors: &mut [(&mut [P], Option<&[G]>)],
     ) -> Result<StepReport, OptimizerError> {
         self.step_pairs(tensors)
     }
@@ -265,7 +272,7 @@ impl<T: Float, C: Rule> Optimizer for CpuOptimizer<T, C> {
     fn state_bytes(&self) -> usize {
         self.slots
             .iter()
-            .map(|s| s.state.len() * size_of::<T>())
+            .map(|s| s.state.len() * size_of::<P::Compute>())
             .sum()
     }
 
@@ -278,12 +285,12 @@ impl<T: Float, C: Rule> Optimizer for CpuOptimizer<T, C> {
     }
 }
 
-impl<T: Float, C: Rule> CpuOptimizer<T, C> {
+impl<P: Element, C: Steps<P, G>, G: Element> CpuOptimizer<P, C, G> {
     /// A step of the tensors that have a gradient in `tensors` (one pair per registered
     /// tensor); the others keep their state and step count.
-    fn step_pairs<P: GradPair<T>>(
+    fn step_pairs<X: GradPair<P, G>>(
         &mut self,
-        tensors: &mut [P],
+        tensors: &mut [X],
     ) -> Result<StepReport, OptimizerError> {
         self.registry
             .check_step(tensors.iter().map(GradPair::lens))?;
@@ -309,7 +316,8 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
                 if let (Some(pending), Some(data)) = (slot.pending, pair.parts()) {
                     let t = &registered[i];
                     let state = &mut slot.state;
-                    groups[t.group].finish(exec, &t.shape, pending, data, state, t.step)?;
+                    let at = (&t.shape, i);
+                    groups[t.group].finish(exec, at, pending, data, state, t.step)?;
                     slot.stepped = true;
                 }
                 Ok(())
@@ -333,31 +341,36 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
 }
 
 /// A `(param, grad)` pair of a step; a pair without a gradient leaves its tensor out.
-trait GradPair<T>: Send {
+trait GradPair<P, G>: Send {
     /// The parameter's length and the gradient's, if there is one.
     fn lens(&self) -> (usize, Option<usize>);
     /// The parameter and the gradient, if there is one.
-    fn parts(&mut self) -> Option<(&mut [T], &[T])>;
+    fn parts(&mut self) -> Option<(&mut [P], &[G])>;
 }
 
-impl<T: Send + Sync> GradPair<T> for (&mut [T], &[T]) {
+impl<P: Send + Sync, G: Send + Sync> GradPair<P, G> for (&mut [P], &[G]) {
     fn lens(&self) -> (usize, Option<usize>) {
         (self.0.len(), Some(self.1.len()))
     }
 
-    fn parts(&mut self) -> Option<(&mut [T], &[T])> {
+    fn parts(&mut self) -> Option<(&mut [P], &[G])> {
         Some((&mut *self.0, self.1))
     }
 }
 
-impl<T: Send + Sync> GradPair<T> for (&mut [T], Option<&[T]>) {
+impl<P: Send + Sync, G: Send + Sync> GradPair<P, G> for (&mut [P], Option<&[G]>) {
     fn lens(&self) -> (usize, Option<usize>) {
-        (self.0.len(), self.1.map(<[T]>::len))
+        (self.0.len(), self.1.map(<[G]>::len))
     }
 
-    fn parts(&mut self) -> Option<(&mut [T], &[T])> {
+    fn parts(&mut self) -> Option<(&mut [P], &[G])> {
         Some((&mut *self.0, self.1?))
     }
+}
+
+/// The zero of `P`'s compute type: a fresh state's value.
+fn zero<P: Element>() -> P::Compute {
+    num_traits::Zero::zero()
 }
 
 /// One named piece of a tensor's state, as [`CpuOptimizer::state`] returns it.

@@ -19,7 +19,7 @@ use std::path::Path;
 pub use checkpoint::CheckpointError;
 pub use cpu::{AdamW, Came, CpuOptimizer, StatePiece};
 pub use error::{Mismatch, OptimizerError};
-pub use rule::Rule;
+pub use rule::{Rule, Steps};
 
 /// A parameter group: its position in [`Optimizer::groups`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

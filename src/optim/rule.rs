@@ -5,8 +5,9 @@ use serde_json::{Value, json};
 use crate::adamw::{self, AdamWConfig};
 use crate::came::formula::Clip;
 use crate::came::{finish, prepare};
+use crate::element::Element;
 use crate::exec::Executor;
-use crate::{CameConfig, Error, Float, Instability, Layout, Shape, StateLayout};
+use crate::{CameConfig, Error, Float, Instability, Layout, Rounding, Shape, StateLayout};
 
 /// An update rule the owned optimizers can run: [`CameConfig`] for CAME, [`AdamWConfig`] for
 /// AdamW. The config of a parameter group is the rule's hyperparameters.
@@ -20,16 +21,53 @@ pub trait Rule:
 impl Rule for CameConfig {}
 impl Rule for AdamWConfig {}
 
+/// A [`Rule`] that steps parameters stored in `P` with gradients in `G`: CAME any of the
+/// [`Element`] types (`G` computed in the same type as `P`), AdamW `f32` and `f64` only.
+pub trait Steps<P: Element, G: Element>: Rule + sealed::StepsImpl<P, G> {}
+
+impl<P: Element, G: Element<Compute = P::Compute>> Steps<P, G> for CameConfig {}
+impl<T: Float> Steps<T, T> for AdamWConfig {}
+
 pub mod sealed {
-    use super::{Executor, Float, Shape, StateLayout, Value};
+    use super::{Element, Executor, Shape, StateLayout, Value};
     use crate::Error;
+
+    pub trait StepsImpl<P: Element, G: Element> {
+        /// What the first half of a step leaves for the second.
+        type Pending: Copy + Send + Sync + core::fmt::Debug;
+
+        /// The update's RMS before clipping and whether it was clipped, where the rule
+        /// measures them.
+        fn measured(pending: &Self::Pending) -> Option<(f64, bool)>;
+
+        /// The first half of a step: checks and statistics that change nothing but scratch
+        /// space. `step` counts the steps taken before this one.
+        fn prepare<E: Executor>(
+            &self,
+            exec: &E,
+            shape: &Shape,
+            data: (&mut [P], &[G]),
+            state: &mut [P::Compute],
+            step: u64,
+        ) -> Result<Self::Pending, Error>;
+
+        /// The second half: the update of tensor number `tensor`. `step` counts the steps
+        /// taken before this one.
+        #[allow(clippy::too_many_arguments)]
+        fn finish<E: Executor>(
+            &self,
+            exec: &E,
+            at: (&Shape, usize),
+            pending: Self::Pending,
+            data: (&mut [P], &[G]),
+            state: &mut [P::Compute],
+            step: u64,
+        ) -> Result<(), Error>;
+    }
 
     pub trait RuleImpl: Sized {
         /// The `optimizer` value of a checkpoint.
         const NAME: &'static str;
-
-        /// What the first half of a step leaves for the second.
-        type Pending<T: Float>: Copy + Send + Sync + core::fmt::Debug;
 
         fn validate(&self) -> Result<(), Error>;
         fn lr(&self) -> f64;
@@ -38,32 +76,6 @@ pub mod sealed {
         /// Where each piece of a tensor's state lives, with the reference's names; `None` when
         /// its length overflows `usize`.
         fn state_layout(shape: &Shape) -> Option<StateLayout>;
-
-        /// The update's RMS before clipping and whether it was clipped, where the rule
-        /// measures them.
-        fn measured<T: Float>(pending: &Self::Pending<T>) -> Option<(f64, bool)>;
-
-        /// The first half of a step: checks and statistics that change nothing but scratch
-        /// space. `step` counts the steps taken before this one.
-        fn prepare<T: Float, E: Executor>(
-            &self,
-            exec: &E,
-            shape: &Shape,
-            data: (&mut [T], &[T]),
-            state: &mut [T],
-            step: u64,
-        ) -> Result<Self::Pending<T>, Error>;
-
-        /// The second half: the update. `step` counts the steps taken before this one.
-        fn finish<T: Float, E: Executor>(
-            &self,
-            exec: &E,
-            shape: &Shape,
-            pending: Self::Pending<T>,
-            data: (&mut [T], &[T]),
-            state: &mut [T],
-            step: u64,
-        ) -> Result<(), Error>;
 
         fn to_json(&self) -> Value;
         fn from_json(value: &Value) -> Option<Self>;
@@ -100,9 +112,39 @@ fn numbers<const N: usize>(v: &Value, key: &str) -> Option<[f64; N]> {
     Some(out)
 }
 
+impl<P: Element, G: Element<Compute = P::Compute>> sealed::StepsImpl<P, G> for CameConfig {
+    type Pending = Clip<P::Compute>;
+
+    fn measured(clip: &Clip<P::Compute>) -> Option<(f64, bool)> {
+        Some((clip.rms, clip.d > num_traits::One::one()))
+    }
+
+    fn prepare<E: Executor>(
+        &self,
+        exec: &E,
+        shape: &Shape,
+        (param, grad): (&mut [P], &[G]),
+        state: &mut [P::Compute],
+        step: u64,
+    ) -> Result<Self::Pending, Error> {
+        prepare(exec, self, shape, param, grad, state, step)
+    }
+
+    fn finish<E: Executor>(
+        &self,
+        exec: &E,
+        (shape, tensor): (&Shape, usize),
+        clip: Self::Pending,
+        (param, grad): (&mut [P], &[G]),
+        state: &mut [P::Compute],
+        step: u64,
+    ) -> Result<(), Error> {
+        finish(exec, (self, tensor), shape, clip, param, grad, state, step)
+    }
+}
+
 impl sealed::RuleImpl for CameConfig {
     const NAME: &'static str = "came";
-    type Pending<T: Float> = Clip<T>;
 
     fn validate(&self) -> Result<(), Error> {
         CameConfig::validate(self)
@@ -120,33 +162,6 @@ impl sealed::RuleImpl for CameConfig {
         Some(shape.state_layout())
     }
 
-    fn measured<T: Float>(clip: &Clip<T>) -> Option<(f64, bool)> {
-        Some((clip.rms, clip.d > T::one()))
-    }
-
-    fn prepare<T: Float, E: Executor>(
-        &self,
-        exec: &E,
-        shape: &Shape,
-        (param, grad): (&mut [T], &[T]),
-        state: &mut [T],
-        step: u64,
-    ) -> Result<Clip<T>, Error> {
-        prepare(exec, self, shape, param, grad, state, step)
-    }
-
-    fn finish<T: Float, E: Executor>(
-        &self,
-        exec: &E,
-        shape: &Shape,
-        clip: Clip<T>,
-        (param, grad): (&mut [T], &[T]),
-        state: &mut [T],
-        step: u64,
-    ) -> Result<(), Error> {
-        finish(exec, self, shape, clip, param, grad, state, step)
-    }
-
     fn to_json(&self) -> Value {
         let mut v = json!({
             "lr": self.lr,
@@ -162,6 +177,9 @@ impl sealed::RuleImpl for CameConfig {
         }
         if let Some(name) = instability_name(self.instability) {
             v["instability"] = Value::from(name);
+        }
+        if let Rounding::Stochastic { seed } = self.rounding {
+            v["rounding"] = json!({ "stochastic": seed });
         }
         v
     }
@@ -183,13 +201,50 @@ impl sealed::RuleImpl for CameConfig {
                 None => Instability::Reference,
                 Some(name) => instability_from_name(name.as_str()?)?,
             },
+            rounding: match v.get("rounding") {
+                None => Rounding::Nearest,
+                Some(r) => Rounding::Stochastic {
+                    seed: r.get("stochastic")?.as_u64()?,
+                },
+            },
         })
+    }
+}
+
+impl<T: Float> sealed::StepsImpl<T, T> for AdamWConfig {
+    type Pending = adamw::Coefficients<T>;
+
+    fn measured(_: &adamw::Coefficients<T>) -> Option<(f64, bool)> {
+        None
+    }
+
+    fn prepare<E: Executor>(
+        &self,
+        _exec: &E,
+        _shape: &Shape,
+        (param, grad): (&mut [T], &[T]),
+        state: &mut [T],
+        step: u64,
+    ) -> Result<adamw::Coefficients<T>, Error> {
+        adamw::prepare(self, step, param, grad, state)
+    }
+
+    fn finish<E: Executor>(
+        &self,
+        exec: &E,
+        _shape: (&Shape, usize),
+        k: adamw::Coefficients<T>,
+        (param, grad): (&mut [T], &[T]),
+        state: &mut [T],
+        _step: u64,
+    ) -> Result<(), Error> {
+        adamw::finish(exec, &k, param, grad, state);
+        Ok(())
     }
 }
 
 impl sealed::RuleImpl for AdamWConfig {
     const NAME: &'static str = "adamw";
-    type Pending<T: Float> = adamw::Coefficients<T>;
 
     fn validate(&self) -> Result<(), Error> {
         AdamWConfig::validate(self)
@@ -207,34 +262,6 @@ impl sealed::RuleImpl for AdamWConfig {
     fn state_layout(shape: &Shape) -> Option<StateLayout> {
         let vector = Layout::Vector { len: shape.numel() };
         StateLayout::new(vector, 1)
-    }
-
-    fn measured<T: Float>(_: &adamw::Coefficients<T>) -> Option<(f64, bool)> {
-        None
-    }
-
-    fn prepare<T: Float, E: Executor>(
-        &self,
-        _exec: &E,
-        _shape: &Shape,
-        (param, grad): (&mut [T], &[T]),
-        state: &mut [T],
-        step: u64,
-    ) -> Result<adamw::Coefficients<T>, Error> {
-        adamw::prepare(self, step, param, grad, state)
-    }
-
-    fn finish<T: Float, E: Executor>(
-        &self,
-        exec: &E,
-        _shape: &Shape,
-        k: adamw::Coefficients<T>,
-        (param, grad): (&mut [T], &[T]),
-        state: &mut [T],
-        _step: u64,
-    ) -> Result<(), Error> {
-        adamw::finish(exec, &k, param, grad, state);
-        Ok(())
     }
 
     fn to_json(&self) -> Value {

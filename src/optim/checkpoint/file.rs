@@ -13,20 +13,56 @@ use safetensors::tensor::{Dtype, View};
 use serde_json::Value;
 
 use super::CheckpointError;
-use crate::Float;
+use half::{bf16, f16};
 
-/// The safetensors dtype of `T`.
-pub(super) fn dtype_of<T: Float>() -> Dtype {
-    if size_of::<T>() == 4 {
-        Dtype::F32
-    } else {
-        Dtype::F64
+use crate::element::Element;
+
+/// The safetensors dtype of `E`.
+pub(super) fn dtype_of<E: Element>() -> Dtype {
+    match E::DTYPE {
+        "float64" => Dtype::F64,
+        "bfloat16" => Dtype::BF16,
+        "float16" => Dtype::F16,
+        _ => Dtype::F32,
     }
 }
 
-/// The safetensors name of `T`'s dtype (`F32`, `F64`).
-pub(super) fn dtype_label<T: Float>() -> &'static str {
-    if size_of::<T>() == 4 { "F32" } else { "F64" }
+/// The safetensors name of `E`'s dtype (`F32`, `F64`, `BF16`, `F16`).
+pub(super) fn dtype_label<E: Element>() -> &'static str {
+    match E::DTYPE {
+        "float64" => "F64",
+        "bfloat16" => "BF16",
+        "float16" => "F16",
+        _ => "F32",
+    }
+}
+
+/// Whether every value of `dtype` is exactly a value of `E` (another dtype than `E`'s own).
+pub(super) fn widens_to<E: Element>(dtype: Dtype) -> bool {
+    matches!(
+        (dtype, dtype_of::<E>()),
+        (Dtype::BF16 | Dtype::F16, Dtype::F32 | Dtype::F64) | (Dtype::F32, Dtype::F64)
+    )
+}
+
+/// The little-endian values of a `dtype` tensor as `E`s, which hold them exactly
+/// ([`widens_to`]).
+pub(super) fn widen<E: Element>(dtype: Dtype, bytes: &[u8]) -> Vec<E> {
+    let exact = |x: f64| E::from_compute(<E::Compute as crate::Float>::from_f64(x));
+    match dtype {
+        Dtype::BF16 => decode::<bf16>(bytes)
+            .into_iter()
+            .map(|v| exact(v.to_f64()))
+            .collect(),
+        Dtype::F16 => decode::<f16>(bytes)
+            .into_iter()
+            .map(|v| exact(v.to_f64()))
+            .collect(),
+        _ => decode::<f32>(bytes)
+            .into_iter()
+            .map(|v| exact(f64::from(v)))
+            .collect(),
+    }
 }
 
 /// The file with its JSON header rewritten with every object's keys in order, so that the
@@ -134,20 +170,20 @@ pub(super) struct Bytes {
 }
 
 impl Bytes {
-    pub(super) fn new<T: Float>(shape: Vec<usize>, values: &[T]) -> Self {
-        let mut data = Vec::with_capacity(size_of_val(values));
-        for &v in values {
-            if size_of::<T>() == 4 {
-                data.extend_from_slice(&(v.as_f64() as f32).to_le_bytes());
-            } else {
-                data.extend_from_slice(&v.as_f64().to_le_bytes());
+    pub(super) fn new<E: Element>(shape: Vec<usize>, values: &[E]) -> Self {
+        Self::raw(dtype_of::<E>(), shape, bytemuck::cast_slice(values))
+    }
+
+    /// A tensor of `dtype` from its values' bytes in this machine's order (written
+    /// little-endian, as safetensors stores them).
+    pub(super) fn raw(dtype: Dtype, shape: Vec<usize>, native: &[u8]) -> Self {
+        let mut data = native.to_vec();
+        if cfg!(target_endian = "big") {
+            for v in data.chunks_exact_mut(dtype.bitsize() / 8) {
+                v.reverse();
             }
         }
-        Self {
-            dtype: dtype_of::<T>(),
-            shape,
-            data,
-        }
+        Self { dtype, shape, data }
     }
 }
 
@@ -169,22 +205,18 @@ impl View for &Bytes {
     }
 }
 
-pub(super) fn decode<T: Float>(bytes: &[u8]) -> Vec<T> {
-    if size_of::<T>() == 4 {
-        bytes
-            .chunks_exact(4)
-            .map(|b| T::from_f64(f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))))
-            .collect()
-    } else {
-        bytes
-            .chunks_exact(8)
-            .map(|b| {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(b);
-                T::from_f64(f64::from_le_bytes(a))
-            })
-            .collect()
-    }
+/// Little-endian values of `E` (or of any plain-old-data type).
+pub(super) fn decode<E: bytemuck::Pod>(bytes: &[u8]) -> Vec<E> {
+    bytes
+        .chunks_exact(size_of::<E>())
+        .map(|b| {
+            let mut v = b.to_vec();
+            if cfg!(target_endian = "big") {
+                v.reverse();
+            }
+            bytemuck::pod_read_unaligned(&v)
+        })
+        .collect()
 }
 
 /// Writes `bytes` to `path` atomically: to a temporary file beside it, synced, then renamed

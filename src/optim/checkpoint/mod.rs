@@ -25,11 +25,13 @@ use safetensors::tensor::{Dtype, SafeTensors};
 use serde_json::Value;
 
 pub use error::CheckpointError;
-use file::{Bytes, canonical, check_complete, decode, dtype_label, dtype_of, write_atomic};
+use file::{
+    Bytes, canonical, check_complete, decode, dtype_label, dtype_of, widen, widens_to, write_atomic,
+};
 
 use super::cpu::CpuOptimizer;
-use super::rule::Rule;
-use crate::Float;
+use super::rule::Steps;
+use crate::element::Element;
 
 fn json_string(v: &Value) -> String {
     serde_json::to_string(v).unwrap_or_default()
@@ -40,19 +42,19 @@ fn dtype_name(d: Dtype) -> String {
 }
 
 /// A tensor's state and metadata read from a file, not yet committed.
-struct Staged<T> {
+struct Staged<T, P> {
     state: Vec<T>,
     step: u64,
-    param: Option<Vec<T>>,
+    param: Option<Vec<P>>,
 }
 
-impl<T: Float, C: Rule> CpuOptimizer<T, C> {
+impl<P: Element, C: Steps<P, G>, G: Element> CpuOptimizer<P, C, G> {
     /// Saves the whole optimizer state to `path`, atomically, with the parameters when given
     /// (the trait's [`save`](super::Optimizer::save) gives none).
     pub(crate) fn save_to(
         &self,
         path: &Path,
-        params: Option<&[&[T]]>,
+        params: Option<&[&[P]]>,
     ) -> Result<(), CheckpointError> {
         let write = || -> Result<(), CheckpointError> {
             let bytes = self.to_safetensors(params)?;
@@ -71,7 +73,7 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
     pub fn save_with_params(
         &self,
         path: impl AsRef<Path>,
-        params: &[&[T]],
+        params: &[&[P]],
     ) -> Result<(), CheckpointError> {
         self.save_to(path.as_ref(), Some(params))
     }
@@ -81,7 +83,7 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
     /// # Errors
     /// [`CheckpointError::ParamCount`] or [`CheckpointError::ParamLength`] if `params` does not
     /// match the registered tensors; [`CheckpointError::Format`] if serialisation fails.
-    pub fn to_safetensors(&self, params: Option<&[&[T]]>) -> Result<Vec<u8>, CheckpointError> {
+    pub fn to_safetensors(&self, params: Option<&[&[P]]>) -> Result<Vec<u8>, CheckpointError> {
         if let Some(params) = params {
             self.check_params(params.iter().map(|p| p.len()))?;
         }
@@ -148,7 +150,7 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
     pub(crate) fn load_from(
         &mut self,
         path: &Path,
-        params: Option<&mut [&mut [T]]>,
+        params: Option<&mut [&mut [P]]>,
     ) -> Result<(), CheckpointError> {
         let load = || -> Result<(), CheckpointError> {
             let bytes = fs::read(path)?;
@@ -167,7 +169,7 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
     pub fn load_with_params(
         &mut self,
         path: impl AsRef<Path>,
-        params: &mut [&mut [T]],
+        params: &mut [&mut [P]],
     ) -> Result<(), CheckpointError> {
         self.load_from(path.as_ref(), Some(params))
     }
@@ -180,7 +182,7 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
     pub fn load_safetensors(
         &mut self,
         bytes: &[u8],
-        params: Option<&mut [&mut [T]]>,
+        params: Option<&mut [&mut [P]]>,
     ) -> Result<(), CheckpointError> {
         if let Some(p) = &params {
             self.check_params(p.iter().map(|p| p.len()))?;
@@ -250,7 +252,7 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
         meta: &BTreeMap<String, String>,
         want_params: bool,
         known_tensors: &mut BTreeSet<String>,
-    ) -> Result<Staged<T>, CheckpointError> {
+    ) -> Result<Staged<P::Compute, P>, CheckpointError> {
         let t = &self.registry.tensors()[i];
         let shape_key = format!("shape.{i}");
         let dims = parse_dims(&shape_key, meta_get(meta, &shape_key)?)?;
@@ -291,21 +293,21 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
                 ),
             ));
         }
-        let mut state = vec![T::zero(); t.state.len()];
+        let mut state = vec![<P::Compute as num_traits::Zero>::zero(); t.state.len()];
         for piece in t.state.pieces() {
             let key = format!("state.{i}.{}", piece.key);
             let dims: Vec<usize> = piece.dims.of(&t.dims).collect();
-            let values = read_tensor::<T>(file, &key, &dims, (i, &t.name))?;
+            let values = read_tensor::<P::Compute>(file, &key, &dims, (i, &t.name))?;
             known_tensors.insert(key.clone());
             if t.shape.numel() == 0 {
                 // a tensor without elements never reads its state: came-pytorch stores NaN for
                 // the statistics over its empty dim (the mean of nothing); they load as zeros
                 continue;
             }
-            if values.iter().any(|v| !v.is_finite()) {
+            if values.iter().any(|v| !num_traits::Float::is_finite(*v)) {
                 return Err(CheckpointError::NonFinite { key });
             }
-            if piece.key != "exp_avg" && values.iter().any(|&v| v < T::zero()) {
+            if piece.key != "exp_avg" && values.iter().any(|&v| v < num_traits::Zero::zero()) {
                 return Err(CheckpointError::NegativeStatistic { key });
             }
             state[piece.range].copy_from_slice(&values);
@@ -313,7 +315,7 @@ impl<T: Float, C: Rule> CpuOptimizer<T, C> {
         let param_key = format!("param.{i}");
         known_tensors.insert(param_key.clone());
         let param = if want_params {
-            Some(read_tensor::<T>(file, &param_key, &t.dims, (i, &t.name))?)
+            Some(read_tensor::<P>(file, &param_key, &t.dims, (i, &t.name))?)
         } else {
             None
         };
@@ -454,19 +456,24 @@ fn parse_dims(key: &str, text: &str) -> Result<Vec<usize>, CheckpointError> {
 }
 
 /// The values of tensor `key`, which belongs to registered tensor `(index, name)`.
-fn read_tensor<T: Float>(
+///
+/// A tensor stored in another dtype is converted where every value of the file's dtype is one
+/// of `E` (bf16 or f16 into f32 or f64, f32 into f64), and refused otherwise
+/// ([`CheckpointError::WrongDtype`]): nothing is ever rounded on load.
+fn read_tensor<E: Element>(
     file: &SafeTensors<'_>,
     key: &str,
     dims: &[usize],
     (index, name): (usize, &str),
-) -> Result<Vec<T>, CheckpointError> {
+) -> Result<Vec<E>, CheckpointError> {
     let view = file
         .tensor(key)
         .map_err(|_| CheckpointError::MissingKey(key.to_string()))?;
-    if view.dtype() != dtype_of::<T>() {
+    let widens = widens_to::<E>(view.dtype());
+    if view.dtype() != dtype_of::<E>() && !widens {
         return Err(CheckpointError::WrongDtype {
             key: key.to_string(),
-            expected: dtype_label::<T>(),
+            expected: dtype_label::<E>(),
             found: dtype_name(view.dtype()),
         });
     }
@@ -480,10 +487,14 @@ fn read_tensor<T: Float>(
         });
     }
     let numel: usize = dims.iter().product();
-    if view.data().len() != numel * size_of::<T>() {
+    if view.data().len() != numel * view.dtype().bitsize() / 8 {
         return Err(CheckpointError::Format(format!(
             "{key}: data length does not match its shape"
         )));
     }
-    Ok(decode(view.data()))
+    Ok(if widens {
+        widen(view.dtype(), view.data())
+    } else {
+        decode(view.data())
+    })
 }

@@ -1,0 +1,280 @@
+//! The types parameters, gradients and momentum are stored in: `f32`, `f64`, and the 16-bit
+//! `half::bf16` and `half::f16`, each computed in a [`Float`] (16-bit values in `f32`).
+//!
+//! A 16-bit value widens to `f32` exactly; an `f32` result is written back rounded to nearest,
+//! ties to even (what `half` and PyTorch do), or, for parameters and when asked for, rounded
+//! stochastically ([`round_stochastic`]). The sweeps load and store whole vectors through
+//! [`sealed::ElementImpl`]: a plain vector load for `f32` and `f64`, a widening of the vector's
+//! elements for the 16-bit types, all in registers.
+
+use core::fmt::Debug;
+
+use half::{bf16, f16};
+use pulp::Simd;
+
+use crate::Float;
+use crate::exec::simd::V;
+
+/// Most lanes of a vector of any instruction set the kernels run on.
+const MAX_LANES: usize = 16;
+
+/// The number of `T` in a vector of `S`.
+#[inline(always)]
+pub(crate) const fn lanes<S: Simd, T: Float>() -> usize {
+    size_of::<V<S, T>>() / size_of::<T>()
+}
+
+pub(crate) mod sealed {
+    /// Only this crate's storage types are [`super::Element`]s.
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+    impl Sealed for half::bf16 {}
+    impl Sealed for half::f16 {}
+}
+
+/// A type tensors are stored in: `f32`, `f64`, [`half::bf16`] or [`half::f16`].
+///
+/// All arithmetic runs in [`Element::Compute`] (`f32` for the 16-bit types): a value widens to
+/// it exactly when loaded and is rounded back once when stored. The trait is sealed.
+pub trait Element:
+    sealed::Sealed + Copy + Default + PartialEq + Send + Sync + Debug + bytemuck::Pod + 'static
+{
+    /// The float type the update is computed in.
+    type Compute: Float;
+
+    /// The type's name as PyTorch and the reference files spell it (`"float32"`,
+    /// `"float64"`, `"bfloat16"`, `"float16"`).
+    const DTYPE: &'static str;
+
+    /// Whether values are rounded when written back (a 16-bit type).
+    const ROUNDS: bool;
+
+    /// Widens to the compute type (exact).
+    fn to_compute(self) -> Self::Compute;
+
+    /// Rounds from the compute type, to nearest, ties to even.
+    fn from_compute(x: Self::Compute) -> Self;
+
+    /// The `i`-th whole vector of `row`, widened.
+    #[doc(hidden)]
+    fn load<S: Simd>(row: &[Self], i: usize) -> V<S, Self::Compute>;
+
+    /// Writes `v` over the `i`-th whole vector of `row`, rounded to nearest.
+    #[doc(hidden)]
+    fn store<S: Simd>(row: &mut [Self], i: usize, v: V<S, Self::Compute>);
+
+    /// `v` rounded to `Self` (to nearest) and widened back.
+    #[doc(hidden)]
+    fn round_vec<S: Simd>(v: V<S, Self::Compute>) -> V<S, Self::Compute>;
+
+    /// `x` rounded to one of its two neighbours in `Self`, up with probability equal to its
+    /// distance from the lower one (in units of the gap), the uniform random `bits` deciding;
+    /// `x` itself where it is representable (full-precision types always). See
+    /// [`round_stochastic`].
+    #[doc(hidden)]
+    fn round_stochastic(x: Self::Compute, bits: u32) -> Self;
+}
+
+macro_rules! full_precision {
+    ($t:ty, $name:literal) => {
+        impl Element for $t {
+            type Compute = $t;
+            const DTYPE: &'static str = $name;
+            const ROUNDS: bool = false;
+
+            #[inline(always)]
+            fn to_compute(self) -> Self {
+                self
+            }
+
+            #[inline(always)]
+            fn from_compute(x: Self) -> Self {
+                x
+            }
+
+            #[inline(always)]
+            fn load<S: Simd>(row: &[Self], i: usize) -> V<S, Self> {
+                <$t as crate::float::sealed::Sealed>::as_simd::<S>(row).0[i]
+            }
+
+            #[inline(always)]
+            fn store<S: Simd>(row: &mut [Self], i: usize, v: V<S, Self>) {
+                <$t as crate::float::sealed::Sealed>::as_mut_simd::<S>(row).0[i] = v;
+            }
+
+            #[inline(always)]
+            fn round_vec<S: Simd>(v: V<S, Self>) -> V<S, Self> {
+                v
+            }
+
+            #[inline(always)]
+            fn round_stochastic(x: Self, _bits: u32) -> Self {
+                x
+            }
+        }
+    };
+}
+
+full_precision!(f32, "float32");
+full_precision!(f64, "float64");
+
+macro_rules! half_precision {
+    ($t:ty, $name:literal) => {
+        impl Element for $t {
+            type Compute = f32;
+            const DTYPE: &'static str = $name;
+            const ROUNDS: bool = true;
+
+            #[inline(always)]
+            fn to_compute(self) -> f32 {
+                self.to_f32()
+            }
+
+            #[inline(always)]
+            fn from_compute(x: f32) -> Self {
+                <$t>::from_f32(x)
+            }
+
+            #[inline(always)]
+            fn load<S: Simd>(row: &[Self], i: usize) -> V<S, f32> {
+                let l = lanes::<S, f32>();
+                let mut wide = [0.0f32; MAX_LANES];
+                for (w, x) in wide.iter_mut().zip(&row[i * l..(i + 1) * l]) {
+                    *w = x.to_f32();
+                }
+                f32::as_simd::<S>(&wide[..l]).0[0]
+            }
+
+            #[inline(always)]
+            fn store<S: Simd>(row: &mut [Self], i: usize, v: V<S, f32>) {
+                let l = lanes::<S, f32>();
+                let mut wide = [0.0f32; MAX_LANES];
+                f32::as_mut_simd::<S>(&mut wide[..l]).0[0] = v;
+                for (x, &w) in row[i * l..(i + 1) * l].iter_mut().zip(&wide) {
+                    *x = <$t>::from_f32(w);
+                }
+            }
+
+            #[inline(always)]
+            fn round_vec<S: Simd>(v: V<S, f32>) -> V<S, f32> {
+                let l = lanes::<S, f32>();
+                let mut wide = [0.0f32; MAX_LANES];
+                let slot = &mut f32::as_mut_simd::<S>(&mut wide[..l]).0[0];
+                *slot = v;
+                for w in &mut wide[..l] {
+                    *w = <$t>::from_f32(*w).to_f32();
+                }
+                f32::as_simd::<S>(&wide[..l]).0[0]
+            }
+
+            #[inline(always)]
+            fn round_stochastic(x: f32, bits: u32) -> Self {
+                let near = <$t>::from_f32(x);
+                let y = near.to_f32();
+                if y == x || !x.is_finite() || !y.is_finite() {
+                    return near;
+                }
+                // the neighbour on the other side of x: one step of the magnitude's bits
+                let away = (y.abs() < x.abs()) as u16;
+                let toward = 1 - away;
+                let other = if away == 1 {
+                    <$t>::from_bits(near.to_bits() + 1)
+                } else {
+                    <$t>::from_bits(near.to_bits() - toward)
+                };
+                let (lo, hi) = if near.to_f32().abs() < other.to_f32().abs() {
+                    (near, other)
+                } else {
+                    (other, near)
+                };
+                let (l, h) = (lo.to_f32(), hi.to_f32());
+                // exact: x lies between two neighbours, whose gap is a power of two
+                let p = (x - l) / (h - l);
+                let u = (bits >> 8) as f32 * (1.0 / 16_777_216.0);
+                if u < p { hi } else { lo }
+            }
+        }
+    };
+}
+
+use crate::float::sealed::Sealed as _;
+
+half_precision!(bf16, "bfloat16");
+half_precision!(f16, "float16");
+
+/// The random bits of element `index` of a tensor stepped with stochastic-rounding key `key`
+/// ([`rounding_key`]): a counter-based generator (SplitMix64's finalizer over the key and the
+/// index), so the bits depend on nothing else, not on threads, lanes or the instruction set.
+#[inline(always)]
+pub(crate) fn random_bits(key: u64, index: usize) -> u32 {
+    let mut z = key ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) as u32
+}
+
+/// The stochastic-rounding key of one tensor at one step: a function of the seed, the tensor's
+/// position and the step number only.
+#[must_use]
+pub(crate) fn rounding_key(seed: u64, tensor: usize, step: u64) -> u64 {
+    let mix = |a: u64, b: u64| {
+        u64::from(random_bits(a, b as usize)) << 32 | u64::from(random_bits(!a, b as usize))
+    };
+    mix(mix(seed, tensor as u64), step)
+}
+
+/// `x` rounded to a neighbour in `E` at random, with the probability of each neighbour
+/// proportional to its closeness: `E[round(x)] = x` for every finite `x` (up to the 2^-24
+/// resolution of the random threshold). NaN and infinities round to nearest.
+#[inline(always)]
+pub fn round_stochastic<E: Element>(x: E::Compute, bits: u32) -> E {
+    E::round_stochastic(x, bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sixteen_bit_values_widen_exactly_and_round_to_nearest_even() {
+        assert_eq!(bf16::from_compute(1.0 + 1.0 / 256.0).to_f32(), 1.0); // tie: to even
+        assert_eq!(
+            bf16::from_compute(1.0 + 3.0 / 256.0).to_f32(),
+            1.0 + 4.0 / 256.0
+        );
+        assert_eq!(f16::from_compute(1.0 + 1.0 / 2048.0).to_f32(), 1.0);
+        assert_eq!(bf16::from_f32(-2.5).to_compute(), -2.5);
+    }
+
+    #[test]
+    fn stochastic_rounding_picks_a_neighbour_by_the_random_bits() {
+        // 1 + 1/512 lies a quarter of the way from 1 to the next bf16, 1 + 1/128
+        let x = 1.0 + 1.0 / 512.0;
+        let at = |u: f64| bf16::round_stochastic(x, ((u * 16_777_216.0) as u32) << 8).to_f32();
+        assert_eq!(at(0.0), 1.0 + 1.0 / 128.0);
+        assert_eq!(at(0.2499), 1.0 + 1.0 / 128.0);
+        assert_eq!(at(0.25), 1.0);
+        assert_eq!(at(0.9999), 1.0);
+        // negative values mirror positive ones
+        let y = bf16::round_stochastic(-x, 0).to_f32();
+        assert_eq!(y, -(1.0 + 1.0 / 128.0));
+        // representable values and non-finite ones are never moved
+        assert_eq!(bf16::round_stochastic(1.5, 0).to_f32(), 1.5);
+        assert!(f16::round_stochastic(f32::NAN, 0).is_nan());
+        assert_eq!(
+            f16::round_stochastic(f32::INFINITY, 0).to_f32(),
+            f32::INFINITY
+        );
+        assert_eq!(f32::round_stochastic(0.1, 0), 0.1);
+    }
+
+    #[test]
+    fn the_random_bits_depend_on_key_and_index_only() {
+        assert_eq!(random_bits(7, 3), random_bits(7, 3));
+        assert_ne!(random_bits(7, 3), random_bits(7, 4));
+        assert_ne!(random_bits(7, 3), random_bits(8, 3));
+        assert_ne!(rounding_key(1, 0, 1), rounding_key(1, 1, 1));
+        assert_ne!(rounding_key(1, 0, 1), rounding_key(1, 0, 2));
+    }
+}
