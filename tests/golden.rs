@@ -112,6 +112,34 @@ fn resume_cases_continue_the_official_run_from_its_checkpoint() {
     }
 }
 
+#[test]
+fn sixteen_bit_reference_trajectories() {
+    let files = under_miri_only_small(json_files(&golden_dir().join("lowp")));
+    let results = replay_all(&files);
+    if !cfg!(miri) {
+        assert_eq!(results.len(), 8, "expected the 8 16-bit reference cases");
+    }
+    assert!(results.iter().any(|(c, _)| c.dtype == Dtype::BF16));
+    assert!(results.iter().any(|(c, _)| c.dtype == Dtype::F16));
+    for (case, worst) in &results {
+        println!(
+            "{:32} {:.4}x tolerance (one 16-bit ulp per parameter)",
+            case.name, worst
+        );
+    }
+}
+
+/// A 16-bit replay off by two ulps in one parameter is rejected: the one-ulp bound bites.
+#[test]
+fn sixteen_bit_comparison_rejects_two_ulps() {
+    let case = Case::load(&golden_dir().join("lowp/bf16_4x5.json")).unwrap();
+    let mut got = replay(&case).unwrap();
+    assert!(compare(&case, &got).passed());
+    let r = case.params[2][3];
+    got.params[2][3] = r + 2.0 * case.dtype.ulp16(r).unwrap();
+    assert!(!compare(&case, &got).passed());
+}
+
 /// The comparison itself must be able to fail: a trajectory nudged by 2x the tolerance is
 /// rejected.
 #[test]

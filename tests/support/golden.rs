@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use came::adamw::{self, AdamWConfig, AdamWState};
-use came::{CameConfig, CameState, Float, Shape};
+use came::{CameConfig, CameState, Element, Float, Shape};
 use serde_json::Value;
 
 /// Element type of a case.
@@ -16,6 +16,10 @@ use serde_json::Value;
 pub enum Dtype {
     F32,
     F64,
+    /// bfloat16 parameters and gradients, float32 state (`lowp/`)
+    BF16,
+    /// float16 parameters and gradients, float32 state (`lowp/`)
+    F16,
 }
 
 /// Which optimizer produced a case.
@@ -63,6 +67,32 @@ impl Dtype {
                 rtol: 1e-12,
                 srtol: 1e-11,
             },
+            // the state is float32; parameters are checked against one 16-bit ulp instead
+            Dtype::BF16 | Dtype::F16 => Dtype::F32.tolerance(),
+        }
+    }
+
+    /// One unit in the last place of the 16-bit value `r` (lowp/FORMAT: each parameter
+    /// within one ulp of the reference); `None` for the 32- and 64-bit dtypes.
+    pub fn ulp16(self, r: f64) -> Option<f64> {
+        let next = |bits: u16, up: u16| (bits & 0x8000) | ((bits & 0x7fff) + up);
+        match self {
+            Dtype::BF16 => {
+                let b = half::bf16::from_f64(r).to_bits();
+                Some(
+                    (half::bf16::from_bits(next(b, 1)).to_f64()
+                        - half::bf16::from_bits(b).to_f64())
+                    .abs(),
+                )
+            }
+            Dtype::F16 => {
+                let b = half::f16::from_f64(r).to_bits();
+                Some(
+                    (half::f16::from_bits(next(b, 1)).to_f64() - half::f16::from_bits(b).to_f64())
+                        .abs(),
+                )
+            }
+            Dtype::F32 | Dtype::F64 => None,
         }
     }
 }
@@ -78,7 +108,8 @@ fn number(v: &Value, dtype: Dtype) -> Result<f64, String> {
         other => return Err(format!("expected a number, got {other}")),
     };
     match dtype {
-        Dtype::F32 => text.parse::<f32>().map(f64::from),
+        // 16-bit values are written as the shortest decimal of their exact float32 value
+        Dtype::F32 | Dtype::BF16 | Dtype::F16 => text.parse::<f32>().map(f64::from),
         Dtype::F64 => text.parse::<f64>(),
     }
     .map_err(|e| format!("bad number {text}: {e}"))
@@ -124,6 +155,8 @@ impl Case {
         let dtype = match field(&v, "dtype")?.as_str() {
             Some("float32") => Dtype::F32,
             Some("float64") => Dtype::F64,
+            Some("bfloat16") => Dtype::BF16,
+            Some("float16") => Dtype::F16,
             other => return Err(format!("unsupported dtype {other:?}")),
         };
         let shape = field(&v, "shape")?
@@ -166,7 +199,12 @@ impl Case {
         let mut state = BTreeMap::new();
         if let Some(s) = v.get("state").and_then(Value::as_object) {
             for (key, values) in s {
-                state.insert(key.clone(), numbers(values, dtype)?);
+                let state_dtype = if dtype == Dtype::F64 {
+                    dtype
+                } else {
+                    Dtype::F32
+                };
+                state.insert(key.clone(), numbers(values, state_dtype)?);
             }
         }
         Ok(Case {
@@ -199,12 +237,14 @@ pub struct Trajectory {
     pub checkpoint: Option<Vec<u8>>,
 }
 
-fn to_t<T: Float>(v: &[f64]) -> Vec<T> {
-    v.iter().map(|&x| T::from_f64(x)).collect()
+fn to_t<T: Element>(v: &[f64]) -> Vec<T> {
+    v.iter()
+        .map(|&x| T::from_compute(<T::Compute as Float>::from_f64(x)))
+        .collect()
 }
 
-fn to_f64<T: Float>(v: &[T]) -> Vec<f64> {
-    v.iter().map(|&x| x.as_f64()).collect()
+fn to_f64<T: Element>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|&x| x.to_compute().as_f64()).collect()
 }
 
 /// Runs a case from `param0` (or from the given starting point and state) through its grads.
@@ -212,7 +252,31 @@ pub fn replay(case: &Case) -> Result<Trajectory, String> {
     match case.dtype {
         Dtype::F32 => replay_as::<f32>(case),
         Dtype::F64 => replay_as::<f64>(case),
+        Dtype::BF16 => replay_lowp::<half::bf16>(case),
+        Dtype::F16 => replay_lowp::<half::f16>(case),
     }
+}
+
+/// A 16-bit case: parameters and gradients in `P`, state in `f32`, through the borrowed step.
+fn replay_lowp<P: Element<Compute = f32>>(case: &Case) -> Result<Trajectory, String> {
+    let Optimizer::Came(config) = case.optimizer else {
+        return Err("16-bit cases are CAME cases".into());
+    };
+    let mut param: Vec<P> = to_t(&case.param0);
+    let shape = Shape::new(&case.shape).map_err(|e| e.to_string())?;
+    let mut buf = vec![0.0f32; shape.state_len()];
+    let mut state = CameState::new(&mut buf);
+    let mut out = Trajectory::default();
+    for grad in &case.grads {
+        let grad: Vec<P> = to_t(grad);
+        came::step(&config, &shape, &mut param, &grad, &mut state).map_err(|e| e.to_string())?;
+        out.params.push(to_f64(&param));
+    }
+    let parts = state.parts(&shape).map_err(|e| e.to_string())?;
+    for (name, values) in parts.named() {
+        out.state.insert(name.to_owned(), to_f64(values));
+    }
+    Ok(out)
 }
 
 fn replay_as<T: Float>(case: &Case) -> Result<Trajectory, String> {
@@ -330,7 +394,8 @@ pub fn compare(case: &Case, got: &Trajectory) -> Verdict {
             continue;
         }
         for (j, (&r, &p)) in want.iter().zip(have).enumerate() {
-            let ratio = (p - r).abs() / (tol.atol + tol.rtol * r.abs());
+            let bound = case.dtype.ulp16(r).unwrap_or(tol.atol + tol.rtol * r.abs());
+            let ratio = (p - r).abs() / bound;
             note(ratio, &|| format!("step {} element {j}", first + i + 1));
         }
     }
@@ -360,7 +425,7 @@ fn push_numbers(out: &mut String, values: &[f64], dtype: Dtype) {
         }
         if !x.is_finite() {
             out.push_str("null");
-        } else if dtype == Dtype::F32 {
+        } else if dtype != Dtype::F64 {
             // shortest decimal that reads back to the same f32
             let _ = write!(out, "{:?}", x as f32);
         } else {
