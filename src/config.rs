@@ -59,7 +59,7 @@ pub enum Rounding {
     /// Once, after decay and update together, to one of the two neighbouring 16-bit values,
     /// the upper with probability equal to the value's distance from the lower one (in units of
     /// their gap): unbiased. The random bits of element `i` are a counter-based function of
-    /// `(seed, tensor, step, i)` (SplitMix64's finalizer), where `tensor` is the tensor's
+    /// `(seed, tensor, step, i)` (`SplitMix64`'s finalizer), where `tensor` is the tensor's
     /// position in the step (registration order in the owned optimizer, the slice position in
     /// [`crate::step_all`], 0 in [`crate::step`]) and `step` the state's step count before the
     /// step: results are identical for any thread count and on resume from a checkpoint.

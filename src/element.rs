@@ -172,16 +172,15 @@ macro_rules! half_precision {
             fn round_stochastic(x: f32, bits: u32) -> Self {
                 let near = <$t>::from_f32(x);
                 let y = near.to_f32();
+                #[allow(clippy::float_cmp)] // exactly representable: nothing to round
                 if y == x || !x.is_finite() || !y.is_finite() {
                     return near;
                 }
                 // the neighbour on the other side of x: one step of the magnitude's bits
-                let away = (y.abs() < x.abs()) as u16;
-                let toward = 1 - away;
-                let other = if away == 1 {
+                let other = if y.abs() < x.abs() {
                     <$t>::from_bits(near.to_bits() + 1)
                 } else {
-                    <$t>::from_bits(near.to_bits() - toward)
+                    <$t>::from_bits(near.to_bits() - 1)
                 };
                 let (lo, hi) = if near.to_f32().abs() < other.to_f32().abs() {
                     (near, other)
@@ -204,7 +203,7 @@ half_precision!(bf16, "bfloat16");
 half_precision!(f16, "float16");
 
 /// The random bits of element `index` of a tensor stepped with stochastic-rounding key `key`
-/// ([`rounding_key`]): a counter-based generator (SplitMix64's finalizer over the key and the
+/// ([`rounding_key`]): a counter-based generator (`SplitMix64`'s finalizer over the key and the
 /// index), so the bits depend on nothing else, not on threads, lanes or the instruction set.
 #[inline(always)]
 pub(crate) fn random_bits(key: u64, index: usize) -> u32 {
@@ -233,6 +232,7 @@ pub fn round_stochastic<E: Element>(x: E::Compute, bits: u32) -> E {
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp, clippy::cast_sign_loss)] // exact values, by construction
 mod tests {
     use super::*;
 

@@ -85,6 +85,31 @@ fn steps_do_not_allocate() {
             assert_eq!(count, 0, "{dims:?} allocated");
         }
     }
+    // 16-bit parameters and gradients, rounded to nearest and stochastically
+    for dims in shapes {
+        let shape = Shape::new(dims).unwrap();
+        let n = shape.numel();
+        let mut p = vec![half::bf16::from_f32(0.5); n];
+        let g: Vec<half::f16> = (0..n)
+            .map(|i| half::f16::from_f32((i as f32).sin()))
+            .collect();
+        let mut h = vec![half::f16::from_f32(0.5); n];
+        let mut buf = vec![0.0f32; shape.state_len()];
+        let mut state = CameState::new(&mut buf);
+        let gb: Vec<half::bf16> = g.iter().map(|x| half::bf16::from_f32(x.to_f32())).collect();
+        let stochastic = came::Rounding::Stochastic { seed: 1 };
+        for config in configs
+            .iter()
+            .map(|c| c.with_rounding(stochastic))
+            .chain(configs)
+        {
+            let count = allocations_during(&mut || {
+                came::step(&config, &shape, &mut p, &gb, &mut state).unwrap();
+                came::step(&config, &shape, &mut h, &g, &mut state).unwrap();
+            });
+            assert_eq!(count, 0, "{dims:?} in 16 bits allocated");
+        }
+    }
     // the owned optimizer steps without allocating too
     #[cfg(feature = "std")]
     {
@@ -107,6 +132,17 @@ fn steps_do_not_allocate() {
             opt.step_some(&mut some).unwrap();
         });
         assert_eq!(count, 0, "a step of some tensors allocated");
+        // with bf16 weights and stochastic rounding too
+        let config = CameConfig::new(1e-3).with_rounding(came::Rounding::Stochastic { seed: 2 });
+        let mut opt = came::Came::<half::bf16>::new(config).unwrap();
+        opt.register("w", &[300, 257]).unwrap();
+        let mut w = vec![half::bf16::from_f32(0.5); 300 * 257];
+        let gw = vec![half::bf16::from_f32(0.1); 300 * 257];
+        opt.step(&mut [(&mut w, &gw)]).unwrap();
+        let count = allocations_during(&mut || {
+            opt.step(&mut [(&mut w, &gw)]).unwrap();
+        });
+        assert_eq!(count, 0, "the owned bf16 optimizer allocated");
     }
     // the counter does count
     assert_eq!(

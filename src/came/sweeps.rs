@@ -100,8 +100,8 @@ pub(crate) fn row_sq_sum<S: Simd, T: Float, G: Element<Compute = T>>(
     for start in (0..quads).step_by(ROW_BLOCK) {
         let mut acc = [zero; 4];
         for q in start..quads.min(start + ROW_BLOCK) {
-            for a in 0..4 {
-                acc[a] = o.add(acc[a], term(4 * q + a));
+            for (a, sum) in acc.iter_mut().enumerate() {
+                *sum = o.add(*sum, term(4 * q + a));
             }
         }
         for a in 0..4 {
@@ -253,10 +253,10 @@ pub(crate) fn apply_rows<S: Simd, T: Float, P: Element<Compute = T>, const R: us
 ) {
     match (k.decay.is_some(), k.rounding_key.filter(|_| P::ROUNDS)) {
         (false, None) => {
-            apply_rows_with::<S, T, P, R, false, false>(o, (p, m), (rf, cf), (start, 0), k)
+            apply_rows_with::<S, T, P, R, false, false>(o, (p, m), (rf, cf), (start, 0), k);
         }
         (true, None) => {
-            apply_rows_with::<S, T, P, R, true, false>(o, (p, m), (rf, cf), (start, 0), k)
+            apply_rows_with::<S, T, P, R, true, false>(o, (p, m), (rf, cf), (start, 0), k);
         }
         (false, Some(key)) => {
             apply_rows_with::<S, T, P, R, false, true>(o, (p, m), (rf, cf), (start, key), k);
