@@ -89,6 +89,12 @@ pub enum Error {
     /// produces NaN here; this crate refuses the step and changes nothing. Scale the loss (and
     /// so the gradients) down, run the tensor in `f64`, or keep ε1 > 0.
     NonFiniteUpdate,
+    /// An 8-bit momentum block size that is not a multiple of 32 from 32 to
+    /// [`crate::momentum::MAX_BLOCK`] ([`crate::Shape::with_momentum`]).
+    InvalidMomentum(crate::Momentum),
+    /// A tensor whose momentum is packed (bf16 or 8-bit, [`crate::Momentum`]) was stepped with
+    /// `f64` arithmetic: packed momentum is laid out in 4-byte words, for `f32` compute only.
+    PackedMomentumNeedsF32,
 }
 
 impl fmt::Display for Error {
@@ -136,6 +142,14 @@ impl fmt::Display for Error {
                 "the update is not finite although gradient and state are \
                  (gradient squared overflows the float type, or eps1 = 0 with a zero gradient)",
             ),
+            Error::InvalidMomentum(m) => write!(
+                f,
+                "momentum format {m:?}: an 8-bit block must be a multiple of 32 from 32 to {}",
+                crate::momentum::MAX_BLOCK
+            ),
+            Error::PackedMomentumNeedsF32 => f.write_str(
+                "bf16 and 8-bit momentum are laid out for f32 arithmetic; step this tensor in f32",
+            ),
         }
     }
 }
@@ -159,7 +173,18 @@ impl Error {
             Error::NonFiniteGradient { index } => (8, 0, index, 0),
             Error::NonFiniteState => (9, 0, 0, 0),
             Error::NonFiniteUpdate => (10, 0, 0, 0),
+            Error::InvalidMomentum(m) => (11, momentum_key(m), 0, 0),
+            Error::PackedMomentumNeedsF32 => (12, 0, 0, 0),
         }
+    }
+}
+
+/// A momentum format as one number, for [`Error`]'s equality.
+fn momentum_key(m: crate::Momentum) -> u64 {
+    match m {
+        crate::Momentum::Int8 { code, block } => (1 + code as u64) << 16 | u64::from(block),
+        crate::Momentum::Bf16 => 3 << 16,
+        _ => 0,
     }
 }
 

@@ -138,6 +138,11 @@ pub trait Float:
     /// Widens this value to `f64` (exact).
     #[must_use]
     fn as_f64(self) -> f64;
+
+    /// Rounds to bfloat16, to nearest, ties to even (in one rounding).
+    #[doc(hidden)]
+    #[must_use]
+    fn to_bf16(self) -> half::bf16;
 }
 
 impl Float for f32 {
@@ -152,6 +157,11 @@ impl Float for f32 {
     fn as_f64(self) -> f64 {
         f64::from(self)
     }
+
+    #[inline(always)]
+    fn to_bf16(self) -> half::bf16 {
+        half::bf16::from_f32(self)
+    }
 }
 
 impl Float for f64 {
@@ -165,5 +175,10 @@ impl Float for f64 {
     #[inline(always)]
     fn as_f64(self) -> f64 {
         self
+    }
+
+    #[inline(always)]
+    fn to_bf16(self) -> half::bf16 {
+        half::bf16::from_f64(self)
     }
 }

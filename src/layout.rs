@@ -5,6 +5,8 @@
 
 use core::ops::Range;
 
+use crate::Momentum;
+
 /// How a tensor is stepped: factored over its last two dims, or element-wise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Layout {
@@ -34,6 +36,9 @@ pub const FACTORED_KEYS: [&str; 5] = [
     "exp_avg_res_col",
 ];
 
+/// The name of the scales of 8-bit momentum ([`crate::Momentum::Int8`]), after `exp_avg`.
+pub const SCALE_KEY: &str = "exp_avg_scale";
+
 /// The reference's state names of a vector (and of AdamW's state), in buffer order.
 pub const VECTOR_KEYS: [&str; 2] = ["exp_avg", "exp_avg_sq"];
 
@@ -46,6 +51,14 @@ pub enum PieceDims {
     Rows,
     /// Column statistics: the dims without the second-to-last.
     Cols,
+    /// The scales of 8-bit momentum ([`crate::Momentum::Int8`]): the dims without the last,
+    /// then the blocks per row, then (when more than one) the scales per block.
+    Blocks {
+        /// Blocks per row.
+        blocks: usize,
+        /// Scales per block.
+        width: usize,
+    },
 }
 
 impl PieceDims {
@@ -53,15 +66,20 @@ impl PieceDims {
     /// for a smaller rank the parameter's dims are returned.
     pub fn of(self, dims: &[usize]) -> impl Iterator<Item = usize> + '_ {
         let rank = dims.len();
-        let skip = match self {
-            PieceDims::Rows if rank >= 2 => Some(rank - 1),
-            PieceDims::Cols if rank >= 2 => Some(rank - 2),
-            _ => None,
+        let (skip, extra) = match self {
+            PieceDims::Rows if rank >= 2 => (Some(rank - 1), None),
+            PieceDims::Cols if rank >= 2 => (Some(rank - 2), None),
+            PieceDims::Blocks { blocks, width } if rank >= 2 => {
+                let width = (width > 1).then_some(width);
+                (Some(rank - 1), Some([Some(blocks), width]))
+            }
+            _ => (None, None),
         };
         dims.iter()
             .enumerate()
             .filter(move |&(i, _)| Some(i) != skip)
             .map(|(_, &d)| d)
+            .chain(extra.into_iter().flatten().flatten())
     }
 }
 
@@ -75,6 +93,20 @@ pub struct Piece {
     pub range: Range<usize>,
     /// Its shape relative to the parameter's.
     pub dims: PieceDims,
+    /// What its words hold.
+    pub dtype: PieceType,
+}
+
+/// What the words of a piece of state hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PieceType {
+    /// Values of the compute type, one per word.
+    Compute,
+    /// bfloat16 values, two per 4-byte word ([`crate::Momentum::Bf16`]).
+    Bf16,
+    /// 8-bit codes, four per 4-byte word ([`crate::Momentum::Int8`]).
+    U8,
 }
 
 /// Where every piece of one tensor's CAME state lives in its state buffer.
@@ -104,6 +136,10 @@ pub struct StateLayout {
     numel: usize,
     named: usize,
     len: usize,
+    /// How `exp_avg` is stored, the words it takes and the words of its 8-bit scales.
+    momentum: Momentum,
+    momentum_words: usize,
+    scale_words: usize,
 }
 
 /// The workspace of a factored tensor, as ranges of its state buffer.
@@ -158,9 +194,55 @@ impl StateLayout {
                 numel,
                 named,
                 len,
+                momentum: Momentum::Full,
+                momentum_words: numel,
+                scale_words: 0,
             }),
             None => None,
         }
+    }
+
+    /// This layout with `exp_avg` stored as `momentum` where the rule of [`crate::momentum`]
+    /// applies (the same layout elsewhere); `None` when a length overflows `usize`.
+    #[must_use]
+    pub(crate) const fn with_momentum(self, momentum: Momentum) -> Option<Self> {
+        let Layout::Factored { batch, rows, cols } = self.layout else {
+            return Some(self);
+        };
+        let momentum = momentum.for_tensor(true, self.numel, cols);
+        let Some(all_rows) = batch.checked_mul(rows) else {
+            return None;
+        };
+        let (m, scales) = match momentum.packed_words(self.numel, all_rows, cols) {
+            Some(words) => words,
+            None => (self.numel, 0),
+        };
+        // the statistics and the workspace keep their lengths
+        let rest = self.named - self.momentum_words - self.scale_words;
+        let workspace = self.len - self.named;
+        let Some(named) = m.checked_add(scales) else {
+            return None;
+        };
+        let Some(named) = named.checked_add(rest) else {
+            return None;
+        };
+        let Some(len) = named.checked_add(workspace) else {
+            return None;
+        };
+        Some(Self {
+            named,
+            len,
+            momentum,
+            momentum_words: m,
+            scale_words: scales,
+            ..self
+        })
+    }
+
+    /// How this tensor's momentum is stored.
+    #[must_use]
+    pub const fn momentum(&self) -> Momentum {
+        self.momentum
     }
 
     /// How the tensor is stepped.
@@ -200,36 +282,51 @@ impl StateLayout {
     /// The momentum `exp_avg`, like the parameter.
     #[must_use]
     pub const fn exp_avg(&self) -> Range<usize> {
-        0..self.numel
+        0..self.momentum_words
     }
 
     /// The named pieces under the reference's names, in buffer order ([`FACTORED_KEYS`] or
-    /// [`VECTOR_KEYS`]).
+    /// [`VECTOR_KEYS`]), with the 8-bit momentum's scales ([`SCALE_KEY`]) after `exp_avg`.
     #[must_use]
-    pub fn pieces(&self) -> heapless::Vec<Piece, 5> {
+    pub fn pieces(&self) -> heapless::Vec<Piece, 6> {
         let mut out = heapless::Vec::new();
         let mut at = 0;
-        let mut push = |key, len, dims| {
-            // at most five pieces: capacity 5 suffices
+        let mut push = |key, len, dims, dtype| {
+            // at most six pieces: capacity 6 suffices
             let _ = out.push(Piece {
                 key,
                 range: at..at + len,
                 dims,
+                dtype,
             });
             at += len;
         };
+        let compute = PieceType::Compute;
         match self.layout {
             Layout::Vector { len } => {
-                push(VECTOR_KEYS[0], len, PieceDims::Param);
-                push(VECTOR_KEYS[1], len, PieceDims::Param);
+                push(VECTOR_KEYS[0], len, PieceDims::Param, compute);
+                push(VECTOR_KEYS[1], len, PieceDims::Param, compute);
             }
             Layout::Factored { batch, rows, cols } => {
                 let (r, c) = (batch * rows, batch * cols);
-                push(FACTORED_KEYS[0], self.numel, PieceDims::Param);
-                push(FACTORED_KEYS[1], r, PieceDims::Rows);
-                push(FACTORED_KEYS[2], c, PieceDims::Cols);
-                push(FACTORED_KEYS[3], r, PieceDims::Rows);
-                push(FACTORED_KEYS[4], c, PieceDims::Cols);
+                let m = (FACTORED_KEYS[0], self.momentum_words, PieceDims::Param);
+                match self.momentum {
+                    Momentum::Bf16 => push(m.0, m.1, m.2, PieceType::Bf16),
+                    Momentum::Int8 { code, block } => {
+                        push(m.0, m.1, m.2, PieceType::U8);
+                        let blocks = cols.div_ceil(block as usize);
+                        let dims = PieceDims::Blocks {
+                            blocks,
+                            width: code.width(),
+                        };
+                        push(SCALE_KEY, self.scale_words, dims, compute);
+                    }
+                    _ => push(m.0, m.1, m.2, compute),
+                }
+                push(FACTORED_KEYS[1], r, PieceDims::Rows, compute);
+                push(FACTORED_KEYS[2], c, PieceDims::Cols, compute);
+                push(FACTORED_KEYS[3], r, PieceDims::Rows, compute);
+                push(FACTORED_KEYS[4], c, PieceDims::Cols, compute);
             }
         }
         out

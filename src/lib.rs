@@ -77,6 +77,7 @@ mod error;
 mod exec;
 mod float;
 mod layout;
+pub mod momentum;
 #[cfg(feature = "std")]
 pub mod optim;
 mod shape;
@@ -91,7 +92,10 @@ pub use error::{Buffer, Error, TensorError};
 #[cfg(feature = "std")]
 pub use exec::pool::Pool;
 pub use float::Float;
-pub use layout::{FACTORED_KEYS, Layout, Piece, PieceDims, StateLayout, VECTOR_KEYS};
+pub use layout::{
+    FACTORED_KEYS, Layout, Piece, PieceDims, PieceType, SCALE_KEY, StateLayout, VECTOR_KEYS,
+};
+pub use momentum::{Code8, Momentum};
 #[cfg(feature = "std")]
 pub use optim::{
     AdamW, Came, CheckpointError, CpuOptimizer, GroupId, Optimizer, OptimizerError, StepReport,

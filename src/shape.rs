@@ -1,8 +1,8 @@
 //! Tensor shapes: which tensors are factored, how big their state is, how work is split.
 
-use crate::Error;
 use crate::exec::lanes::{MAX_LANES, MIN_LANE_ELEMS};
 use crate::layout::{Layout, StateLayout};
+use crate::{Error, Momentum};
 
 /// A tensor's shape as the optimizer sees it, with every size checked to fit in `usize`.
 ///
@@ -113,6 +113,34 @@ impl Shape {
     #[must_use]
     pub const fn lanes(&self) -> usize {
         self.state.lanes()
+    }
+
+    /// This shape with its momentum stored as `momentum` where the rule of
+    /// [`crate::momentum`] applies (a factored tensor of at least 4096 elements whose rows have
+    /// at least 64); other shapes are returned as they are. The state buffer's length follows
+    /// ([`Shape::state_len`]).
+    ///
+    /// ```
+    /// use came::{Momentum, Shape};
+    /// let full = Shape::new(&[256, 512])?;
+    /// let int8 = full.with_momentum(Momentum::INT8)?;
+    /// // a byte and a quarter-word scale per block of 256 instead of a word per element
+    /// assert_eq!(full.state_len() - int8.state_len(), 256 * 512 - (256 * 512 / 4 + 256 * 2));
+    /// assert_eq!(Shape::new(&[100])?.with_momentum(Momentum::INT8)?, Shape::new(&[100])?);
+    /// # Ok::<(), came::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidMomentum`] for a block size [`Momentum::is_valid`] refuses;
+    /// [`Error::ShapeOverflow`] if the state's length overflows `usize`.
+    pub const fn with_momentum(self, momentum: Momentum) -> Result<Self, Error> {
+        if !momentum.is_valid() {
+            return Err(Error::InvalidMomentum(momentum));
+        }
+        match self.state.with_momentum(momentum) {
+            Some(state) => Ok(Self { state }),
+            None => Err(Error::ShapeOverflow),
+        }
     }
 }
 

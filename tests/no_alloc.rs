@@ -110,6 +110,33 @@ fn steps_do_not_allocate() {
             assert_eq!(count, 0, "{dims:?} in 16 bits allocated");
         }
     }
+    // momentum in bf16 and in 8 bits, with 16-bit parameters too
+    for dims in [&[300, 257][..], &[40, 64, 33], &[3, 64, 100]] {
+        for momentum in [
+            came::Momentum::Bf16,
+            came::Momentum::INT8,
+            came::Momentum::Int8 {
+                code: came::Code8::MinMax,
+                block: 32,
+            },
+        ] {
+            let shape = Shape::new(dims).unwrap().with_momentum(momentum).unwrap();
+            let n = shape.numel();
+            let mut p = vec![half::bf16::from_f32(0.5); n];
+            let g: Vec<half::bf16> = (0..n)
+                .map(|i| half::bf16::from_f32((i as f32).sin()))
+                .collect();
+            let mut buf = vec![0.0f32; shape.state_len()];
+            let mut state = CameState::new(&mut buf);
+            let config = CameConfig::new(1e-3).with_weight_decay(0.1);
+            let count = allocations_during(&mut || {
+                for _ in 0..2 {
+                    came::step(&config, &shape, &mut p, &g, &mut state).unwrap();
+                }
+            });
+            assert_eq!(count, 0, "{dims:?} with {momentum:?} allocated");
+        }
+    }
     // the owned optimizer steps without allocating too
     #[cfg(feature = "std")]
     {

@@ -9,6 +9,7 @@
 use pulp::Simd;
 
 use super::formula::{Clip, norm_from_quotients, quotients};
+use super::packed::Moments;
 use super::parts::{Dims, Parts, Work};
 use super::rows::{self, Factors, batch_factors, finish_cols};
 use super::small::{self, SMALL_COLS};
@@ -63,7 +64,7 @@ struct Lane<'a, T, P, G> {
     /// gradients
     g: &'a [G],
     /// momentum (written in sweep 2)
-    m: &'a mut [T],
+    m: Moments<'a, T>,
     /// parameters (written in sweep 3)
     p: &'a mut [P],
     /// flat index of the lane's first parameter
@@ -143,12 +144,13 @@ impl<'a, T: Float, P: Element<Compute = T>, G: Element<Compute = T>> LaneKernel
                 batch_factors(o, rows, (nr, nc), (fr, fc), None);
             }
             Sweep::Momentum => {
-                if small {
-                    let (gm, f) = ((lane.g, &mut *lane.m), (&mut *fr, &*fc));
+                if let (true, Moments::Full(m)) = (small, &mut lane.m) {
+                    let (gm, f) = ((lane.g, &mut **m), (&mut *fr, &*fc));
                     let old = (res_row, res_col);
                     small::batch_momentum(gm, (rows, cols), f, self.d, old, (nr, nc), k);
                 } else {
-                    let mats = lane.g.chunks_exact(size).zip(lane.m.chunks_exact_mut(size));
+                    let m = lane.m.reborrow().chunks(rows, cols);
+                    let mats = lane.g.chunks_exact(size).zip(m);
                     let f = fr.chunks_exact(rows).zip(fc.chunks_exact(cols));
                     let old = res_row.chunks_exact(rows).zip(res_col.chunks_exact(cols));
                     let next = nr.chunks_exact_mut(rows).zip(nc.chunks_exact_mut(cols));
@@ -168,12 +170,13 @@ impl<'a, T: Float, P: Element<Compute = T>, G: Element<Compute = T>> LaneKernel
                     fc.fill(T::one());
                 }
             }
-            Sweep::Apply if small => {
-                let pm = (&mut *lane.p, &*lane.m);
-                small::batch_apply(pm, (rows, cols), (&*fr, &*fc), lane.start, k);
-            }
             Sweep::Apply => {
-                let mats = lane.p.chunks_exact_mut(size).zip(lane.m.chunks_exact(size));
+                if let (true, Moments::Full(m)) = (small, &lane.m) {
+                    let pm = (&mut *lane.p, &**m);
+                    return small::batch_apply(pm, (rows, cols), (&*fr, &*fc), lane.start, k);
+                }
+                let m = lane.m.reborrow().chunks(rows, cols);
+                let mats = lane.p.chunks_exact_mut(size).zip(m);
                 let f = fr.chunks_exact(rows).zip(fc.chunks_exact(cols));
                 for (i, ((p, m), f)) in mats.zip(f).enumerate() {
                     rows::apply(o, (p, m), cols, f, lane.start + i * size, k);
@@ -213,7 +216,7 @@ fn run<T: Float, P: Element<Compute = T>, G: Element<Compute = T>, E: Executor>(
     } = &mut parts.work;
     let stats = &parts.stats;
     let mut items: LaneItems<_> = split(grad, size, batch, lanes)
-        .zip(split_mut(parts.m, size, batch, lanes))
+        .zip(parts.m.reborrow().lanes((batch, lanes), rows, cols))
         .zip(split_mut(param, size, batch, lanes))
         .zip(split(stats.sq_row, rows, batch, lanes).zip(split(stats.sq_col, cols, batch, lanes)))
         .zip(split(stats.res_row, rows, batch, lanes).zip(split(stats.res_col, cols, batch, lanes)))

@@ -26,6 +26,7 @@
 use pulp::Simd;
 
 use super::formula::{Clip, norm_from_quotients, quotients};
+use super::packed::Moments;
 use super::parts::{Dims, Parts, Stats, Work};
 use super::rows::{self, Factors, factors, finish_cols};
 use super::sum::{ColSums, combine_lanes};
@@ -96,7 +97,7 @@ impl<'a, T: Float, G: Element<Compute = T>> LaneKernel for Momentum<'a, T, G> {
     /// column sums
     type Item = (
         &'a [G],
-        &'a mut [T],
+        Moments<'a, T>,
         &'a [T],
         &'a [T],
         &'a mut [T],
@@ -113,7 +114,7 @@ impl<'a, T: Float, G: Element<Compute = T>> LaneKernel for Momentum<'a, T, G> {
         };
         rows::momentum(
             Ops::new(simd),
-            (g, m),
+            (g, m.reborrow()),
             self.cols,
             f,
             (old, next),
@@ -133,12 +134,19 @@ struct Apply<'a, T, P> {
 
 impl<'a, T: Float, P: Element<Compute = T>> LaneKernel for Apply<'a, T, P> {
     /// parameter rows, momentum rows, row factors, flat index of the lane's first parameter
-    type Item = (&'a mut [P], &'a [T], &'a [T], usize);
+    type Item = (&'a mut [P], Moments<'a, T>, &'a [T], usize);
 
     #[inline(always)]
     fn run<S: Simd>(&self, simd: S, (p, m, rf, start): &mut Self::Item) {
         let o = Ops::new(simd);
-        rows::apply(o, (p, m), self.cols, (rf, self.cf), *start, self.k);
+        rows::apply(
+            o,
+            (p, m.reborrow()),
+            self.cols,
+            (rf, self.cf),
+            *start,
+            self.k,
+        );
     }
 }
 
@@ -216,7 +224,7 @@ pub(super) fn update<T: Float, P: Element<Compute = T>, G: Element<Compute = T>,
         rows, cols, lanes, ..
     } = dims;
     let stats = &mut parts.stats;
-    let m = &mut *parts.m;
+    let m = &mut parts.m;
     let Work {
         next_row,
         next_col,
@@ -229,7 +237,7 @@ pub(super) fn update<T: Float, P: Element<Compute = T>, G: Element<Compute = T>,
     // Sweep 2: momentum and instability statistics.
     {
         let mut items: LaneItems<_> = split(grad, cols, rows, lanes)
-            .zip(split_mut(m, cols, rows, lanes))
+            .zip(m.reborrow().lanes((rows, lanes), 1, cols))
             .zip(split(rf, 1, rows, lanes))
             .zip(split(stats.res_row, 1, rows, lanes))
             .zip(split_mut(next_row, 1, rows, lanes))
@@ -264,7 +272,7 @@ pub(super) fn update<T: Float, P: Element<Compute = T>, G: Element<Compute = T>,
 
     // Sweep 3: the parameters.
     let mut items: LaneItems<_> = split_mut(param, cols, rows, lanes)
-        .zip(split(m, cols, rows, lanes))
+        .zip(m.reborrow().lanes((rows, lanes), 1, cols))
         .zip(split(rf, 1, rows, lanes))
         .enumerate()
         .map(|(lane, ((p, m), f))| (p, m, f, lane_range(rows, lanes, lane).0 * cols))

@@ -18,6 +18,7 @@ mod batch;
 mod factored;
 pub(crate) mod formula;
 pub(crate) mod multi;
+mod packed;
 mod parts;
 mod rows;
 mod small;
@@ -32,7 +33,7 @@ use crate::element::Element;
 use crate::error::Buffer;
 use crate::exec::{Executor, Serial};
 use crate::state::check_len;
-use crate::{CameConfig, CameState, Error, Float, Shape};
+use crate::{CameConfig, CameState, Error, Float, Momentum, Shape};
 
 /// What a successful step of one tensor reports (CAME and AdamW alike).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -144,6 +145,9 @@ pub(crate) fn prepare<T: Float, P: Element<Compute = T>, G: Element<Compute = T>
         return Ok(Clip::none());
     }
     let k = Coefficients::new(config, steps);
+    if shape.state_layout().momentum() != Momentum::Full && size_of::<T>() != 4 {
+        return Err(Error::PackedMomentumNeedsF32);
+    }
     let Some((dims, mut parts)) = parts::factored(shape, state) else {
         return vector::prepare(exec, &k, shape, grad, state);
     };

@@ -2,9 +2,10 @@
 //! [`StateLayout`] lays them out, and what every way of stepping it shares: the statistics
 //! check before a step and the commit of new statistics.
 
+use super::packed::Moments;
 use crate::check::valid_statistics;
-use crate::layout::StateLayout;
-use crate::{Float, Layout, Shape};
+use crate::layout::{SCALE_KEY, StateLayout};
+use crate::{Float, Layout, Momentum, Shape};
 
 /// A factored tensor's sizes and its number of lanes.
 #[derive(Clone, Copy, Debug)]
@@ -35,14 +36,17 @@ pub(super) struct Work<'s, T> {
 
 /// The state buffer cut into its pieces.
 pub(super) struct Parts<'s, T> {
-    pub m: &'s mut [T],
+    pub m: Moments<'s, T>,
     pub stats: Stats<'s, T>,
     pub work: Work<'s, T>,
 }
 
 /// A factored tensor's sizes and its state buffer (of `shape.state_len()` elements) cut into
 /// its pieces; `None` for a vector, whose state is two plain halves.
-pub(super) fn factored<'s, T>(shape: &Shape, state: &'s mut [T]) -> Option<(Dims, Parts<'s, T>)> {
+pub(super) fn factored<'s, T: Float>(
+    shape: &Shape,
+    state: &'s mut [T],
+) -> Option<(Dims, Parts<'s, T>)> {
     let Layout::Factored { batch, rows, cols } = shape.layout() else {
         return None;
     };
@@ -57,11 +61,24 @@ pub(super) fn factored<'s, T>(shape: &Shape, state: &'s mut [T]) -> Option<(Dims
 }
 
 /// A factored tensor's state buffer (of `layout.len()` elements) cut into its pieces.
-fn cut<'s, T>(layout: &StateLayout, state: &'s mut [T]) -> Parts<'s, T> {
+fn cut<'s, T: Float>(layout: &StateLayout, state: &'s mut [T]) -> Parts<'s, T> {
     let w = layout.workspace();
-    let mut lens = [0; 11];
-    for (len, piece) in lens.iter_mut().zip(layout.pieces()) {
-        *len = piece.range.len();
+    let numel = layout.numel();
+    let (m, rest) = state.split_at_mut(layout.exp_avg().end);
+    let scale_len = layout.piece(SCALE_KEY).map_or(0, |p| p.range.len());
+    let (scales, mut rest) = rest.split_at_mut(scale_len);
+    let stats = layout
+        .pieces()
+        .into_iter()
+        .rev()
+        .take(4)
+        .map(|p| p.range.len());
+    let mut lens = [0; 10];
+    for (len, piece) in lens
+        .iter_mut()
+        .zip(stats.collect::<heapless::Vec<_, 4>>().into_iter().rev())
+    {
+        *len = piece;
     }
     let workspace = [
         w.next_row,
@@ -71,15 +88,24 @@ fn cut<'s, T>(layout: &StateLayout, state: &'s mut [T]) -> Parts<'s, T> {
         w.col_sums,
         w.weighted_sums,
     ];
-    for (len, range) in lens[5..].iter_mut().zip(workspace) {
+    for (len, range) in lens[4..].iter_mut().zip(workspace) {
         *len = range.len();
     }
-    let mut rest = state;
-    let [m, sq_row, sq_col, res_row, res_col, a, b, c, d, e, f] = lens.map(|len| {
+    let [sq_row, sq_col, res_row, res_col, a, b, c, d, e, f] = lens.map(|len| {
         let (piece, tail) = core::mem::take(&mut rest).split_at_mut(len);
         rest = tail;
         piece
     });
+    let m = match layout.momentum() {
+        Momentum::Bf16 => Moments::Bf16(&mut bytemuck::cast_slice_mut(m)[..numel]),
+        Momentum::Int8 { code, block } => Moments::Int8 {
+            codes: &mut bytemuck::cast_slice_mut(m)[..numel],
+            scales,
+            code,
+            block: usize::from(block),
+        },
+        _ => Moments::Full(m),
+    };
     Parts {
         m,
         stats: Stats {

@@ -9,6 +9,7 @@
 use pulp::Simd;
 
 use super::formula::{self, average, row_mean, rsqrt};
+use super::packed::{self, Moments};
 use super::small::{self, SMALL_COLS};
 use super::sum::{BLOCK_ROWS, ColSums};
 use super::sweeps::{GROUP, apply_rows, col_sq_terms, momentum_rows, row_sq_sum, rows, rows_mut};
@@ -115,20 +116,21 @@ pub(super) struct Factors<'a, T> {
 #[inline(always)]
 pub(super) fn momentum<S: Simd, T: Float, G: Element<Compute = T>>(
     o: Ops<S, T>,
-    (g, m): (&[G], &mut [T]),
+    (g, m): (&[G], Moments<'_, T>),
     cols: usize,
     f: Factors<'_, T>,
     (old, next): (&[T], &mut [T]),
     sums: &mut ColSums<'_, T>,
     k: &Coefficients<T>,
 ) {
-    let data = g
-        .chunks(BLOCK_ROWS * cols)
-        .zip(m.chunks_mut(BLOCK_ROWS * cols));
+    let data = g.chunks(BLOCK_ROWS * cols).zip(m.chunks(BLOCK_ROWS, cols));
     let stats = f.rf.chunks(BLOCK_ROWS).zip(old.chunks(BLOCK_ROWS));
     for (((g, m), (rf, old)), next) in data.zip(stats).zip(next.chunks_mut(BLOCK_ROWS)) {
         let f = Factors { rf, ..f };
-        momentum_block(o, (g, m), cols, f, (old, next), sums.block, k);
+        match m {
+            Moments::Full(m) => momentum_block(o, (g, m), cols, f, (old, next), sums.block, k),
+            packed => packed::momentum(o, (g, packed), cols, f, (old, next), sums.block, k),
+        }
         sums.fold(o);
     }
 }
@@ -187,12 +189,16 @@ fn momentum_by<S: Simd, T: Float, G: Element<Compute = T>, const R: usize>(
 #[inline(always)]
 pub(super) fn apply<S: Simd, T: Float, P: Element<Compute = T>>(
     o: Ops<S, T>,
-    (p, m): (&mut [P], &[T]),
+    (p, m): (&mut [P], Moments<'_, T>),
     cols: usize,
     (rf, cf): (&[T], &[T]),
     start: usize,
     k: &Coefficients<T>,
 ) {
+    let m = match m {
+        Moments::Full(m) => &*m,
+        packed => return packed::apply(o, (p, packed), cols, (rf, cf), start, k),
+    };
     if cols < SMALL_COLS {
         return small::apply((p, m), cols, (rf, cf), start, k);
     }

@@ -14,7 +14,7 @@ use crate::adamw::AdamWConfig;
 use crate::element::Element;
 use crate::exec::all_or_nothing_pairs;
 use crate::exec::pool::on_pool;
-use crate::{CameConfig, Pool};
+use crate::{CameConfig, Momentum, Pool};
 
 /// The CAME optimizer over owned state: `Came::<f32>::new(CameConfig::new(1e-3))`.
 ///
@@ -337,6 +337,30 @@ impl<P: Element, C: Steps<P, G>, G: Element> CpuOptimizer<P, C, G> {
             Some((i, error)) => Err(self.registry.error(i, error)),
             None => Ok(report),
         }
+    }
+}
+
+impl<P: Element, G: Element<Compute = P::Compute>> CpuOptimizer<P, CameConfig, G> {
+    /// Stores the momentum `exp_avg` of the tensors registered from now on as `momentum`
+    /// (bf16 or block-wise 8-bit, for the large matrices the rule of [`crate::momentum`]
+    /// picks; the default [`Momentum::Full`] keeps the reference's `f32`/`f64`). Packed
+    /// momentum needs `f32` compute: with `f64` parameters a step of such a tensor is refused.
+    ///
+    /// ```
+    /// use came::{Came, CameConfig, Momentum, Optimizer};
+    /// let mut opt = Came::<half::bf16>::new(CameConfig::new(1e-3))?;
+    /// opt.set_momentum(Momentum::INT8)?;
+    /// opt.register("w", &[1024, 1024])?;
+    /// // a byte per element, a scale per 256, the factored statistics, the workspace
+    /// assert!(opt.state_bytes() < 1024 * 1024 * 11 / 10);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`OptimizerError::Config`] with [`crate::Error::InvalidMomentum`] for a block size the
+    /// format does not allow.
+    pub fn set_momentum(&mut self, momentum: Momentum) -> Result<(), OptimizerError> {
+        self.registry.set_momentum(momentum)
     }
 }
 

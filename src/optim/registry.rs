@@ -9,7 +9,7 @@ use super::error::{Mismatch, OptimizerError};
 use super::rule::Rule;
 use super::{GroupId, TensorId, TensorInfo};
 use crate::came::check_tensor_lens;
-use crate::{Error, Shape, StateLayout};
+use crate::{Error, Momentum, Shape, StateLayout};
 
 /// One registered tensor.
 #[derive(Clone, Debug)]
@@ -32,6 +32,8 @@ pub(crate) struct Registry<C> {
     /// `initial_lr`)
     base_lrs: Vec<f64>,
     tensors: Vec<Registered>,
+    /// How the momentum of tensors registered from now on is stored (CAME).
+    momentum: Momentum,
 }
 
 impl<C: Rule> Registry<C> {
@@ -42,7 +44,17 @@ impl<C: Rule> Registry<C> {
             base_lrs: vec![config.lr()],
             groups: vec![config],
             tensors: Vec::new(),
+            momentum: Momentum::Full,
         })
+    }
+
+    /// Stores the momentum of the tensors registered from now on as `momentum`.
+    pub fn set_momentum(&mut self, momentum: Momentum) -> Result<(), OptimizerError> {
+        if !momentum.is_valid() {
+            return Err(OptimizerError::Config(Error::InvalidMomentum(momentum)));
+        }
+        self.momentum = momentum;
+        Ok(())
     }
 
     pub fn groups(&self) -> &[C] {
@@ -146,7 +158,9 @@ impl<C: Rule> Registry<C> {
             name: name.to_string(),
             error,
         };
-        let shape = Shape::new(dims).map_err(shape_error)?;
+        let shape = Shape::new(dims)
+            .and_then(|s| s.with_momentum(self.momentum))
+            .map_err(shape_error)?;
         let state = C::state_layout(&shape).ok_or(shape_error(Error::ShapeOverflow))?;
         self.tensors.push(Registered {
             name: name.to_string(),

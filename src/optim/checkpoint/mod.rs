@@ -32,6 +32,7 @@ use file::{
 use super::cpu::CpuOptimizer;
 use super::rule::Steps;
 use crate::element::Element;
+use crate::{FACTORED_KEYS, PieceType, SCALE_KEY};
 
 fn json_string(v: &Value) -> String {
     serde_json::to_string(v).unwrap_or_default()
@@ -122,11 +123,17 @@ impl<P: Element, C: Steps<P, G>, G: Element> CpuOptimizer<P, C, G> {
             meta.insert(format!("group.{i}"), t.group.to_string());
             meta.insert(format!("name.{i}"), t.name.clone());
             for piece in t.state.pieces() {
-                let values = &slot.state[piece.range];
-                tensors.push((
-                    format!("state.{i}.{}", piece.key),
-                    Bytes::new(piece.dims.of(&t.dims).collect(), values),
-                ));
+                let dims: Vec<usize> = piece.dims.of(&t.dims).collect();
+                let words = &slot.state[piece.range.clone()];
+                let bytes = match packed_dtype(piece.dtype) {
+                    // packed momentum: its values' bytes, without the last word's padding
+                    Some(dtype) => {
+                        let len = t.shape.numel() * dtype.bitsize() / 8;
+                        Bytes::raw(dtype, dims, &bytemuck::cast_slice(words)[..len])
+                    }
+                    None => Bytes::new(dims, words),
+                };
+                tensors.push((format!("state.{i}.{}", piece.key), bytes));
             }
             if let Some(params) = params {
                 tensors.push((format!("param.{i}"), Bytes::new(t.dims.clone(), params[i])));
@@ -297,6 +304,13 @@ impl<P: Element, C: Steps<P, G>, G: Element> CpuOptimizer<P, C, G> {
         for piece in t.state.pieces() {
             let key = format!("state.{i}.{}", piece.key);
             let dims: Vec<usize> = piece.dims.of(&t.dims).collect();
+            if let Some(dtype) = packed_dtype(piece.dtype) {
+                let bytes = read_packed(file, (&key, dtype), &dims, (i, &t.name))?;
+                known_tensors.insert(key);
+                let words: &mut [u8] = bytemuck::cast_slice_mut(&mut state[piece.range]);
+                words[..bytes.len()].copy_from_slice(&bytes);
+                continue;
+            }
             let values = read_tensor::<P::Compute>(file, &key, &dims, (i, &t.name))?;
             known_tensors.insert(key.clone());
             if t.shape.numel() == 0 {
@@ -307,7 +321,8 @@ impl<P: Element, C: Steps<P, G>, G: Element> CpuOptimizer<P, C, G> {
             if values.iter().any(|v| !num_traits::Float::is_finite(*v)) {
                 return Err(CheckpointError::NonFinite { key });
             }
-            if piece.key != "exp_avg" && values.iter().any(|&v| v < num_traits::Zero::zero()) {
+            let signed = [FACTORED_KEYS[0], SCALE_KEY].contains(&piece.key);
+            if !signed && values.iter().any(|&v| v < num_traits::Zero::zero()) {
                 return Err(CheckpointError::NegativeStatistic { key });
             }
             state[piece.range].copy_from_slice(&values);
@@ -453,6 +468,57 @@ fn parse_dims(key: &str, text: &str) -> Result<Vec<usize>, CheckpointError> {
                 .ok_or_else(|| bad(key, "not a list of sizes"))
         })
         .collect()
+}
+
+/// The safetensors dtype of a packed piece of state; `None` for the compute type.
+fn packed_dtype(piece: PieceType) -> Option<Dtype> {
+    match piece {
+        PieceType::Bf16 => Some(Dtype::BF16),
+        PieceType::U8 => Some(Dtype::U8),
+        _ => None,
+    }
+}
+
+/// The little-endian bytes of packed momentum `key` (bf16 values or 8-bit codes), in this
+/// machine's order; its dtype must be `dtype` exactly (a packed format is never converted).
+fn read_packed(
+    file: &SafeTensors<'_>,
+    (key, dtype): (&str, Dtype),
+    dims: &[usize],
+    (index, name): (usize, &str),
+) -> Result<Vec<u8>, CheckpointError> {
+    let view = file
+        .tensor(key)
+        .map_err(|_| CheckpointError::MissingKey(key.to_string()))?;
+    if view.dtype() != dtype {
+        return Err(CheckpointError::WrongDtype {
+            key: key.to_string(),
+            expected: if dtype == Dtype::U8 { "U8" } else { "BF16" },
+            found: dtype_name(view.dtype()),
+        });
+    }
+    if view.shape() != dims {
+        return Err(CheckpointError::ShapeMismatch {
+            index,
+            name: name.to_string(),
+            key: key.to_string(),
+            optimizer: dims.to_vec(),
+            file: view.shape().to_vec(),
+        });
+    }
+    let width = dtype.bitsize() / 8;
+    if view.data().len() != dims.iter().product::<usize>() * width {
+        return Err(CheckpointError::Format(format!(
+            "{key}: data length does not match its shape"
+        )));
+    }
+    let mut bytes = view.data().to_vec();
+    if cfg!(target_endian = "big") {
+        for v in bytes.chunks_exact_mut(width) {
+            v.reverse();
+        }
+    }
+    Ok(bytes)
 }
 
 /// The values of tensor `key`, which belongs to registered tensor `(index, name)`.
