@@ -56,6 +56,21 @@ pub trait Element:
     /// Rounds from the compute type, to nearest, ties to even.
     fn from_compute(x: Self::Compute) -> Self;
 
+    /// Whole vectors of a slice, ready to load: the vectors themselves for `f32` and `f64`,
+    /// the elements for the 16-bit types.
+    #[doc(hidden)]
+    type Vectors<'a, S: Simd>: Copy
+    where
+        Self: 'a;
+
+    /// The whole vectors of `whole` (a multiple of the vector's lanes long).
+    #[doc(hidden)]
+    fn vectors<S: Simd>(whole: &[Self]) -> Self::Vectors<'_, S>;
+
+    /// Vector `i` of `v`, widened.
+    #[doc(hidden)]
+    fn at<S: Simd>(v: Self::Vectors<'_, S>, i: usize) -> V<S, Self::Compute>;
+
     /// The `i`-th whole vector of `row`, widened.
     #[doc(hidden)]
     fn load<S: Simd>(row: &[Self], i: usize) -> V<S, Self::Compute>;
@@ -93,14 +108,29 @@ macro_rules! full_precision {
                 x
             }
 
+            type Vectors<'a, S: Simd> = &'a [V<S, $t>];
+
+            #[inline(always)]
+            fn vectors<S: Simd>(whole: &[Self]) -> &[V<S, $t>] {
+                <$t as crate::float::sealed::Sealed>::as_simd::<S>(whole).0
+            }
+
+            #[inline(always)]
+            fn at<S: Simd>(v: &[V<S, $t>], i: usize) -> V<S, $t> {
+                v[i]
+            }
+
             #[inline(always)]
             fn load<S: Simd>(row: &[Self], i: usize) -> V<S, Self> {
-                <$t as crate::float::sealed::Sealed>::as_simd::<S>(row).0[i]
+                let l = lanes::<S, $t>();
+                <$t as crate::float::sealed::Sealed>::as_simd::<S>(&row[i * l..][..l]).0[0]
             }
 
             #[inline(always)]
             fn store<S: Simd>(row: &mut [Self], i: usize, v: V<S, Self>) {
-                <$t as crate::float::sealed::Sealed>::as_mut_simd::<S>(row).0[i] = v;
+                let l = lanes::<S, $t>();
+                let chunk = &mut row[i * l..][..l];
+                <$t as crate::float::sealed::Sealed>::as_mut_simd::<S>(chunk).0[0] = v;
             }
 
             #[inline(always)]
@@ -120,7 +150,7 @@ full_precision!(f32, "float32");
 full_precision!(f64, "float64");
 
 macro_rules! half_precision {
-    ($t:ty, $name:literal) => {
+    ($t:ty, $name:literal, $widen:path, $narrow:path) => {
         impl Element for $t {
             type Compute = f32;
             const DTYPE: &'static str = $name;
@@ -128,20 +158,32 @@ macro_rules! half_precision {
 
             #[inline(always)]
             fn to_compute(self) -> f32 {
-                self.to_f32()
+                $widen(self)
             }
 
             #[inline(always)]
             fn from_compute(x: f32) -> Self {
-                <$t>::from_f32(x)
+                $narrow(x)
+            }
+
+            type Vectors<'a, S: Simd> = &'a [$t];
+
+            #[inline(always)]
+            fn vectors<S: Simd>(whole: &[Self]) -> &[$t] {
+                whole
+            }
+
+            #[inline(always)]
+            fn at<S: Simd>(v: &[$t], i: usize) -> V<S, f32> {
+                Self::load::<S>(v, i)
             }
 
             #[inline(always)]
             fn load<S: Simd>(row: &[Self], i: usize) -> V<S, f32> {
                 let l = lanes::<S, f32>();
                 let mut wide = [0.0f32; MAX_LANES];
-                for (w, x) in wide.iter_mut().zip(&row[i * l..(i + 1) * l]) {
-                    *w = x.to_f32();
+                for (w, &x) in wide.iter_mut().zip(&row[i * l..(i + 1) * l]) {
+                    *w = $widen(x);
                 }
                 f32::as_simd::<S>(&wide[..l]).0[0]
             }
@@ -152,7 +194,7 @@ macro_rules! half_precision {
                 let mut wide = [0.0f32; MAX_LANES];
                 f32::as_mut_simd::<S>(&mut wide[..l]).0[0] = v;
                 for (x, &w) in row[i * l..(i + 1) * l].iter_mut().zip(&wide) {
-                    *x = <$t>::from_f32(w);
+                    *x = $narrow(w);
                 }
             }
 
@@ -163,15 +205,15 @@ macro_rules! half_precision {
                 let slot = &mut f32::as_mut_simd::<S>(&mut wide[..l]).0[0];
                 *slot = v;
                 for w in &mut wide[..l] {
-                    *w = <$t>::from_f32(*w).to_f32();
+                    *w = $widen($narrow(*w));
                 }
                 f32::as_simd::<S>(&wide[..l]).0[0]
             }
 
             #[inline(always)]
             fn round_stochastic(x: f32, bits: u32) -> Self {
-                let near = <$t>::from_f32(x);
-                let y = near.to_f32();
+                let near = $narrow(x);
+                let y = $widen(near);
                 #[allow(clippy::float_cmp)] // exactly representable: nothing to round
                 if y == x || !x.is_finite() || !y.is_finite() {
                     return near;
@@ -182,12 +224,12 @@ macro_rules! half_precision {
                 } else {
                     <$t>::from_bits(near.to_bits() - 1)
                 };
-                let (lo, hi) = if near.to_f32().abs() < other.to_f32().abs() {
+                let (lo, hi) = if y.abs() < $widen(other).abs() {
                     (near, other)
                 } else {
                     (other, near)
                 };
-                let (l, h) = (lo.to_f32(), hi.to_f32());
+                let (l, h) = ($widen(lo), $widen(hi));
                 // exact: x lies between two neighbours, whose gap is a power of two
                 let p = (x - l) / (h - l);
                 let u = (bits >> 8) as f32 * (1.0 / 16_777_216.0);
@@ -197,10 +239,29 @@ macro_rules! half_precision {
     };
 }
 
+/// bfloat16 widened to `f32`: its bits are the upper half of the `f32`'s (NaNs stay NaNs).
+/// Branch-free, so that the sweeps' per-lane loops vectorise.
+#[inline(always)]
+fn bf16_to_f32(x: bf16) -> f32 {
+    f32::from_bits(u32::from(x.to_bits()) << 16)
+}
+
+/// `f32` rounded to bfloat16, to nearest, ties to even: the value `half` gives
+/// (`bf16::from_f32`), computed branch-free so that the sweeps' per-lane loops vectorise.
+#[inline(always)]
+fn f32_to_bf16(x: f32) -> bf16 {
+    let b = x.to_bits();
+    let rounded = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16;
+    // a NaN keeps its upper bits with the quiet bit set, as `half` does
+    let nan = (b & 0x7FFF_FFFF) > 0x7F80_0000;
+    let bits = if nan { (b >> 16) | 0x40 } else { rounded };
+    bf16::from_bits(bits as u16)
+}
+
 use crate::float::sealed::Sealed as _;
 
-half_precision!(bf16, "bfloat16");
-half_precision!(f16, "float16");
+half_precision!(bf16, "bfloat16", bf16_to_f32, f32_to_bf16);
+half_precision!(f16, "float16", f16::to_f32, f16::from_f32);
 
 /// The random bits of element `index` of a tensor stepped with stochastic-rounding key `key`
 /// ([`rounding_key`]): a counter-based generator (`SplitMix64`'s finalizer over the key and the
@@ -245,6 +306,30 @@ mod tests {
         );
         assert_eq!(f16::from_compute(1.0 + 1.0 / 2048.0).to_f32(), 1.0);
         assert_eq!(bf16::from_f32(-2.5).to_compute(), -2.5);
+    }
+
+    #[test]
+    fn branch_free_bf16_conversions_are_halfs() {
+        for bits in 0..=u16::MAX {
+            let x = bf16::from_bits(bits);
+            let (ours, theirs) = (bf16_to_f32(x), x.to_f32());
+            assert!(ours.to_bits() == theirs.to_bits() || (ours.is_nan() && theirs.is_nan()));
+        }
+        let mut b = 1u32;
+        for _ in 0..200_000 {
+            b = b.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            for x in [
+                f32::from_bits(b),
+                f32::from_bits(b & 0xFFFF_8000),
+                f32::from_bits(b | 0x7FFF),
+            ] {
+                assert_eq!(
+                    f32_to_bf16(x).to_bits(),
+                    bf16::from_f32(x).to_bits(),
+                    "{x:e}"
+                );
+            }
+        }
     }
 
     #[test]

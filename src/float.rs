@@ -32,6 +32,15 @@ pub(crate) mod sealed {
         fn v_sqrt<S: Simd>(simd: S, a: Self::V<S>) -> Self::V<S>;
         /// The sum of the lanes, in a fixed order.
         fn v_sum<S: Simd>(simd: S, a: Self::V<S>) -> Self;
+        /// `x` as a float (exact for 8-bit codes).
+        fn from_i32(x: i32) -> Self;
+        /// Rounded to the nearest integer, ties to even, for `|self| < 2^22`: the integer is
+        /// read from the low bits of `self + 1.5 / epsilon`, which vectorises (a conversion
+        /// instruction with Rust's saturating semantics does not, on x86-64).
+        fn round_to_i32(self) -> i32;
+        /// The largest magnitude in `values` (0 for none; NaN if one is NaN), compared as the
+        /// integers of the magnitudes' bits, which order like the magnitudes and vectorise.
+        fn abs_max(values: &[Self]) -> Self;
     }
 }
 
@@ -76,6 +85,27 @@ macro_rules! simd_ops {
             #[inline(always)]
             fn v_sum<S: Simd>(simd: S, a: Self::V<S>) -> Self {
                 simd.$sum(a)
+            }
+
+            #[inline(always)]
+            fn from_i32(x: i32) -> Self {
+                x as $t
+            }
+
+            #[inline(always)]
+            fn round_to_i32(self) -> i32 {
+                let magic: $t = 1.5 / <$t>::EPSILON;
+                // the difference of the bits is the integer, exactly
+                #[allow(clippy::cast_possible_wrap)]
+                let n = (self + magic).to_bits().wrapping_sub(magic.to_bits()) as i32;
+                n
+            }
+
+            #[inline(always)]
+            fn abs_max(values: &[Self]) -> Self {
+                let magnitude = <$t>::MAX.to_bits() | <$t>::INFINITY.to_bits();
+                let bits = values.iter().fold(0, |m, x| m.max(x.to_bits() & magnitude));
+                <$t>::from_bits(bits)
             }
         }
     };

@@ -139,14 +139,6 @@ impl Code8 {
     }
 }
 
-/// `round(x)` to nearest, ties to even, for `|x| < 2^22` (the codes are at most 255): adding
-/// and subtracting `1.5 / epsilon` leaves the integer part, rounded by the addition.
-#[inline(always)]
-fn round<T: Float>(x: T) -> T {
-    let magic = T::from_f64(1.5) / T::epsilon();
-    (x + magic) - magic
-}
-
 /// Decodes one block's `codes` into `out` (of the same length) with its `scales`.
 #[inline(always)]
 pub(crate) fn decode<T: Float>(code: Code8, codes: &[u8], scales: &[T], out: &mut [T]) {
@@ -154,13 +146,13 @@ pub(crate) fn decode<T: Float>(code: Code8, codes: &[u8], scales: &[T], out: &mu
         Code8::Absmax => {
             let s = scales[0];
             for (x, &q) in out.iter_mut().zip(codes) {
-                *x = T::from_f64(f64::from(q.cast_signed())) * s;
+                *x = T::from_i32(i32::from(q.cast_signed())) * s;
             }
         }
         Code8::MinMax => {
             let (lo, s) = (scales[0], scales[1]);
             for (x, &q) in out.iter_mut().zip(codes) {
-                *x = lo + T::from_f64(f64::from(q)) * s;
+                *x = lo + T::from_i32(i32::from(q)) * s;
             }
         }
     }
@@ -172,12 +164,15 @@ pub(crate) fn encode<T: Float>(code: Code8, values: &[T], codes: &mut [u8], scal
     let zero = T::zero();
     match code {
         Code8::Absmax => {
-            let absmax = values.iter().fold(zero, |a, &x| a.max(x.abs()));
-            let s = absmax / T::from_f64(127.0);
+            let s = T::abs_max(values) / T::from_i32(127);
             let inv = if s > zero { T::one() / s } else { zero };
-            let (lo, hi) = (T::from_f64(-127.0), T::from_f64(127.0));
+            let (lo, hi) = (T::from_i32(-127), T::from_i32(127));
             for (q, &x) in codes.iter_mut().zip(values) {
-                *q = (round(x * inv).max(lo).min(hi).as_f64() as i8).cast_unsigned();
+                let c = clamp(x * inv, lo, hi).round_to_i32();
+                // within [-127, 127]: the byte of an i8
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let byte = c as u8;
+                *q = byte;
             }
             scales[0] = s;
         }
@@ -187,19 +182,26 @@ pub(crate) fn encode<T: Float>(code: Code8, values: &[T], codes: &mut [u8], scal
                 .fold((T::infinity(), T::neg_infinity()), |(a, b), &x| {
                     (a.min(x), b.max(x))
                 });
-            let s = (hi - lo) / T::from_f64(255.0);
+            let s = (hi - lo) / T::from_i32(255);
             let inv = if s > zero { T::one() / s } else { zero };
-            let top = T::from_f64(255.0);
+            let top = T::from_i32(255);
             for (q, &x) in codes.iter_mut().zip(values) {
                 // within [0, 255] after the clamp
                 #[allow(clippy::cast_sign_loss)]
-                let c = round((x - lo) * inv).max(zero).min(top).as_f64() as u8;
+                let c = clamp((x - lo) * inv, zero, top).round_to_i32() as u8;
                 *q = c;
             }
             scales[0] = lo;
             scales[1] = s;
         }
     }
+}
+
+/// `x` within `[lo, hi]`, by comparisons that vectorise (NaN gives `hi`).
+#[inline(always)]
+fn clamp<T: Float>(x: T, lo: T, hi: T) -> T {
+    let x = if x > lo { x } else { lo };
+    if x < hi { x } else { hi }
 }
 
 #[cfg(test)]

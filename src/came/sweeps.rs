@@ -93,7 +93,8 @@ pub(crate) fn row_sq_sum<S: Simd, T: Float, G: Element<Compute = T>>(
     let nv = whole::<S, T>(g.len());
     let (gv, gt) = g.split_at(nv * lanes::<S, T>());
     let e = o.splat(eps);
-    let term = |i| formula::sq_term(o, formula::square(o, G::load::<S>(gv, i)), e);
+    let gv = G::vectors::<S>(gv);
+    let term = |i| formula::sq_term(o, formula::square(o, G::at::<S>(gv, i)), e);
     let zero = o.splat(T::zero());
     let quads = nv / 4;
     let mut total = [Kahan::new(zero); 4];
@@ -139,10 +140,11 @@ pub(crate) fn col_sq_terms<S: Simd, T: Float, G: Element<Compute = T>, const R: 
     let (wv, wt) = T::as_mut_simd::<S>(weighted);
     let n = cv.len();
     let (gv, gt) = vectors::<S, G, R>(g, n);
+    let gv = gv.map(G::vectors::<S>);
     let e = o.splat(eps);
     let wr = w.map(|x| o.splat(x));
     for (i, (c, v)) in cv.iter_mut().zip(&mut wv[..n]).enumerate() {
-        let (col, acc) = col_group(o, array::from_fn(|r| G::load::<S>(gv[r], i)), e, wr);
+        let (col, acc) = col_group(o, array::from_fn(|r| G::at::<S>(gv[r], i)), e, wr);
         *c = o.add(*c, col);
         *v = o.add(*v, acc);
     }
@@ -190,7 +192,9 @@ pub(crate) fn momentum_rows<S: Simd, T: Float, G: Element<Compute = T>, const R:
     let (fv, ft) = T::as_simd::<S>(cf);
     let n = fv.len();
     let (gv, gt) = vectors::<S, G, R>(g, n);
+    let gv = gv.map(G::vectors::<S>);
     let (mv, mt) = vectors_mut::<S, T, R>(m, n);
+    let mv = mv.map(|m| T::as_mut_simd::<S>(m).0);
     let (cv, ct) = T::as_mut_simd::<S>(col_sums);
     let c = Consts::new(o, k);
     let rfv = rf_d.map(|x| o.splat(x));
@@ -207,13 +211,13 @@ pub(crate) fn momentum_rows<S: Simd, T: Float, G: Element<Compute = T>, const R:
             // at the same page offset)
             let (mut x, mut m_old) = ([zero; R], [zero; R]);
             for r in 0..R {
-                x[r] = G::load::<S>(gv[r], i);
-                m_old[r] = T::load::<S>(mv[r], i);
+                x[r] = G::at::<S>(gv[r], i);
+                m_old[r] = mv[r][i];
             }
             let mut col = c.eps2;
             for r in 0..R {
                 let (m_new, res) = formula::momentum(o, &c, (x[r], m_old[r]), (rfv[r], f));
-                T::store::<S>(mv[r], i, m_new);
+                mv[r][i] = m_new;
                 acc[r] = o.add(acc[r], res);
                 col = if r == 0 { res } else { o.add(col, res) };
             }
@@ -286,6 +290,7 @@ fn apply_rows_with<
     let (n, cols) = (fv.len(), cf.len());
     let (pv, pt) = vectors_mut::<S, P, R>(p, n);
     let (mv, mt) = vectors::<S, T, R>(m, n);
+    let mv = mv.map(|m| T::as_simd::<S>(m).0);
     let c = Consts::new(o, k);
     let rfv = rf.map(|x| o.splat(x));
     let zero = o.splat(T::zero());
@@ -296,7 +301,7 @@ fn apply_rows_with<
         let (mut pr, mut mr) = ([zero; R], [zero; R]);
         for r in 0..R {
             pr[r] = P::load::<S>(pv[r], i);
-            mr[r] = T::load::<S>(mv[r], i);
+            mr[r] = mv[r][i];
         }
         for r in 0..R {
             let p = formula::decayed::<S, T, P, DECAY>(o, &c, pr[r], round);
@@ -354,11 +359,12 @@ pub(crate) fn vector_sq_block<S: Simd, T: Float, G: Element<Compute = T>>(
     let (vv, vt) = T::as_simd::<S>(v);
     let (mv, mt) = T::as_simd::<S>(m);
     let (gv, gt) = g.split_at(vv.len() * lanes::<S, T>());
+    let gv = G::vectors::<S>(gv);
     let c = Consts::new(o, k);
     let zero = o.splat(T::zero());
     let (mut acc, mut check) = (zero, zero);
     for (i, (&v, &m)) in vv.iter().zip(mv).enumerate() {
-        let (vn, u) = formula::vector_second_moment(o, &c, (G::load::<S>(gv, i), v));
+        let (vn, u) = formula::vector_second_moment(o, &c, (G::at::<S>(gv, i), v));
         acc = o.add(acc, formula::square(o, u));
         check = o.add(check, formula::not_finite(o, vn, m));
     }
@@ -395,12 +401,13 @@ pub(crate) fn vector_apply<
     let split = mv.len() * lanes::<S, T>();
     let (pv, pt) = p.split_at_mut(split);
     let (gv, gt) = g.split_at(split);
+    let gv = G::vectors::<S>(gv);
     let key = k.rounding_key.filter(|_| P::ROUNDS);
     let round = P::ROUNDS && key.is_none();
     let c = Consts::new(o, k);
     let dv = o.splat(d);
     for (i, (m, v)) in mv.iter_mut().zip(vv.iter_mut()).enumerate() {
-        let (vn, u) = formula::vector_second_moment(o, &c, (G::load::<S>(gv, i), *v));
+        let (vn, u) = formula::vector_second_moment(o, &c, (G::at::<S>(gv, i), *v));
         *v = vn;
         let p = formula::decayed::<S, T, P, DECAY>(o, &c, P::load::<S>(pv, i), round);
         let (m_new, p_new) = formula::vector_update::<S, T, CLIP>(o, &c, (u, dv), (*m, p));
