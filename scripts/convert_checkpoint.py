@@ -10,7 +10,9 @@
 
     # Rust -> PyTorch: came.save("came.safetensors") (or save_with_params), then
     python3 scripts/convert_checkpoint.py to-pytorch came.safetensors opt.pt --params-out p.pt
-    #   then optimizer.load_state_dict(torch.load("opt.pt"))
+    #   then load_state_dict(optimizer, torch.load("opt.pt")), this file's function
+    #   (sys.path.insert(0, "scripts"); from convert_checkpoint import load_state_dict); for
+    #   float32 and float64 weights optimizer.load_state_dict(torch.load("opt.pt")) does the same
 
     # A worked round trip, checked both ways (see the README):
     python3 scripts/convert_checkpoint.py demo DIR
@@ -20,6 +22,12 @@
 The file layout is the crate's checkpoint layout: tensors `state.<i>.<key>` and `param.<i>`,
 metadata `optimizer`, `config`, `step.<i>`, `shape.<i>`, and with several parameter groups
 `groups` and `group.<i>`. Parameters are numbered in optimizer order (group by group).
+
+Weights in bfloat16 or float16 (`Came::<half::bf16>`, `Came::<half::f16>` in Rust) keep their
+dtype (safetensors BF16, F16) both ways; their state is float32, as came-pytorch keeps it (it
+steps 16-bit weights in float32). PyTorch's `Optimizer.load_state_dict` casts a state to its
+parameter's dtype, which would round that state to 16 bits: `load_state_dict` below loads it
+without the cast.
 """
 import argparse
 import json
@@ -34,6 +42,19 @@ from safetensors.torch import save_file
 CONFIG_KEYS = ("lr", "eps", "clip_threshold", "betas", "weight_decay")
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_sq_row", "exp_avg_sq_col",
               "exp_avg_res_row", "exp_avg_res_col")
+SIXTEEN_BIT = (torch.bfloat16, torch.float16)
+
+
+def state_dtype(dtype):
+    """The dtype came-pytorch keeps the state of `dtype` parameters in (it steps 16-bit ones in
+    float32)."""
+    return torch.float32 if dtype in SIXTEEN_BIT else dtype
+
+
+def as_state(value):
+    """A state tensor as came-pytorch keeps it: 16-bit values (a state PyTorch's load_state_dict
+    rounded, the crate's bf16 momentum) widened to float32."""
+    return value.detach().to(state_dtype(value.dtype)).contiguous()
 
 
 def group_config(group):
@@ -67,21 +88,22 @@ def to_safetensors(state_dict, params=None):
             meta[f"group.{i}"] = str(g)
         for key in STATE_KEYS:
             if key in st:
-                tensors[f"state.{i}.{key}"] = st[key].detach().contiguous()
+                tensors[f"state.{i}.{key}"] = as_state(st[key])
         if params is not None:
             tensors[f"param.{i}"] = params[i].detach().contiguous()
     return tensors, meta
 
 
 def fresh_state(p):
-    st = {"step": 0, "exp_avg": torch.zeros_like(p)}
+    dtype = state_dtype(p.dtype)
+    st = {"step": 0, "exp_avg": torch.zeros(p.shape, dtype=dtype)}
     if p.dim() >= 2:
-        st["exp_avg_sq_row"] = torch.zeros(p.shape[:-1], dtype=p.dtype)
-        st["exp_avg_sq_col"] = torch.zeros(p.shape[:-2] + p.shape[-1:], dtype=p.dtype)
-        st["exp_avg_res_row"] = torch.zeros(p.shape[:-1], dtype=p.dtype)
-        st["exp_avg_res_col"] = torch.zeros(p.shape[:-2] + p.shape[-1:], dtype=p.dtype)
+        st["exp_avg_sq_row"] = torch.zeros(p.shape[:-1], dtype=dtype)
+        st["exp_avg_sq_col"] = torch.zeros(p.shape[:-2] + p.shape[-1:], dtype=dtype)
+        st["exp_avg_res_row"] = torch.zeros(p.shape[:-1], dtype=dtype)
+        st["exp_avg_res_col"] = torch.zeros(p.shape[:-2] + p.shape[-1:], dtype=dtype)
     else:
-        st["exp_avg_sq"] = torch.zeros_like(p)
+        st["exp_avg_sq"] = torch.zeros(p.shape, dtype=dtype)
     return st
 
 
@@ -99,7 +121,11 @@ def to_pytorch(path):
             st = {"step": int(meta[f"step.{i}"])}
             for key in STATE_KEYS:
                 if f"state.{i}.{key}" in keys:
-                    st[key] = f.get_tensor(f"state.{i}.{key}")
+                    value = f.get_tensor(f"state.{i}.{key}")
+                    if not value.is_floating_point():
+                        sys.exit(f"{path}: state.{i}.{key} is {value.dtype} (8-bit momentum), "
+                                 "which came-pytorch has no form of")
+                    st[key] = as_state(value)
             p = f.get_tensor(f"param.{i}") if f"param.{i}" in keys else None
             params.append(p)
             # came-pytorch keeps the parameters' RMS in its state (it recomputes it each step)
@@ -115,6 +141,19 @@ def to_pytorch(path):
         g["params"] = ids
         groups.append(g)
     return {"state": state, "param_groups": groups}, (params if all(p is not None for p in params) else None)
+
+
+def load_state_dict(optimizer, state_dict):
+    """optimizer.load_state_dict(state_dict), each state tensor in the dtype it has in
+    `state_dict`: PyTorch would cast it to its parameter's dtype (float32 state of bfloat16 or
+    float16 weights to 16 bits)."""
+    optimizer.load_state_dict(state_dict)
+    saved = [pid for group in state_dict["param_groups"] for pid in group["params"]]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for pid, p in zip(saved, params):
+        for key, value in state_dict["state"].get(pid, {}).items():
+            if torch.is_tensor(value) and value.is_floating_point():
+                optimizer.state[p][key] = value.to(device=p.device, copy=True)
 
 
 def demo(out_dir, steps=10, resume_after=4):
@@ -156,7 +195,7 @@ def check(out_dir):
     ref = torch.load(os.path.join(out_dir, "demo_final_state.pt"))
     w = torch.nn.Parameter(params[0].clone())
     opt = CAME([w], lr=1e-3, weight_decay=0.02)
-    opt.load_state_dict(sd)
+    load_state_dict(opt, sd)
     worst = 0.0
     for key, value in ref["state"][0].items():
         if key in ("step", "RMS"):

@@ -186,6 +186,13 @@ impl CameConfig {
         }
         check_eps(0, self.eps.0)?;
         check_eps(1, self.eps.1)?;
+        if self.confidence && self.eps.1 == 0.0 {
+            // a zero gradient would make the confidence factors 0 / 0
+            return Err(Error::InvalidEpsilon {
+                index: 1,
+                value: self.eps.1,
+            });
+        }
         if !(self.clip_threshold.is_finite() && self.clip_threshold > 0.0) {
             return Err(Error::InvalidClipThreshold(self.clip_threshold));
         }
@@ -277,6 +284,27 @@ impl<T: Float> Coefficients<T> {
             }),
             rounding_key: None,
         }
+    }
+
+    /// Refuses hyperparameters that are valid numbers but not in `T`: a learning rate or a
+    /// weight decay whose product overflows to infinity, a clip threshold that underflows to
+    /// zero, and (with the confidence term) an ε2 for which `(1 - β3) ε2` underflows to zero,
+    /// where a zero gradient would make the confidence factors `0 / 0` (NaN parameters).
+    pub(crate) fn check(&self, config: &CameConfig) -> Result<(), Error> {
+        let zero = T::zero();
+        if !self.lr.is_finite() || !self.decay.is_none_or(|d| d.is_finite()) {
+            return Err(Error::InvalidLearningRate(config.lr));
+        }
+        if self.clip_threshold <= zero || !self.clip_threshold.is_finite() {
+            return Err(Error::InvalidClipThreshold(config.clip_threshold));
+        }
+        if self.confidence && self.one_minus_beta3 * self.eps2 <= zero {
+            return Err(Error::InvalidEpsilon {
+                index: 1,
+                value: config.eps.1,
+            });
+        }
+        Ok(())
     }
 
     /// These coefficients for tensor number `tensor` of a step: with its stochastic-rounding

@@ -47,7 +47,9 @@ pub trait Element:
     /// `"float64"`, `"bfloat16"`, `"float16"`).
     const DTYPE: &'static str;
 
-    /// Whether values are rounded when written back (a 16-bit type).
+    /// Whether values are rounded when written back (a 16-bit type). Their range is narrower
+    /// than the compute type's too (`f16` up to 65504, bf16 up to 3.39e38), so a finite
+    /// result can round to an infinity ([`crate::Error::ParameterOverflow`]).
     const ROUNDS: bool;
 
     /// Widens to the compute type (exact).

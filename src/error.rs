@@ -32,7 +32,8 @@ impl fmt::Display for Buffer {
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
 pub enum Error {
-    /// The learning rate is not finite or not positive.
+    /// The learning rate is not finite or not positive, or it (or its product with the weight
+    /// decay) overflows the tensor's float type (1e300 in `f32`).
     InvalidLearningRate(f64),
     /// A beta is outside `[0, 1)` or not finite. `index` is its position in `betas` (0 for β1).
     InvalidBeta {
@@ -46,14 +47,18 @@ pub enum Error {
     /// default ε2 = 1e-16 and β3 = 0.9999: training diverges at once. Use β1 > 0 (0.9 is the
     /// reference default).
     ZeroBeta1,
-    /// An epsilon is negative or not finite. `index` is its position in `eps` (0 for ε1).
+    /// An epsilon is negative or not finite. `index` is its position in `eps` (0 for ε1). Also
+    /// ε2 (index 1) when, with the confidence term, `(1 - β3) ε2` is zero in the tensor's float
+    /// type (ε2 = 0, or 1e-320 in `f32`): a zero gradient would then give the confidence
+    /// factors `0 / 0` and NaN parameters (the reference writes them).
     InvalidEpsilon {
         /// Position in the config's `eps` (0-based).
         index: usize,
         /// The offending value.
         value: f64,
     },
-    /// The clip threshold is not finite or not positive.
+    /// The clip threshold is not finite or not positive (in the tensor's float type: 1e-50
+    /// is zero in `f32`).
     InvalidClipThreshold(f64),
     /// The weight decay is negative or not finite.
     InvalidWeightDecay(f64),
@@ -95,6 +100,17 @@ pub enum Error {
     /// A tensor whose momentum is packed (bf16 or 8-bit, [`crate::Momentum`]) was stepped with
     /// `f64` arithmetic: packed momentum is laid out in 4-byte words, for `f32` compute only.
     PackedMomentumNeedsF32,
+    /// After the step the parameter at flat position `index` (the first such) is infinite: the
+    /// update took it beyond the largest finite value of its 16-bit type (65504 for `f16`,
+    /// 3.39e38 for bf16), or it was infinite before. Checked for 16-bit parameters. Unlike
+    /// every other error this one is found after the step was taken: the state and the other
+    /// parameters hold the step, and the overflowing parameters hold an infinity, as the
+    /// reference writes them. Lower the learning rate, scale the weights down, or keep them in
+    /// bf16 or `f32`.
+    ParameterOverflow {
+        /// Flat, row-major position of the first infinite parameter.
+        index: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -150,6 +166,11 @@ impl fmt::Display for Error {
             Error::PackedMomentumNeedsF32 => f.write_str(
                 "bf16 and 8-bit momentum are laid out for f32 arithmetic; step this tensor in f32",
             ),
+            Error::ParameterOverflow { index } => write!(
+                f,
+                "the step took the parameter at flat index {index} beyond its 16-bit type's range \
+                 (it now holds an infinity; the rest of the step was taken)"
+            ),
         }
     }
 }
@@ -175,6 +196,7 @@ impl Error {
             Error::NonFiniteUpdate => (10, 0, 0, 0),
             Error::InvalidMomentum(m) => (11, momentum_key(m), 0, 0),
             Error::PackedMomentumNeedsF32 => (12, 0, 0, 0),
+            Error::ParameterOverflow { index } => (13, 0, index, 0),
         }
     }
 }

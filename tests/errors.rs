@@ -105,7 +105,70 @@ fn invalid_epsilon() {
             );
         }
     }
-    assert!(CameConfig::default().with_eps(0.0, 0.0).validate().is_ok());
+    // eps2 = 0 only without the confidence term: with it, a zero gradient gives 0 / 0
+    let no_confidence = CameConfig::default().with_confidence(false);
+    assert!(no_confidence.with_eps(0.0, 0.0).validate().is_ok());
+    let err = config_err(CameConfig::default().with_eps(0.0, 0.0));
+    assert_eq!(
+        err,
+        Error::InvalidEpsilon {
+            index: 1,
+            value: 0.0
+        }
+    );
+}
+
+/// Hyperparameters that are valid numbers but not in the tensor's float type are refused
+/// before anything is written (found by fuzzing: each gave NaN parameters and `Ok`).
+#[test]
+fn hyperparameters_that_do_not_fit_the_float_type_are_refused() {
+    let shape = Shape::new(&[2, 3]).unwrap();
+    let cases = [
+        // (1 - beta3) eps2 underflows to zero in f32
+        (
+            CameConfig::default().with_eps(1e-30, 1e-320),
+            Error::InvalidEpsilon {
+                index: 1,
+                value: 1e-320,
+            },
+        ),
+        (CameConfig::new(1e300), Error::InvalidLearningRate(1e300)),
+        (
+            CameConfig::new(1e30).with_weight_decay(1e10),
+            Error::InvalidLearningRate(1e30),
+        ),
+        (
+            CameConfig::default().with_clip_threshold(1e-50),
+            Error::InvalidClipThreshold(1e-50),
+        ),
+    ];
+    for (config, want) in cases {
+        assert!(config.validate().is_ok(), "{config:?} is valid in f64");
+        let mut buf = vec![0.0f32; shape.state_len()];
+        let mut p = [0.5f32; 6];
+        let err = came::step(
+            &config,
+            &shape,
+            &mut p,
+            &[0.0f32; 6],
+            &mut CameState::new(&mut buf),
+        );
+        assert_eq!(err, Err(want), "{config:?}");
+        assert_eq!(p, [0.5; 6]);
+        assert!(buf.iter().all(|&x| x == 0.0));
+        // f64 holds them all but the underflow (1e-4 x 1e-320 is below its smallest number too)
+        let mut buf = vec![0.0f64; shape.state_len()];
+        let mut p = [0.5f64; 6];
+        let r = came::step(
+            &config,
+            &shape,
+            &mut p,
+            &[0.0f64; 6],
+            &mut CameState::new(&mut buf),
+        );
+        let underflow = matches!(want, Error::InvalidEpsilon { .. });
+        assert_eq!(r.is_ok(), !underflow, "{config:?}: {r:?}");
+    }
 }
 
 #[test]

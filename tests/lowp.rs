@@ -273,3 +273,35 @@ fn tensors_of_one_step_draw_different_bits() {
     came::step_all(&config, &mut tensors).unwrap();
     assert_ne!(p1, p2);
 }
+
+/// An f16 parameter taken beyond 65504 holds an infinity, as the reference writes it, and the
+/// step says so (found by fuzzing: it returned `Ok`).
+#[test]
+fn f16_parameters_that_overflow_are_reported() {
+    let shape = Shape::new(&[2, 2]).unwrap();
+    let mut p = [65504.0f32, 65504.0, 1.0, 1.0].map(f16::from_f32);
+    let g = [-1.0f32, -0.001, 1.0, 0.5].map(f16::from_f32);
+    let mut buf = vec![0.0f32; shape.state_len()];
+    let err = came::step(
+        &CameConfig::new(2.0),
+        &shape,
+        &mut p,
+        &g,
+        &mut CameState::new(&mut buf),
+    );
+    assert_eq!(err, Err(came::Error::ParameterOverflow { index: 0 }));
+    assert_eq!(p[0].to_f32(), f32::INFINITY);
+    // bf16 holds the same step: its range is f32's
+    let mut p = [65504.0f32, 65504.0, 1.0, 1.0].map(bf16::from_f32);
+    let g = g.map(|x| bf16::from_f32(x.to_f32()));
+    let mut buf = vec![0.0f32; shape.state_len()];
+    came::step(
+        &CameConfig::new(2.0),
+        &shape,
+        &mut p,
+        &g,
+        &mut CameState::new(&mut buf),
+    )
+    .unwrap();
+    assert!(p.iter().all(|x| x.to_f32().is_finite()));
+}

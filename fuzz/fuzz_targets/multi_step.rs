@@ -79,7 +79,7 @@ fn step(
         .map(|b| CameState::from_parts(b, 0))
         .collect();
     let healthy = input_healthy(shapes, config, params, grads, &states);
-    let before: Vec<(Vec<u32>, Vec<u32>)> = params
+    let before: Vec<(Vec<u8>, Vec<u32>)> = params
         .iter()
         .zip(shapes.iter().zip(&states))
         .map(|(p, (s, st))| (bits(p), pieces(s, st)))

@@ -1,11 +1,13 @@
 //! Inputs and checks shared by the fuzz targets.
 //!
 //! An input is a fixed header (`arbitrary`-derived: shape, hyperparameters, step count, state
-//! mode) followed by raw little-endian `f32` values, used in order for parameters, state and
-//! gradients and padded with zeros. The layout is simple on purpose: `seed_corpus.py` turns the
-//! reference trajectories into inputs of exactly this form.
+//! mode) followed by raw little-endian values (`f32`, or the element type a target stores),
+//! used in order for parameters, state and gradients and padded with zeros. The layout is
+//! simple on purpose: `seed_corpus.py` turns the reference trajectories into inputs of exactly
+//! this form.
 
 use arbitrary::{Arbitrary, Unstructured};
+use bytemuck::Pod;
 use came::{CameConfig, CameState, Shape};
 
 /// Largest tensor the targets build (keeps each run fast).
@@ -38,6 +40,8 @@ impl RawConfig {
             } else {
                 came::Instability::Reference
             },
+            // only 16-bit parameters are rounded: the `lowp` target sets its own
+            rounding: came::Rounding::Nearest,
         }
     }
 
@@ -83,12 +87,13 @@ pub struct Header {
     pub state: u8,
 }
 
-/// A decoded input: header, dims, and the values that follow.
+/// A decoded input: header, dims, and the bytes of the values that follow.
 #[derive(Debug, Clone)]
 pub struct Input {
     pub header: Header,
     pub dims: Vec<usize>,
-    values: Vec<f32>,
+    bytes: Vec<u8>,
+    /// the first byte not yet taken
     next: usize,
 }
 
@@ -104,15 +109,10 @@ impl Input {
         if dims.iter().product::<usize>() > MAX_NUMEL {
             return None;
         }
-        let values = u
-            .take_rest()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
         Some(Self {
             header,
             dims,
-            values,
+            bytes: u.take_rest().to_vec(),
             next: 0,
         })
     }
@@ -125,13 +125,25 @@ impl Input {
         self.header.state & 1 == 0
     }
 
-    /// The next `n` values, zeros past the end of the input.
+    /// The next `n` `f32` values, zeros past the end of the input.
     pub fn take(&mut self, n: usize) -> Vec<f32> {
-        let out = (0..n)
-            .map(|i| self.values.get(self.next + i).copied().unwrap_or(0.0))
-            .collect();
-        self.next += n;
-        out
+        self.take_as(n)
+    }
+
+    /// The next `n` values of type `E` (any bit pattern), zeros past the end of the input.
+    /// Values are read in the machine's byte order: little-endian on every fuzzing host.
+    pub fn take_as<E: Pod>(&mut self, n: usize) -> Vec<E> {
+        let size = size_of::<E>();
+        (0..n)
+            .map(|_| {
+                let value = self
+                    .bytes
+                    .get(self.next..self.next + size)
+                    .map_or_else(E::zeroed, bytemuck::pod_read_unaligned);
+                self.next += size;
+                value
+            })
+            .collect()
     }
 }
 
@@ -169,6 +181,7 @@ pub fn pieces(shape: &Shape, state: &CameState<'_, f32>) -> Vec<u32> {
         .collect()
 }
 
-pub fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
+/// The bytes of `values`, for bit-for-bit before/after comparisons.
+pub fn bits<E: Pod>(values: &[E]) -> Vec<u8> {
+    bytemuck::cast_slice(values).to_vec()
 }

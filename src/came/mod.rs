@@ -145,6 +145,7 @@ pub(crate) fn prepare<T: Float, P: Element<Compute = T>, G: Element<Compute = T>
         return Ok(Clip::none());
     }
     let k = Coefficients::new(config, steps);
+    k.check(config)?;
     if shape.state_layout().momentum() != Momentum::Full && size_of::<T>() != 4 {
         return Err(Error::PackedMomentumNeedsF32);
     }
@@ -180,15 +181,31 @@ pub(crate) fn finish<T: Float, P: Element<Compute = T>, G: Element<Compute = T>,
         return Ok(());
     }
     let k = Coefficients::new(config, steps).for_tensor(config, steps, tensor);
-    let Some((dims, mut parts)) = parts::factored(shape, state) else {
-        vector::finish(exec, &k, shape, clip, param, grad, state);
-        return Ok(());
-    };
-    parts.commit_sq();
-    if dims.batch == 1 {
-        factored::update(exec, &k, dims, clip.d, param, grad, &mut parts)
+    if let Some((dims, mut parts)) = parts::factored(shape, state) {
+        parts.commit_sq();
+        if dims.batch == 1 {
+            factored::update(exec, &k, dims, clip.d, param, grad, &mut parts)?;
+        } else {
+            batch::update(exec, &k, dims, clip.d, param, grad, &mut parts)?;
+        }
     } else {
-        batch::update(exec, &k, dims, clip.d, param, grad, &mut parts)
+        vector::finish(exec, &k, shape, clip, param, grad, state);
+    }
+    check_range(param)
+}
+
+/// [`Error::ParameterOverflow`] if a 16-bit parameter was rounded to an infinity (the
+/// `f32` and `f64` steps check their results before writing them).
+fn check_range<P: Element>(param: &[P]) -> Result<(), Error> {
+    if !P::ROUNDS {
+        return Ok(());
+    }
+    match param
+        .iter()
+        .position(|p| !num_traits::Float::is_finite(p.to_compute()))
+    {
+        Some(index) => Err(Error::ParameterOverflow { index }),
+        None => Ok(()),
     }
 }
 
