@@ -292,7 +292,7 @@ impl<T: Float> Coefficients<T> {
     /// where a zero gradient would make the confidence factors `0 / 0` (NaN parameters).
     pub(crate) fn check(&self, config: &CameConfig) -> Result<(), Error> {
         let zero = T::zero();
-        if !self.lr.is_finite() || !self.decay.is_none_or(|d| d.is_finite()) {
+        if !self.lr.is_finite() || !self.decay.is_none_or(num_traits::Float::is_finite) {
             return Err(Error::InvalidLearningRate(config.lr));
         }
         if self.clip_threshold <= zero || !self.clip_threshold.is_finite() {
