@@ -1,5 +1,6 @@
-//! Trains a character-level language model on three Shakespeare plays with CAME, AdamW and
-//! Adafactor, fine-tunes each on a held-out play, and compares loss, optimizer memory and time.
+//! Trains a character-level language model on five Shakespeare plays with CAME, AdamW,
+//! Adafactor and CAME over weights stored in bf16 (rounded to nearest, and stochastically),
+//! fine-tunes each on a held-out play, and compares loss, optimizer and weight memory, and time.
 //!
 //! ```text
 //! cargo run --release --features std --example shakespeare
@@ -7,24 +8,32 @@
 //! ```
 //!
 //! The model (`common/model.rs`) is a Bengio-style MLP over the last few characters with a
-//! hand-written backward pass over flat `f32` buffers; the optimizers (`common/optim.rs`) are
-//! the crate's owned `Came` and `AdamW`, and the trainer (`common/train.rs`) is written once
-//! against the `came::Optimizer` trait they implement. Every validation loss it prints, writes
-//! or draws is the mean over the whole validation text, the measure of the final table. Writes
-//! `shakespeare.csv` (every progress point; no timings, so that a rerun with the same settings
-//! and thread count writes the same bytes) and `shakespeare.svg` (the loss curves, the unigram
-//! baseline, each optimizer's state), and ends with one line per optimizer and phase for
-//! scripts: `result optimizer=came phase=pretrain val_loss=... state_bytes=... seconds=...`.
+//! hand-written forward and backward pass in `f32` over flat buffers; the optimizers
+//! (`common/optim.rs`) are the crate's owned `Came` and `AdamW`, and the trainer
+//! (`common/train.rs`) is written once against the `came::Optimizer` trait they implement and
+//! over the type the weights are stored in. The rows `came`, `adamw` and `adafactor` keep `f32`
+//! weights (4 bytes each); `came-bf16w-rn` and `came-bf16w-sr` keep them in bf16 (2 bytes):
+//! `Came::<half::bf16, f32>` steps that bf16 master copy with `f32` gradients and `f32` state,
+//! rounding each updated weight to nearest (`Rounding::Nearest`, what came-pytorch does with
+//! bf16 parameters) or stochastically (`Rounding::Stochastic`, seeded by `--seed`), and every
+//! forward and backward pass computes in `f32` from a working copy widened from it. Both start
+//! from the `f32` initialisation rounded to bf16.
+//!
+//! Every validation loss it prints, writes or draws is the mean over the whole validation text,
+//! the measure of the final table. Writes `shakespeare.csv` (every progress point, with each
+//! optimizer's state and weight bytes; no timings, so that a rerun with the same settings and
+//! thread count writes the same bytes) and `shakespeare.svg` (the loss curves, the unigram
+//! baseline, each optimizer's state and weight bytes), and ends with one line per optimizer and
+//! phase for scripts:
+//! `result optimizer=came phase=pretrain val_loss=... state_bytes=... weight_bytes=... seconds=...`.
 
 mod common;
-
-use came::Instability;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use came::Optimizer;
+use came::{Element, Instability, Optimizer, Rounding};
 use common::data::{Corpus, FINETUNE, PRETRAIN};
 use common::model::{self, Config};
 use common::optim::{self as optim, NAMES};
@@ -33,30 +42,34 @@ use common::rng::Rng;
 use common::train::{Outcome, Phase, Point, Trainer};
 
 const HELP: &str = "\
-Trains a char-level MLP language model on Shakespeare with CAME, AdamW and Adafactor.
+Trains a char-level MLP language model on Shakespeare with CAME, AdamW and Adafactor (f32
+weights), and with CAME over weights stored in bf16, rounded to nearest (came-bf16w-rn) or
+stochastically (came-bf16w-sr); forward and backward compute in f32 for all of them.
 
 Options (defaults in brackets):
   --pretrain-steps N     steps on five plays (Hamlet, Macbeth, ...) [6000]
   --finetune-steps N     steps on The Tempest, from each pretrained model [1500]
   --batch N              examples per step [128]
-  --lr-came X            peak learning rate of CAME [2e-3]
+  --lr-came X            peak learning rate of CAME, f32 and bf16 weights alike [2e-3]
   --lr-adamw X           peak learning rate of AdamW [2e-3]
   --lr-adafactor X       peak learning rate of Adafactor [2e-3]
   --finetune-lr X        fine-tuning lr as a fraction of the pretraining lr [0.3]
   --beta3 X              CAME's beta3, the decay of its instability statistics [0.999]
   --instability S        CAME's instability statistics: reference (zeros, uncorrected, as
                          came-pytorch) or bias-corrected [reference]
-  --optimizers LIST      comma-separated subset of came,adamw,adafactor [all]
+  --optimizers LIST      comma-separated subset of came,adamw,adafactor,came-bf16w-rn,
+                         came-bf16w-sr, run in the order given (each one's batch order
+                         follows from --seed and its place in the list) [all]
   --context N            characters the model sees [16]
   --embed N              embedding width [24]
   --hidden N             hidden units [512]
   --threads N            threads for forward and backward [all cores]
   --eval-every N         steps between progress lines (fine-tuning: a quarter) [500];
                          each measures the whole validation text, as the table does
-  --seed N               initialisation and batch order [1]
-  --csv PATH             progress points: step, training and validation loss, no timings
-                         (the same bytes on every run with the same settings and threads)
-                         [shakespeare.csv]
+  --seed N               initialisation, batch order and stochastic rounding [1]
+  --csv PATH             progress points: step, training and validation loss, state and
+                         weight bytes, no timings (the same bytes on every run with the same
+                         settings and threads) [shakespeare.csv]
   --times PATH           also write the seconds of every progress point there [none]
   --svg PATH             loss curves [shakespeare.svg]
   --sample N             characters of generated text per model [240]
@@ -66,7 +79,9 @@ struct Args {
     pretrain_steps: usize,
     finetune_steps: usize,
     batch: usize,
-    lr: [f64; 3],
+    lr_came: f64,
+    lr_adamw: f64,
+    lr_adafactor: f64,
     finetune_lr: f64,
     beta3: f64,
     instability: Instability,
@@ -87,7 +102,9 @@ impl Args {
             pretrain_steps: 6000,
             finetune_steps: 1500,
             batch: 128,
-            lr: [2e-3, 2e-3, 2e-3],
+            lr_came: 2e-3,
+            lr_adamw: 2e-3,
+            lr_adafactor: 2e-3,
             finetune_lr: 0.3,
             beta3: 0.999,
             instability: Instability::Reference,
@@ -124,9 +141,9 @@ impl Args {
                 "--pretrain-steps" => a.pretrain_steps = int()?,
                 "--finetune-steps" => a.finetune_steps = int()?,
                 "--batch" => a.batch = int()?.max(1),
-                "--lr-came" => a.lr[0] = float()?,
-                "--lr-adamw" => a.lr[1] = float()?,
-                "--lr-adafactor" => a.lr[2] = float()?,
+                "--lr-came" => a.lr_came = float()?,
+                "--lr-adamw" => a.lr_adamw = float()?,
+                "--lr-adafactor" => a.lr_adafactor = float()?,
                 "--finetune-lr" => a.finetune_lr = float()?,
                 "--beta3" => {
                     a.beta3 = float()?;
@@ -169,11 +186,14 @@ impl Args {
         Ok(a)
     }
 
+    /// The optimizer's peak learning rate: CAME's for CAME over weights of any type.
     fn lr(&self, name: &str) -> f64 {
-        self.lr[NAMES
-            .iter()
-            .position(|&n| n == name)
-            .expect("a known optimizer")]
+        match name {
+            "came" | "came-bf16w-rn" | "came-bf16w-sr" => self.lr_came,
+            "adamw" => self.lr_adamw,
+            "adafactor" => self.lr_adafactor,
+            _ => unreachable!("a known optimizer"),
+        }
     }
 }
 
@@ -181,10 +201,13 @@ impl Args {
 struct Run {
     name: &'static str,
     state_bytes: usize,
+    /// Bytes of the weights as stored (the master copy the optimizer steps).
+    weight_bytes: usize,
     pretrain: Outcome,
     /// Tempest validation loss of the pretrained model, before fine-tuning.
     zero_shot: f64,
     finetune: Outcome,
+    /// The fine-tuned weights, widened to `f32` for sampling.
     params: Vec<f32>,
 }
 
@@ -324,6 +347,13 @@ fn main() {
             }),
             "adamw" => train(t, c, a, p, i, name, || optim::adamw(&config)),
             "adafactor" => train(t, c, a, p, i, name, || optim::adafactor(&config, a.beta3)),
+            "came-bf16w-rn" => train(t, c, a, p, i, name, || {
+                optim::came_bf16_weights(&config, a.beta3, a.instability, Rounding::Nearest)
+            }),
+            "came-bf16w-sr" => train(t, c, a, p, i, name, || {
+                let rounding = Rounding::Stochastic { seed: a.seed };
+                optim::came_bf16_weights(&config, a.beta3, a.instability, rounding)
+            }),
             _ => unreachable!("--optimizers takes known names only"),
         });
     }
@@ -354,7 +384,11 @@ fn main() {
                 };
                 Curve {
                     label: display_name(r.name).to_string(),
-                    note: format!("{} B optimizer state{vs}", thousands(r.state_bytes)),
+                    note: format!(
+                        "{} B optimizer state{vs}; {} B weights",
+                        thousands(r.state_bytes),
+                        thousands(r.weight_bytes)
+                    ),
                     colour: NAMES.iter().position(|&n| n == r.name).unwrap_or(0),
                     val: start
                         .into_iter()
@@ -432,16 +466,17 @@ fn main() {
     for run in &runs {
         for (phase, o) in [("pretrain", &run.pretrain), ("finetune", &run.finetune)] {
             println!(
-                "result optimizer={} phase={phase} val_loss={:.4} state_bytes={} seconds={:.1}",
-                run.name, o.val_loss, run.state_bytes, o.seconds
+                "result optimizer={} phase={phase} val_loss={:.4} state_bytes={} \
+                 weight_bytes={} seconds={:.1}",
+                run.name, o.val_loss, run.state_bytes, run.weight_bytes, o.seconds
             );
         }
     }
 }
 
-/// Pretrains a fresh model with a fresh optimizer from `new`, then fine-tunes it with another,
-/// as a separate fine-tuning job would.
-fn train<O: Optimizer<Param = [f32], Grad = [f32]>>(
+/// Pretrains a fresh model, its weights stored in `P`, with a fresh optimizer from `new`, then
+/// fine-tunes it with another, as a separate fine-tuning job would.
+fn train<P: Element<Compute = f32>, O: Optimizer<Param = [P], Grad = [f32]>>(
     trainer: &mut Trainer,
     corpus: &Corpus,
     args: &Args,
@@ -452,14 +487,18 @@ fn train<O: Optimizer<Param = [f32], Grad = [f32]>>(
 ) -> Run {
     let config = trainer.config();
     let lr = args.lr(name);
-    let mut params = model::init(&config, args.seed);
+    // the f32 initialisation, rounded to nearest where the weights are 16-bit
+    let mut params: Vec<P> = model::init(&config, args.seed);
+    let weight_bytes = size_of_val(params.as_slice());
     let mut opt = new();
     let state_bytes = opt.state_bytes();
     let tag = (name, i + 1);
     let n = progress.optimizers;
     println!(
-        "\n[{name} {}/{n}] pretraining, peak lr {lr:.2e}, {state_bytes} bytes of optimizer state",
-        i + 1
+        "\n[{name} {}/{n}] pretraining, peak lr {lr:.2e}, {state_bytes} bytes of optimizer \
+         state, {weight_bytes} bytes of weights ({})",
+        i + 1,
+        P::DTYPE
     );
     let phase = Phase {
         steps: args.pretrain_steps,
@@ -514,10 +553,11 @@ fn train<O: Optimizer<Param = [f32], Grad = [f32]>>(
     Run {
         name,
         state_bytes,
+        weight_bytes,
         pretrain,
         zero_shot,
         finetune,
-        params,
+        params: params.iter().map(|p| p.to_compute()).collect(),
     }
 }
 
@@ -526,6 +566,8 @@ fn display_name(name: &str) -> &'static str {
         "came" => "CAME",
         "adamw" => "AdamW",
         "adafactor" => "Adafactor",
+        "came-bf16w-rn" => "CAME, bf16 weights, round to nearest",
+        "came-bf16w-sr" => "CAME, bf16 weights, stochastic rounding",
         _ => unreachable!("a known optimizer"),
     }
 }
@@ -542,6 +584,12 @@ fn setting(args: &Args, name: &str) -> String {
             };
             format!("CAME ({lr}, β3 {}{corrected})", args.beta3)
         }
+        "came-bf16w-rn" => format!("{}, bf16 weights, round to nearest", setting(args, "came")),
+        "came-bf16w-sr" => format!(
+            "{}, bf16 weights, stochastic rounding (seed {})",
+            setting(args, "came"),
+            args.seed
+        ),
         _ => format!("{} ({lr})", display_name(name)),
     }
 }
@@ -557,18 +605,18 @@ fn print_table(runs: &[Run], args: &Args, unigram: (f64, f64)) {
     let _ = writeln!(
         out,
         "\n| optimizer | pretraining val loss, nats/char (bits) | {} before fine-tuning | \
-         fine-tuned val loss, nats/char (bits) | optimizer state | vs AdamW | \
+         fine-tuned val loss, nats/char (bits) | optimizer state | vs AdamW | weights | \
          seconds (pretraining + fine-tuning) |",
         FINETUNE.0
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     for r in runs {
         let ratio = adamw.map_or("-".to_string(), |a| {
             format!("{:.1}%", 100.0 * r.state_bytes as f64 / a as f64)
         });
         let _ = writeln!(
             out,
-            "| {} | {:.4} ({:.3}) | {:.4} | {:.4} ({:.3}) | {} B | {ratio} | {:.1} + {:.1} |",
+            "| {} | {:.4} ({:.3}) | {:.4} | {:.4} ({:.3}) | {} B | {ratio} | {} B | {:.1} + {:.1} |",
             setting(args, r.name),
             r.pretrain.val_loss,
             bits(r.pretrain.val_loss),
@@ -576,13 +624,14 @@ fn print_table(runs: &[Run], args: &Args, unigram: (f64, f64)) {
             r.finetune.val_loss,
             bits(r.finetune.val_loss),
             thousands(r.state_bytes),
+            thousands(r.weight_bytes),
             r.pretrain.seconds,
             r.finetune.seconds
         );
     }
     let _ = writeln!(
         out,
-        "| unigram baseline | {:.4} ({:.3}) | {:.4} | {:.4} ({:.3}) | | | |",
+        "| unigram baseline | {:.4} ({:.3}) | {:.4} | {:.4} ({:.3}) | | | | |",
         unigram.0,
         bits(unigram.0),
         unigram.1,
@@ -592,13 +641,14 @@ fn print_table(runs: &[Run], args: &Args, unigram: (f64, f64)) {
     print!("{out}");
 }
 
-/// Every progress point: the losses (`times: false`, the same bytes on every run with the same
-/// settings and threads), or the seconds since the phase started (`times: true`).
+/// Every progress point: the losses and the optimizer's state and weight bytes (`times: false`,
+/// the same bytes on every run with the same settings and threads), or the seconds since the
+/// phase started (`times: true`).
 fn write_csv(path: &Path, runs: &[Run], times: bool) -> std::io::Result<()> {
     let mut out = String::from(if times {
         "optimizer,phase,step,seconds\n"
     } else {
-        "optimizer,phase,step,train_loss,val_loss\n"
+        "optimizer,phase,step,train_loss,val_loss,state_bytes,weight_bytes\n"
     });
     for r in runs {
         for (phase, o) in [("pretrain", &r.pretrain), ("finetune", &r.finetune)] {
@@ -608,8 +658,8 @@ fn write_csv(path: &Path, runs: &[Run], times: bool) -> std::io::Result<()> {
                 } else {
                     writeln!(
                         out,
-                        "{},{phase},{},{:.5},{:.5}",
-                        r.name, p.step, p.train_loss, p.val_loss
+                        "{},{phase},{},{:.5},{:.5},{},{}",
+                        r.name, p.step, p.train_loss, p.val_loss, r.state_bytes, r.weight_bytes
                     )
                 };
             }

@@ -7,21 +7,36 @@
 //!
 //! Options: `--shape RxC | N | AxBxCxD` (default 4096x4096), `--model gpt2-small`,
 //! `--threads N` (default 1), `--steps K` timed steps after one warm-up (default 9),
-//! `--optimizer came|adamw|both` (default both), `--dtype f32|f64` (default f32),
-//! `--no-floor` to skip the floor, `--device cuda` (with `--features cuda`) to time the GPU
-//! optimizer instead, with the achieved memory bandwidth at 32 bytes per element.
+//! `--optimizer came|adamw|both` (default both), `--dtype f32|f64|bf16|f16` (default f32),
+//! `--no-floor` to skip the floor, `--device cuda` (with `--features cuda`; f32 or f64) to time
+//! the GPU optimizer instead, with the achieved memory bandwidth at 32 bytes per element.
 //!
-//! One line per measured case:
+//! `--dtype` is the type parameters and gradients are stored in; the state (momentum and
+//! statistics) is kept in the type the update is computed in: `f32` for `f32`, `bf16` and `f16`
+//! (`Came::<half::bf16>`, `came::step::<half::bf16, half::bf16>`), `f64` for `f64`. AdamW stores
+//! everything in `f32` or `f64` only: with `bf16` or `f16` it is skipped (said on stderr), and
+//! `--optimizer adamw` is refused.
+//!
+//! One line per measured case, with the storage and the bytes one element of the step moves
+//! through memory (`bytes_per_elem`; `gb_per_s` is that times `melem_per_s`):
 //!
 //! ```text
-//! came_step shape=4096x4096 dtype=f32 threads=1 median_ms=… min_ms=… melem_per_s=…
+//! came_step shape=4096x4096 dtype=f32 momentum=f32 bytes_per_elem=28 threads=1 median_ms=… min_ms=… melem_per_s=… gb_per_s=…
 //! adamw_step …
 //! floor_step …   four sweeps over the same arrays with no optimizer arithmetic:
 //!                read g | read g | read g, m, write m | read m, p, write p
-//! came_model model=gpt2-small threads=1 tensors=148 params=124439808 median_ms=… min_ms=…
+//! came_model model=gpt2-small dtype=f32 momentum=f32 bytes_per_elem=28 threads=1 tensors=148 params=124439808 median_ms=… min_ms=…
 //! ```
 //!
-//! then the ratios between them and the peak resident memory against what the buffers need.
+//! Bytes per element: CAME reads `g` twice, reads and writes `m` and reads it again, reads and
+//! writes `p`: 28 in `f32` (8 + 12 + 8), 20 with 16-bit `p` and `g` (4 + 12 + 4), 56 in `f64`.
+//! AdamW reads `g`, reads and writes `p`, `m` and `v`: 28 in `f32`, and the owned optimizer's
+//! non-finite guard reads `g` once more (32). The floor reads `g` three times, reads `m` twice
+//! and writes it once, and reads and writes `p`: 32 in `f32`, 22 with 16-bit `p` and `g`. With
+//! 16-bit types the floor widens and rounds each value as a step does (`half`'s conversions),
+//! so it measures that work as well as the traffic.
+//!
+//! Then the ratios between them and the peak resident memory against what the buffers need.
 
 use std::time::Instant;
 
@@ -29,8 +44,115 @@ use std::time::Instant;
 mod gpu;
 
 use came::adamw::{AdamWConfig, AdamWState};
-use came::{AdamW, Came, CameConfig, CameState, Float, Optimizer, Pool, Shape};
+use came::optim::{CpuOptimizer, Steps};
+use came::{Came, CameConfig, CameState, Element, Float, Optimizer, Pool, Shape};
+use half::{bf16, f16};
 use rayon::prelude::*;
+
+/// The type parameters and gradients are stored in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dtype {
+    F32,
+    F64,
+    Bf16,
+    F16,
+}
+
+/// A type the bench stores parameters and gradients in: CAME steps any [`Element`], AdamW only
+/// `f32` and `f64`.
+trait Storage: Element {
+    /// Its name in the output (`bf16`).
+    const NAME: &'static str;
+    /// AdamW over this type, or `None`.
+    const ADAMW: Option<AdamWSteps<Self>>;
+}
+
+impl Storage for f32 {
+    const NAME: &'static str = "f32";
+    const ADAMW: Option<AdamWSteps<Self>> = Some(AdamWSteps::OF);
+}
+
+impl Storage for f64 {
+    const NAME: &'static str = "f64";
+    const ADAMW: Option<AdamWSteps<Self>> = Some(AdamWSteps::OF);
+}
+
+impl Storage for bf16 {
+    const NAME: &'static str = "bf16";
+    const ADAMW: Option<AdamWSteps<Self>> = None;
+}
+
+impl Storage for f16 {
+    const NAME: &'static str = "f16";
+    const ADAMW: Option<AdamWSteps<Self>> = None;
+}
+
+/// One borrowed step over `p` with `g`, the state (`2 numel` values) in `buf` after `step`
+/// steps; returns the step count after it.
+type BorrowedStep<T> = fn(pool: &Pool, p: &mut [T], g: &[T], buf: &mut [T], step: u64) -> u64;
+
+/// A step of every tensor of a model.
+type ModelStep<T> = Box<dyn FnMut(&mut [Pair<'_, T>])>;
+
+/// AdamW's two cases over `T`.
+struct AdamWSteps<T> {
+    /// One borrowed step of one tensor.
+    step: BorrowedStep<T>,
+    /// The owned optimizer over the tensors `dims` on the pool's threads, with the non-finite
+    /// guard on or off.
+    model: fn(dims: &[Vec<usize>], pool: &Pool, guard: bool) -> ModelStep<T>,
+}
+
+impl<T: Float> AdamWSteps<T> {
+    const OF: Self = Self {
+        step: adamw_step::<T>,
+        model: adamw_model::<T>,
+    };
+}
+
+fn adamw_step<T: Float>(pool: &Pool, p: &mut [T], g: &[T], buf: &mut [T], step: u64) -> u64 {
+    let mut state = AdamWState::from_parts(buf, step);
+    pool.adamw_step(&AdamWConfig::new(1e-4), p, g, &mut state)
+        .expect("adamw step");
+    state.step_count()
+}
+
+fn adamw_model<T: Float>(dims: &[Vec<usize>], pool: &Pool, guard: bool) -> ModelStep<T> {
+    let mut opt = owned::<T, _>(AdamWConfig::new(1e-4), dims, pool, guard);
+    Box::new(move |pairs| {
+        opt.step(pairs).expect("adamw step");
+    })
+}
+
+/// `dtype=bf16 momentum=f32`: where parameters and gradients, and the state, are stored.
+fn storage<P: Storage>() -> String
+where
+    P::Compute: Storage,
+{
+    format!(
+        "dtype={} momentum={}",
+        P::NAME,
+        <P::Compute as Storage>::NAME
+    )
+}
+
+/// Bytes a CAME step moves per element: `g` read twice, `m` read, written and read again, `p`
+/// read and written.
+fn came_bytes<P: Element>() -> usize {
+    4 * size_of::<P>() + 3 * size_of::<P::Compute>()
+}
+
+/// Bytes an AdamW step moves per element: `p`, `m` and `v` read and written, `g` read, and read
+/// once more by the non-finite guard.
+fn adamw_bytes<T>(guard: bool) -> usize {
+    (7 + usize::from(guard)) * size_of::<T>()
+}
+
+/// Bytes the floor's sweeps move per element: `g` read three times, `m` read twice and written,
+/// `p` read and written.
+fn floor_bytes<P: Element>() -> usize {
+    5 * size_of::<P>() + 3 * size_of::<P::Compute>()
+}
 
 struct Args {
     shape: Vec<usize>,
@@ -40,7 +162,7 @@ struct Args {
     came: bool,
     adamw: bool,
     floor: bool,
-    f64: bool,
+    dtype: Dtype,
     cuda: bool,
 }
 
@@ -53,7 +175,7 @@ fn parse_args() -> Result<Args, String> {
         came: true,
         adamw: true,
         floor: true,
-        f64: false,
+        dtype: Dtype::F32,
         cuda: false,
     };
     let mut it = std::env::args().skip(1);
@@ -74,9 +196,11 @@ fn parse_args() -> Result<Args, String> {
                 o => return Err(format!("--optimizer: came, adamw or both, not {o}")),
             },
             "--dtype" => match value()?.as_str() {
-                "f32" => a.f64 = false,
-                "f64" => a.f64 = true,
-                d => return Err(format!("--dtype: f32 or f64, not {d}")),
+                "f32" => a.dtype = Dtype::F32,
+                "f64" => a.dtype = Dtype::F64,
+                "bf16" => a.dtype = Dtype::Bf16,
+                "f16" => a.dtype = Dtype::F16,
+                d => return Err(format!("--dtype: f32, f64, bf16 or f16, not {d}")),
             },
             "--no-floor" => a.floor = false,
             "--device" => match value()?.as_str() {
@@ -91,6 +215,13 @@ fn parse_args() -> Result<Args, String> {
     }
     if a.steps == 0 {
         return Err("--steps must be at least 1".into());
+    }
+    let wide = matches!(a.dtype, Dtype::F32 | Dtype::F64);
+    if !wide && a.adamw && !a.came {
+        return Err("--optimizer adamw: AdamW stores parameters in f32 or f64 only".into());
+    }
+    if !wide && a.cuda {
+        return Err("--device cuda: f32 or f64 only".into());
     }
     Ok(a)
 }
@@ -133,13 +264,14 @@ fn gpt2_small() -> Vec<Vec<usize>> {
 }
 
 /// Deterministic data in [-1, 1): a cheap integer hash, no allocation beyond the buffer.
-pub(crate) fn fill<T: Float>(v: &mut [T], seed: u64, scale: f64) {
+/// Rounded to the compute type, then (16-bit types) to nearest in `T`.
+pub(crate) fn fill<T: Element>(v: &mut [T], seed: u64, scale: f64) {
     for (i, x) in v.iter_mut().enumerate() {
         let mut z = (i as u64 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_add(seed);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         let u = (z >> 11) as f64 / (1u64 << 53) as f64;
-        *x = T::from_f64(scale * (2.0 * u - 1.0));
+        *x = T::from_compute(Float::from_f64(scale * (2.0 * u - 1.0)));
     }
 }
 
@@ -175,19 +307,20 @@ pub(crate) fn time_interleaved(steps: usize, cases: &mut [&mut dyn FnMut()]) -> 
 }
 
 /// The floor: the four sweeps of a direct CAME step, with no optimizer arithmetic: `sum(g)`,
-/// `sum(g)`, `m = m / 2 + g`, `p = p - m / 1000`. (The crate's step makes three: it takes the
-/// update's norm, for which a direct step reads `g` a second time, from the first sweep.) Compiled for the same instruction
-/// sets as the crate's kernels (picked at run time) and run on the same threads: the calling
-/// thread alone with one thread, like the optimizer.
-fn floor_sweeps<T: Float>(
+/// `sum(g)`, `m = m / 2 + g`, `p = p - m / 1000`, over `p` and `g` stored in `P` and `m` in its
+/// compute type, as the optimizer stores them. (The crate's step makes three: it takes the
+/// update's norm, for which a direct step reads `g` a second time, from the first sweep.)
+/// Compiled for the same instruction sets as the crate's kernels (picked at run time) and run
+/// on the same threads: the calling thread alone with one thread, like the optimizer.
+fn floor_sweeps<P: Element>(
     pool: Option<&rayon::ThreadPool>,
     chunk: usize,
-    p: &mut [T],
-    g: &[T],
-    m: &mut [T],
+    p: &mut [P],
+    g: &[P],
+    m: &mut [P::Compute],
 ) -> f64 {
     let arch = pulp::Arch::new();
-    let sweeps = |p: &mut [T], g: &[T], m: &mut [T]| {
+    let sweeps = |p: &mut [P], g: &[P], m: &mut [P::Compute]| {
         let s1 = arch.dispatch(Sum(g));
         let s2 = arch.dispatch(Sum(g));
         arch.dispatch(Halve(m, g));
@@ -209,50 +342,51 @@ fn floor_sweeps<T: Float>(
 }
 
 /// Floor sweeps 1 and 2: read `g`.
-struct Sum<'a, T>(&'a [T]);
+struct Sum<'a, P>(&'a [P]);
 
-impl<T: Float> pulp::WithSimd for Sum<'_, T> {
+impl<P: Element> pulp::WithSimd for Sum<'_, P> {
     type Output = f64;
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) -> f64 {
-        let mut acc = [T::zero(); 16];
+        let mut acc = [P::Compute::default(); 16];
         let (chunks, tail) = self.0.as_chunks::<16>();
         for c in chunks {
             for k in 0..16 {
-                acc[k] = acc[k] + c[k];
+                acc[k] = acc[k] + c[k].to_compute();
             }
         }
-        acc.iter().chain(tail).fold(0.0, |s, x| s + x.as_f64())
+        let tail = tail.iter().map(|x| x.to_compute().as_f64());
+        acc.iter().map(|x| x.as_f64()).chain(tail).sum()
     }
 }
 
 /// Floor sweep 3: read `g` and `m`, write `m`.
-struct Halve<'a, T>(&'a mut [T], &'a [T]);
+struct Halve<'a, P: Element>(&'a mut [P::Compute], &'a [P]);
 
-impl<T: Float> pulp::WithSimd for Halve<'_, T> {
+impl<P: Element> pulp::WithSimd for Halve<'_, P> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
-        let half = T::from_f64(0.5);
+        let half = Float::from_f64(0.5);
         for (m, &g) in self.0.iter_mut().zip(self.1) {
-            *m = *m * half + g;
+            *m = *m * half + g.to_compute();
         }
     }
 }
 
 /// Floor sweep 4: read `m` and `p`, write `p`.
-struct Step<'a, T>(&'a mut [T], &'a [T]);
+struct Step<'a, P: Element>(&'a mut [P], &'a [P::Compute]);
 
-impl<T: Float> pulp::WithSimd for Step<'_, T> {
+impl<P: Element> pulp::WithSimd for Step<'_, P> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
-        let small = T::from_f64(1e-3);
+        let small = Float::from_f64(1e-3);
         for (p, &m) in self.0.iter_mut().zip(self.1) {
-            *p = *p - m * small;
+            *p = P::from_compute(p.to_compute() - m * small);
         }
     }
 }
@@ -274,40 +408,70 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn mib(elems: usize, bytes: usize) -> f64 {
-    (elems * bytes) as f64 / (1024.0 * 1024.0)
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
-fn print_case(kind: &str, what: &str, dtype: &str, threads: usize, elems: usize, t: &Timing) {
+/// One case's line.
+fn print_case(
+    kind: &str,
+    what: &str,
+    storage: &str,
+    bytes: usize,
+    threads: usize,
+    elems: usize,
+    t: &Timing,
+) {
+    let melem_per_s = elems as f64 / t.median_ms / 1e3;
     println!(
-        "{kind} {what} dtype={dtype} threads={threads} median_ms={:.4} min_ms={:.4} melem_per_s={:.1}",
+        "{kind} {what} {storage} bytes_per_elem={bytes} threads={threads} median_ms={:.4} \
+         min_ms={:.4} melem_per_s={melem_per_s:.1} gb_per_s={:.1}",
         t.median_ms,
         t.min_ms,
-        elems as f64 / t.median_ms / 1e3
+        melem_per_s * bytes as f64 / 1e3
     );
 }
 
-fn run_shape<T: Float>(a: &Args, pool: &Pool) {
-    let dtype = if a.f64 { "f64" } else { "f32" };
+/// AdamW over `P` if it was asked for; says on stderr why not where it cannot run on `P`.
+fn adamw_for<P: Storage>(a: &Args) -> Option<AdamWSteps<P>> {
+    if a.adamw && P::ADAMW.is_none() {
+        eprintln!(
+            "adamw skipped: AdamW stores parameters, gradients and state in f32 or f64 only, \
+             not {}",
+            P::NAME
+        );
+    }
+    P::ADAMW.filter(|_| a.adamw)
+}
+
+fn run_shape<P: Storage>(a: &Args, pool: &Pool)
+where
+    P::Compute: Storage,
+{
+    let storage = storage::<P>();
     let shape = Shape::new(&a.shape).expect("shape");
     let n = shape.numel();
     let what = format!("shape={}", shape_name(&a.shape));
-    let mut p = vec![T::zero(); n];
-    let mut g = vec![T::zero(); n];
+    let mut p = vec![P::default(); n];
+    let mut g = vec![P::default(); n];
     fill(&mut p, 1, 1.0);
     fill(&mut g, 2, 1e-2);
     let chunk = n.div_ceil(pool.threads() * 4).max(4096);
     let fpool = floor_pool(pool.threads());
     let came_config = CameConfig::new(1e-4);
-    let adamw_config = AdamWConfig::new(1e-4);
-    let mut came_buf = vec![T::zero(); if a.came { shape.state_len() } else { 0 }];
-    let mut adamw_buf = vec![T::zero(); if a.adamw { 2 * n } else { 0 }];
-    let state_elems = came_buf.len() + adamw_buf.len();
+    let adamw = adamw_for::<P>(a);
+    let mut came_buf = vec![P::Compute::default(); if a.came { shape.state_len() } else { 0 }];
+    let mut adamw_buf = vec![P::default(); if adamw.is_some() { 2 * n } else { 0 }];
     // The floor streams the same arrays as a CAME step: the gradient, the momentum (the
     // first `numel` values of the CAME state, or a buffer of its own) and the parameters.
-    let mut floor_m = vec![T::zero(); if a.floor && !a.came { n } else { 0 }];
+    let mut floor_m = vec![P::Compute::default(); if a.floor && !a.came { n } else { 0 }];
+    let buffer_bytes = size_of_val(p.as_slice())
+        + size_of_val(g.as_slice())
+        + size_of_val(came_buf.as_slice())
+        + size_of_val(adamw_buf.as_slice())
+        + size_of_val(floor_m.as_slice());
     let mut came_state = CameState::new(&mut came_buf);
-    let mut adamw_state = AdamWState::new(&mut adamw_buf);
+    let mut adamw_steps = 0;
     // the cases share `p` and the CAME state, one at a time
     let shared = std::cell::RefCell::new((&mut p, &mut came_state));
     let g = &g;
@@ -331,35 +495,35 @@ fn run_shape<T: Float>(a: &Args, pool: &Pool) {
         pool.step(&came_config, &shape, p, g, st)
             .expect("came step");
     };
-    let mut adamw = || {
+    let mut adamw_case = |adamw: &AdamWSteps<P>| {
         let mut guard = shared.borrow_mut();
         let (p, _) = &mut *guard;
-        pool.adamw_step(&adamw_config, p, g, &mut adamw_state)
-            .expect("adamw step");
+        adamw_steps = (adamw.step)(pool, p, g, &mut adamw_buf, adamw_steps);
     };
+    let mut adamw_case = || adamw.iter().for_each(&mut adamw_case);
     let mut names = Vec::new();
     let mut cases: Vec<&mut dyn FnMut()> = Vec::new();
     if a.floor {
-        names.push(("floor", "floor_step"));
+        names.push(("floor", "floor_step", floor_bytes::<P>()));
         cases.push(&mut floor);
     }
     if a.came {
-        names.push(("came", "came_step"));
+        names.push(("came", "came_step", came_bytes::<P>()));
         cases.push(&mut came);
     }
-    if a.adamw {
-        names.push(("adamw", "adamw_step"));
-        cases.push(&mut adamw);
+    if adamw.is_some() {
+        names.push(("adamw", "adamw_step", adamw_bytes::<P>(false)));
+        cases.push(&mut adamw_case);
     }
     let timings = time_interleaved(a.steps, &mut cases);
     let mut results = Vec::new();
-    for ((key, kind), t) in names.iter().zip(&timings) {
-        print_case(kind, &what, dtype, pool.threads(), n, t);
+    for ((key, kind, bytes), t) in names.iter().zip(&timings) {
+        print_case(kind, &what, &storage, *bytes, pool.threads(), n, t);
         results.push((*key, t.median_ms));
     }
     print_ratios(&results);
     if let Some(rss) = peak_rss_mib() {
-        let needed = mib(2 * n + state_elems + floor_m.len(), size_of::<T>());
+        let needed = mib(buffer_bytes);
         println!(
             "memory {what} buffers_mib={needed:.1} peak_rss_mib={rss:.1} overhead_mib={:.1}",
             rss - needed
@@ -389,58 +553,70 @@ fn print_ratios(results: &[(&str, f64)]) {
 /// A tensor's parameters and gradient, as the owned optimizers take them.
 type Pair<'a, T> = (&'a mut [T], &'a [T]);
 
-fn run_model<T: Float>(a: &Args, pool: &Pool, name: &str) {
+/// The owned optimizer of `config` over the tensors `dims`, on the pool's threads, with the
+/// non-finite guard on (the default) or off.
+fn owned<P: Element, C: Steps<P, P>>(
+    config: C,
+    dims: &[Vec<usize>],
+    pool: &Pool,
+    guard: bool,
+) -> CpuOptimizer<P, C> {
+    let mut opt = CpuOptimizer::<P, C>::new(config).expect("config");
+    for (i, d) in dims.iter().enumerate() {
+        opt.register(&format!("t{i}"), d).expect("register");
+    }
+    opt.set_threads(pool.threads()).expect("threads");
+    opt.set_nonfinite_guard(guard);
+    opt
+}
+
+fn run_model<P: Storage>(a: &Args, pool: &Pool, name: &str)
+where
+    P::Compute: Storage,
+{
+    let storage = storage::<P>();
     let dims = gpt2_small();
     let shapes: Vec<Shape> = dims.iter().map(|d| Shape::new(d).expect("shape")).collect();
     let total: usize = shapes.iter().map(Shape::numel).sum();
     let what = format!("model={name}");
-    let mut params: Vec<Vec<T>> = shapes.iter().map(|s| vec![T::zero(); s.numel()]).collect();
-    let mut grads: Vec<Vec<T>> = params.clone();
+    let mut params: Vec<Vec<P>> = shapes
+        .iter()
+        .map(|s| vec![P::default(); s.numel()])
+        .collect();
+    let mut grads: Vec<Vec<P>> = params.clone();
     for (i, (p, g)) in params.iter_mut().zip(&mut grads).enumerate() {
         fill(p, 2 * i as u64 + 1, 0.02);
         fill(g, 2 * i as u64 + 2, 1e-3);
     }
     // the owned optimizers a trainer would use, with the non-finite guard on (the default)
     // and off, to measure what the guard costs
-    let came = |guard: bool| {
-        let mut opt = Came::<T>::new(CameConfig::new(1e-4)).expect("config");
-        for (i, d) in dims.iter().enumerate() {
-            opt.register(&format!("t{i}"), d).expect("register");
-        }
-        opt.set_threads(pool.threads()).expect("threads");
-        opt.set_nonfinite_guard(guard);
-        opt
-    };
-    let adamw = |guard: bool| {
-        let mut opt = AdamW::<T>::new(AdamWConfig::new(1e-4)).expect("config");
-        for (i, d) in dims.iter().enumerate() {
-            opt.register(&format!("t{i}"), d).expect("register");
-        }
-        opt.set_threads(pool.threads()).expect("threads");
-        opt.set_nonfinite_guard(guard);
-        opt
-    };
-    let mut came_opts = if a.came {
+    let mut came_opts: Vec<Came<P>> = if a.came {
+        let came = |guard| owned(CameConfig::new(1e-4), &dims, pool, guard);
         vec![came(true), came(false)]
     } else {
         vec![]
     };
-    let mut adamw_opts = if a.adamw {
-        vec![adamw(true), adamw(false)]
-    } else {
-        vec![]
+    let mut adamw_opts = match adamw_for::<P>(a) {
+        Some(adamw) => vec![
+            (adamw.model)(&dims, pool, true),
+            (adamw.model)(&dims, pool, false),
+        ],
+        None => vec![],
     };
     // the floor over the same number of elements, as one flat run of each array
     let floor_len = if a.floor { total } else { 0 };
-    let (mut fp, mut fm) = (vec![T::zero(); floor_len], vec![T::zero(); floor_len]);
-    let mut fg = vec![T::zero(); floor_len];
+    let (mut fp, mut fm) = (
+        vec![P::default(); floor_len],
+        vec![P::Compute::default(); floor_len],
+    );
+    let mut fg = vec![P::default(); floor_len];
     fill(&mut fg, 3, 1e-3);
     let chunk = total.div_ceil(pool.threads() * 4).max(4096);
     let fpool = floor_pool(pool.threads());
     let params = std::cell::RefCell::new(&mut params);
-    let step = |opt: &mut dyn FnMut(&mut [Pair<'_, T>])| {
+    let step = |opt: &mut dyn FnMut(&mut [Pair<'_, P>])| {
         let mut params = params.borrow_mut();
-        let mut pairs: Vec<Pair<'_, T>> = params
+        let mut pairs: Vec<Pair<'_, P>> = params
             .iter_mut()
             .zip(&grads)
             .map(|(p, g)| (p.as_mut_slice(), g.as_slice()))
@@ -453,12 +629,12 @@ fn run_model<T: Float>(a: &Args, pool: &Pool, name: &str) {
     let mut names = Vec::new();
     let mut cases: Vec<Box<dyn FnMut() + '_>> = Vec::new();
     if a.floor {
-        names.push(("floor", "floor_model"));
+        names.push(("floor", "floor_model", floor_bytes::<P>()));
         cases.push(Box::new(&mut floor));
     }
     let labels = [
-        ("came", "came_model"),
-        ("came_unguarded", "came_model_unguarded"),
+        ("came", "came_model", came_bytes::<P>()),
+        ("came_unguarded", "came_model_unguarded", came_bytes::<P>()),
     ];
     for (opt, label) in came_opts.iter_mut().zip(labels) {
         names.push(label);
@@ -469,16 +645,16 @@ fn run_model<T: Float>(a: &Args, pool: &Pool, name: &str) {
         }));
     }
     let labels = [
-        ("adamw", "adamw_model"),
-        ("adamw_unguarded", "adamw_model_unguarded"),
+        ("adamw", "adamw_model", adamw_bytes::<P>(true)),
+        (
+            "adamw_unguarded",
+            "adamw_model_unguarded",
+            adamw_bytes::<P>(false),
+        ),
     ];
     for (opt, label) in adamw_opts.iter_mut().zip(labels) {
         names.push(label);
-        cases.push(Box::new(move || {
-            step(&mut |p| {
-                opt.step(p).expect("adamw step");
-            });
-        }));
+        cases.push(Box::new(move || step(opt)));
     }
     let mut refs: Vec<&mut dyn FnMut()> = cases
         .iter_mut()
@@ -486,9 +662,10 @@ fn run_model<T: Float>(a: &Args, pool: &Pool, name: &str) {
         .collect();
     let timings = time_interleaved(a.steps, &mut refs);
     let mut results = Vec::new();
-    for ((key, kind), t) in names.iter().zip(&timings) {
+    for ((key, kind, bytes), t) in names.iter().zip(&timings) {
         println!(
-            "{kind} {what} threads={} tensors={} params={total} median_ms={:.3} min_ms={:.3}",
+            "{kind} {what} {storage} bytes_per_elem={bytes} threads={} tensors={} \
+             params={total} median_ms={:.3} min_ms={:.3}",
             pool.threads(),
             shapes.len(),
             t.median_ms,
@@ -508,8 +685,8 @@ fn main() {
             }
             eprintln!(
                 "usage: bench [--shape RxC|N|AxBxCxD | --model gpt2-small] [--threads N] \
-                 [--steps K] [--optimizer came|adamw|both] [--dtype f32|f64] [--no-floor] \
-                 [--device cpu|cuda]"
+                 [--steps K] [--optimizer came|adamw|both] [--dtype f32|f64|bf16|f16] \
+                 [--no-floor] [--device cpu|cuda]"
             );
             std::process::exit(2);
         }
@@ -524,18 +701,29 @@ fn main() {
             Some(m) => format!("model={m}"),
             None => format!("shape={}", shape_name(&args.shape)),
         };
-        if args.f64 {
-            gpu::run::<f64>(&dims, &what, args.steps, args.model.is_some());
-        } else {
-            gpu::run::<f32>(&dims, &what, args.steps, args.model.is_some());
+        match args.dtype {
+            Dtype::F64 => gpu::run::<f64>(&dims, &what, args.steps, args.model.is_some()),
+            Dtype::F32 => gpu::run::<f32>(&dims, &what, args.steps, args.model.is_some()),
+            Dtype::Bf16 | Dtype::F16 => unreachable!("refused by parse_args"),
         }
         return;
     }
     let pool = Pool::new(args.threads).expect("thread pool");
-    match (&args.model, args.f64) {
-        (Some(m), false) => run_model::<f32>(&args, &pool, m),
-        (Some(m), true) => run_model::<f64>(&args, &pool, m),
-        (None, false) => run_shape::<f32>(&args, &pool),
-        (None, true) => run_shape::<f64>(&args, &pool),
+    match args.dtype {
+        Dtype::F32 => run::<f32>(&args, &pool),
+        Dtype::F64 => run::<f64>(&args, &pool),
+        Dtype::Bf16 => run::<bf16>(&args, &pool),
+        Dtype::F16 => run::<f16>(&args, &pool),
+    }
+}
+
+/// The model or the shape the arguments name, over parameters and gradients in `P`.
+fn run<P: Storage>(a: &Args, pool: &Pool)
+where
+    P::Compute: Storage,
+{
+    match &a.model {
+        Some(m) => run_model::<P>(a, pool, m),
+        None => run_shape::<P>(a, pool),
     }
 }

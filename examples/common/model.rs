@@ -1,7 +1,8 @@
 //! A Bengio-style character-level MLP language model (Bengio et al. 2003) over flat `f32`
 //! buffers: the embeddings of the last `context` characters, concatenated, go through one
 //! `tanh` hidden layer to a softmax over the vocabulary. Forward and backward are written by
-//! hand; every buffer is allocated once, before training.
+//! hand; every buffer is allocated once, before training. (Parameters stored in another type
+//! are widened to `f32` by the trainer before they get here.)
 //!
 //! Tensors, in the order of the parameter buffer (weights are `inputs x outputs`):
 //!
@@ -12,6 +13,8 @@
 //! | `hidden.bias` | hidden | vector |
 //! | `output.weight` | hidden x vocab | factored |
 //! | `output.bias` | vocab | vector |
+
+use came::Element;
 
 use super::linalg::{matmul_acc, matmul_nt, matmul_tn_acc};
 use super::rng::Rng;
@@ -54,8 +57,8 @@ impl Config {
     }
 }
 
-/// Cuts a parameter (or gradient) buffer into the five tensors.
-pub fn split_mut<'a>(config: &Config, mut buf: &'a mut [f32]) -> [&'a mut [f32]; TENSORS] {
+/// Cuts a parameter (or gradient) buffer, of any element type, into the five tensors.
+pub fn split_mut<'a, T>(config: &Config, mut buf: &'a mut [T]) -> [&'a mut [T]; TENSORS] {
     config.lens().map(|len| {
         let (head, rest) = std::mem::take(&mut buf).split_at_mut(len);
         buf = rest;
@@ -64,7 +67,7 @@ pub fn split_mut<'a>(config: &Config, mut buf: &'a mut [f32]) -> [&'a mut [f32];
 }
 
 /// [`split_mut`] for shared buffers.
-pub fn split<'a>(config: &Config, mut buf: &'a [f32]) -> [&'a [f32]; TENSORS] {
+pub fn split<'a, T>(config: &Config, mut buf: &'a [T]) -> [&'a [T]; TENSORS] {
     config.lens().map(|len| {
         let (head, rest) = buf.split_at(len);
         buf = rest;
@@ -72,9 +75,10 @@ pub fn split<'a>(config: &Config, mut buf: &'a [f32]) -> [&'a [f32]; TENSORS] {
     })
 }
 
-/// Fresh parameters: embeddings N(0, 1), hidden weights scaled for `tanh` (gain 5/3 over
-/// sqrt(fan-in)), a small output layer (so the first loss is about ln(vocab)), zero biases.
-pub fn init(config: &Config, seed: u64) -> Vec<f32> {
+/// Fresh parameters stored in `P` (drawn in `f32`, then rounded to nearest in a 16-bit `P`):
+/// embeddings N(0, 1), hidden weights scaled for `tanh` (gain 5/3 over sqrt(fan-in)), a small
+/// output layer (so the first loss is about ln(vocab)), zero biases.
+pub fn init<P: Element<Compute = f32>>(config: &Config, seed: u64) -> Vec<P> {
     let mut rng = Rng::new(seed);
     let mut params = vec![0.0f32; config.numel()];
     let [emb, w1, _, w2, _] = split_mut(config, &mut params);
@@ -82,7 +86,7 @@ pub fn init(config: &Config, seed: u64) -> Vec<f32> {
     let scale = 5.0 / 3.0 / (config.inputs() as f32).sqrt();
     w1.iter_mut().for_each(|x| *x = rng.normal() * scale);
     w2.iter_mut().for_each(|x| *x = rng.normal() * 0.01);
-    params
+    params.into_iter().map(P::from_compute).collect()
 }
 
 /// Activations of up to `capacity` examples: one per thread, allocated once.

@@ -1,25 +1,46 @@
-//! CAME, AdamW and Adafactor for the model: the crate's owned optimizers with the model's five
-//! tensors registered, each driven by the trainer through the `came::Optimizer` trait, the way
-//! a trainer written once for every optimizer uses the crate.
+//! The optimizers for the model: the crate's owned ones with the model's five tensors
+//! registered, each driven by the trainer through the `came::Optimizer` trait, the way a trainer
+//! written once for every optimizer uses the crate.
 
 use came::adamw::AdamWConfig;
-use came::{AdamW, Came, CameConfig, Instability, Optimizer};
+use came::{AdamW, Came, CameConfig, Instability, Optimizer, Rounding};
+use half::bf16;
 
 use super::model::Config;
 
-/// The optimizers, by the names the example's flags and output use.
-pub const NAMES: [&str; 3] = ["came", "adamw", "adafactor"];
+/// The optimizers, by the names the example's flags and output use: CAME, AdamW, Adafactor
+/// (`f32` weights), then CAME with the weights stored in bf16, rounded to nearest (`-rn`) or
+/// stochastically (`-sr`).
+pub const NAMES: [&str; 5] = [
+    "came",
+    "adamw",
+    "adafactor",
+    "came-bf16w-rn",
+    "came-bf16w-sr",
+];
 
 /// CAME with the reference's defaults but `beta3` and the start of the instability
 /// statistics, no weight decay.
 pub fn came(config: &Config, beta3: f64, instability: Instability) -> Came<f32> {
-    let came = came_config(beta3).with_instability(instability);
+    registered(Came::new(came_config(beta3, instability)), config)
+}
+
+/// [`came`] over weights stored in bf16 (the master copy; `f32` gradients and state), the
+/// updated weights rounded as `rounding` says.
+pub fn came_bf16_weights(
+    config: &Config,
+    beta3: f64,
+    instability: Instability,
+    rounding: Rounding,
+) -> Came<bf16, f32> {
+    let came = came_config(beta3, instability).with_rounding(rounding);
     registered(Came::new(came), config)
 }
 
 /// CAME's step without the confidence term: the paper's Adafactor baseline (with momentum).
 pub fn adafactor(config: &Config, beta3: f64) -> Came<f32> {
-    registered(Came::new(came_config(beta3).with_confidence(false)), config)
+    let adafactor = came_config(beta3, Instability::Reference).with_confidence(false);
+    registered(Came::new(adafactor), config)
 }
 
 /// AdamW with `torch.optim.AdamW`'s defaults (weight decay 0.01).
@@ -27,11 +48,10 @@ pub fn adamw(config: &Config) -> AdamW<f32> {
     registered(AdamW::new(AdamWConfig::default()), config)
 }
 
-fn came_config(beta3: f64) -> CameConfig {
-    CameConfig {
-        betas: (0.9, 0.999, beta3),
-        ..CameConfig::default()
-    }
+fn came_config(beta3: f64, instability: Instability) -> CameConfig {
+    CameConfig::default()
+        .with_betas(0.9, 0.999, beta3)
+        .with_instability(instability)
 }
 
 /// The optimizer with the model's tensors registered, in the order of the parameter buffer.

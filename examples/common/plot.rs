@@ -11,7 +11,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 pub struct Curve {
     /// The optimizer, as the legend names it ("CAME").
     pub label: String,
-    /// What the legend adds to its validation entry (its optimizer state).
+    /// What the legend says after the label (its optimizer state and weights).
     pub note: String,
     /// Its colour, an index into the palette (the optimizer's place in the list of all of
     /// them, so that an optimizer has the same colour whichever ran).
@@ -29,10 +29,12 @@ pub struct Panel<'a> {
 }
 
 /// The palette `Curve::colour` indexes (cyclically).
-const COLOURS: [RGBColor; 3] = [
+const COLOURS: [RGBColor; 5] = [
     RGBColor(214, 39, 40),
     RGBColor(31, 119, 180),
     RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
 ];
 
 /// Opacity of the training curves.
@@ -40,16 +42,26 @@ const PALE: f64 = 0.4;
 const GREY: RGBColor = RGBColor(110, 110, 110);
 const FONT: &str = "sans-serif";
 
+/// Width of the image, height of the title and of the four plots under it.
+const WIDTH: u32 = 1200;
+const TITLE_HEIGHT: u32 = 40;
+const PLOTS_HEIGHT: u32 = 730;
+/// Height of a legend row (an optimizer, the baseline) and of a line of the note under them,
+/// and the margin under the note.
+const ROW: u32 = 24;
+const NOTE_LINE: u32 = 20;
+const BOTTOM: u32 = 30;
+
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 /// Writes `title` over two columns (pretraining, fine-tuning). The upper row has validation
 /// loss as solid lines ending in a dot, training loss as thin pale lines and the unigram
 /// baseline dashed; the lower row magnifies the validation loss over the second half of each
-/// phase and prints each curve's last value. Under them one legend for both columns: the
-/// optimizers with their `Curve::note` (from the first panel), `val_note` (what the validation
-/// loss is measured on) and `baseline` (what the dashed line is, with its values). Losses are
-/// in nats per character.
+/// phase and prints each curve's last value. Under them one legend for both columns, as tall as
+/// it needs: the optimizers with their `Curve::note` (from the first panel), `baseline` (what
+/// the dashed line is, with its values) and `val_note` (what the validation loss is measured
+/// on). Losses are in nats per character.
 pub fn write_svg(
     path: &Path,
     title: &str,
@@ -57,13 +69,16 @@ pub fn write_svg(
     baseline: &str,
     panels: [Panel<'_>; 2],
 ) -> Result {
-    let root = SVGBackend::new(path, (1200, 940)).into_drawing_area();
+    let legend_rows = panels[0].curves.len() + 2; // the optimizers, the line styles, the baseline
+    let legend_height = ROW * legend_rows as u32 + NOTE_LINE * val_note.lines().count() as u32;
+    let height = TITLE_HEIGHT + PLOTS_HEIGHT + legend_height + BOTTOM;
+    let root = SVGBackend::new(path, (WIDTH, height)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(title, (FONT, 20))?;
-    let (plots, legend) = root.split_vertically(730);
+    let (plots, legend) = root.split_vertically(PLOTS_HEIGHT);
     let (full, zoom) = plots.split_vertically(410);
-    let (full_left, full_right) = full.split_horizontally(600);
-    let (zoom_left, zoom_right) = zoom.split_horizontally(600);
+    let (full_left, full_right) = full.split_horizontally(WIDTH / 2);
+    let (zoom_left, zoom_right) = zoom.split_horizontally(WIDTH / 2);
     for ((full, zoom), panel) in [(full_left, zoom_left), (full_right, zoom_right)]
         .iter()
         .zip(&panels)
@@ -255,11 +270,14 @@ fn mesh<'a>(
     Ok(())
 }
 
-/// One row per optimizer (validation, then training), and the baseline.
+/// One row per optimizer (its validation and training line, its label and note), a row saying
+/// which line is which, the baseline, and the note.
 fn draw_legend(area: &Area<'_>, curves: &[Curve], val_note: &str, baseline: &str) -> Result {
     let text = |s: &str, x: i32, y: i32| Text::new(s.to_string(), (x, y), (FONT, 15).into_font());
-    let (x0, x1, sample) = (84, 660, 28);
-    let row = |i: usize| 12 + 24 * i as i32;
+    let (x0, sample, gap) = (84, 28, 10);
+    let x1 = x0 + sample + gap; // the training line's sample
+    let x_text = x1 + sample + gap;
+    let row = |i: usize| 12 + ROW as i32 * i as i32;
     for (i, (curve, colour)) in curves.iter().map(|c| (c, colour(c))).enumerate() {
         let y = row(i);
         area.draw(&PathElement::new(
@@ -267,36 +285,35 @@ fn draw_legend(area: &Area<'_>, curves: &[Curve], val_note: &str, baseline: &str
             colour.stroke_width(2),
         ))?;
         area.draw(&Circle::new((x0 + sample, y + 8), 4, colour.filled()))?;
-        area.draw(&text(
-            &format!("{} validation ({})", curve.label, curve.note),
-            x0 + sample + 10,
-            y,
-        ))?;
         area.draw(&PathElement::new(
             [(x1, y + 8), (x1 + sample, y + 8)],
             colour.mix(PALE).stroke_width(2),
         ))?;
         area.draw(&text(
-            &format!(
-                "{} training (batches since the previous point)",
-                curve.label
-            ),
-            x1 + sample + 10,
+            &format!("{}: {}", curve.label, curve.note),
+            x_text,
             y,
         ))?;
     }
     let y = row(curves.len());
+    area.draw(&text(
+        "bold: validation loss; pale: training loss, the mean of the batches since the previous \
+         point",
+        x0,
+        y,
+    ))?;
+    let y = row(curves.len() + 1);
     area.draw(&DashedPathElement::new(
-        [(x0, y + 8), (x0 + sample, y + 8)],
+        [(x0, y + 8), (x1 + sample, y + 8)],
         8,
         5,
         GREY.stroke_width(2),
     ))?;
-    area.draw(&text(baseline, x0 + sample + 10, y))?;
+    area.draw(&text(baseline, x_text, y))?;
     for (i, line) in val_note.lines().enumerate() {
         area.draw(&Text::new(
             line.to_string(),
-            (x0, row(curves.len() + 1) + 6 + 20 * i as i32),
+            (x0, row(curves.len() + 2) + 6 + NOTE_LINE as i32 * i as i32),
             (FONT, 14).into_font().color(&BLACK.mix(0.75)),
         ))?;
     }

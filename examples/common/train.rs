@@ -1,10 +1,17 @@
 //! The training loop: batches of random positions, the gradient computed in parallel over
 //! shards of the batch, a warmup-then-cosine learning-rate schedule, progress points whose
 //! validation loss is, by default, the same whole-validation-text measure as the final loss.
+//!
+//! The parameters are stored in any [`Element`] computed in `f32` (`f32`, `half::bf16`,
+//! `half::f16`): that buffer is the master copy the optimizer steps. Forward and backward
+//! always compute in `f32`, from the parameters themselves when they are `f32` and otherwise
+//! from a working copy widened (exactly) from the master copy before every use, as a trainer
+//! with 16-bit weights does; the gradients are `f32` either way.
 
+use std::any::TypeId;
 use std::time::Instant;
 
-use came::Optimizer;
+use came::{Element, Optimizer};
 
 use super::data::Split;
 use super::model::{self, Config, TENSORS, Workspace};
@@ -72,6 +79,19 @@ pub struct Trainer {
     workspaces: Vec<Workspace>,
     grads: Vec<Vec<f32>>,
     positions: Vec<usize>,
+    /// The `f32` working copy of parameters stored in a 16-bit type (empty for `f32` ones).
+    widened: Vec<f32>,
+}
+
+/// The parameters as forward and backward read them: `f32` parameters as they are, any other
+/// type widened into `widened` (exact for the 16-bit types).
+fn as_f32<'a, P: Element<Compute = f32>>(params: &'a [P], widened: &'a mut Vec<f32>) -> &'a [f32] {
+    if TypeId::of::<P>() == TypeId::of::<f32>() {
+        return bytemuck::cast_slice(params);
+    }
+    widened.clear();
+    widened.extend(params.iter().map(|p| p.to_compute()));
+    widened
 }
 
 impl Trainer {
@@ -85,12 +105,28 @@ impl Trainer {
                 .collect(),
             grads: (0..threads).map(|_| vec![0.0; config.numel()]).collect(),
             positions: Vec::with_capacity(batch),
+            widened: Vec::new(),
         }
     }
 
     /// Mean loss of the examples at `positions`, and (with `grad`) its gradient in
-    /// `self.grads[0]`. Each thread takes a contiguous shard of the positions.
-    fn run(&mut self, params: &[f32], data: &[u8], positions: &[usize], grad: bool) -> f64 {
+    /// `self.grads[0]`, computed in `f32` from `params` (widened if they are not `f32`).
+    fn run<P: Element<Compute = f32>>(
+        &mut self,
+        params: &[P],
+        data: &[u8],
+        positions: &[usize],
+        grad: bool,
+    ) -> f64 {
+        let mut widened = std::mem::take(&mut self.widened);
+        let loss = self.run_f32(as_f32(params, &mut widened), data, positions, grad);
+        self.widened = widened;
+        loss
+    }
+
+    /// [`Trainer::run`] on `f32` parameters. Each thread takes a contiguous shard of the
+    /// positions.
+    fn run_f32(&mut self, params: &[f32], data: &[u8], positions: &[usize], grad: bool) -> f64 {
         let threads = self.workspaces.len();
         let shard = positions.len().div_ceil(threads).max(1);
         let scale = 1.0 / positions.len() as f32;
@@ -136,26 +172,36 @@ impl Trainer {
     }
 
     /// Mean validation loss over the given positions.
-    pub fn eval(&mut self, params: &[f32], data: &[u8], positions: &[usize]) -> f64 {
+    pub fn eval<P: Element<Compute = f32>>(
+        &mut self,
+        params: &[P],
+        data: &[u8],
+        positions: &[usize],
+    ) -> f64 {
         self.run(params, data, positions, false)
     }
 
-    /// Steps the model's tensors in `params` with the gradient in `self.grads[0]`.
-    fn step<O: Optimizer<Param = [f32], Grad = [f32]>>(&self, params: &mut [f32], opt: &mut O) {
+    /// Steps the model's tensors in `params` (the master copy) with the gradient in
+    /// `self.grads[0]`.
+    fn step<P: Element, O: Optimizer<Param = [P], Grad = [f32]>>(
+        &self,
+        params: &mut [P],
+        opt: &mut O,
+    ) {
         let grads = model::split(&self.config, &self.grads[0]);
         let mut tensors = model::split_mut(&self.config, params)
             .into_iter()
             .zip(grads);
-        let mut pairs: [(&mut [f32], &[f32]); TENSORS] =
+        let mut pairs: [(&mut [P], &[f32]); TENSORS] =
             std::array::from_fn(|_| tensors.next().expect("five tensors"));
         opt.step(&mut pairs).expect("finite gradients and state");
     }
 
-    /// Trains `params` with `opt` (the model's tensors registered in order) for one phase on
-    /// `split`; calls `progress` at every point.
-    pub fn phase<O: Optimizer<Param = [f32], Grad = [f32]>>(
+    /// Trains `params` (stored in `P`, stepped there by `opt`, which has the model's tensors
+    /// registered in order) for one phase on `split`; calls `progress` at every point.
+    pub fn phase<P: Element<Compute = f32>, O: Optimizer<Param = [P], Grad = [f32]>>(
         &mut self,
-        params: &mut [f32],
+        params: &mut [P],
         opt: &mut O,
         split: &Split,
         phase: &Phase,
