@@ -33,7 +33,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use came::{Element, Instability, Optimizer, Rounding};
+use came::{Code8, Element, Instability, Momentum, Optimizer, Rounding};
 use common::data::{Corpus, FINETUNE, PRETRAIN};
 use common::model::{self, Config};
 use common::optim::{self as optim, NAMES};
@@ -58,8 +58,11 @@ Options (defaults in brackets):
   --instability S        CAME's instability statistics: reference (zeros, uncorrected, as
                          came-pytorch) or bias-corrected [reference]
   --optimizers LIST      comma-separated subset of came,adamw,adafactor,came-bf16w-rn,
-                         came-bf16w-sr, run in the order given (each one's batch order
-                         follows from --seed and its place in the list) [all]
+                         came-bf16w-sr,came-bf16m,came-q8, run in the order given (each
+                         one's batch order follows from --seed and its place in the list)
+                         [all]
+  --code8 S              the 8-bit code of came-q8: absmax or minmax, blocks of 256
+                         [absmax]
   --context N            characters the model sees [16]
   --embed N              embedding width [24]
   --hidden N             hidden units [512]
@@ -85,6 +88,7 @@ struct Args {
     finetune_lr: f64,
     beta3: f64,
     instability: Instability,
+    code8: Code8,
     optimizers: Vec<&'static str>,
     model: Config,
     threads: usize,
@@ -108,6 +112,7 @@ impl Args {
             finetune_lr: 0.3,
             beta3: 0.999,
             instability: Instability::Reference,
+            code8: Code8::Absmax,
             optimizers: NAMES.to_vec(),
             model: Config {
                 vocab: 0,
@@ -158,6 +163,13 @@ impl Args {
                         _ => return Err(bad(&"reference or bias-corrected")),
                     }
                 }
+                "--code8" => {
+                    a.code8 = match value.as_str() {
+                        "absmax" => Code8::Absmax,
+                        "minmax" => Code8::MinMax,
+                        _ => return Err(bad(&"absmax or minmax")),
+                    }
+                }
                 "--optimizers" => {
                     a.optimizers = value
                         .split(',')
@@ -186,10 +198,18 @@ impl Args {
         Ok(a)
     }
 
+    /// The 8-bit momentum of `came-q8`.
+    fn momentum8(&self) -> Momentum {
+        Momentum::Int8 {
+            code: self.code8,
+            block: 256,
+        }
+    }
+
     /// The optimizer's peak learning rate: CAME's for CAME over weights of any type.
     fn lr(&self, name: &str) -> f64 {
         match name {
-            "came" | "came-bf16w-rn" | "came-bf16w-sr" => self.lr_came,
+            "came" | "came-bf16w-rn" | "came-bf16w-sr" | "came-bf16m" | "came-q8" => self.lr_came,
             "adamw" => self.lr_adamw,
             "adafactor" => self.lr_adafactor,
             _ => unreachable!("a known optimizer"),
@@ -353,6 +373,13 @@ fn main() {
             "came-bf16w-sr" => train(t, c, a, p, i, name, || {
                 let rounding = Rounding::Stochastic { seed: a.seed };
                 optim::came_bf16_weights(&config, a.beta3, a.instability, rounding)
+            }),
+            "came-bf16m" => train(t, c, a, p, i, name, || {
+                optim::came_momentum(&config, a.beta3, a.instability, Momentum::Bf16)
+            }),
+            "came-q8" => train(t, c, a, p, i, name, || {
+                let q8 = a.momentum8();
+                optim::came_momentum(&config, a.beta3, a.instability, q8)
             }),
             _ => unreachable!("--optimizers takes known names only"),
         });
@@ -568,6 +595,8 @@ fn display_name(name: &str) -> &'static str {
         "adafactor" => "Adafactor",
         "came-bf16w-rn" => "CAME, bf16 weights, round to nearest",
         "came-bf16w-sr" => "CAME, bf16 weights, stochastic rounding",
+        "came-bf16m" => "CAME, bf16 momentum",
+        "came-q8" => "CAME, 8-bit momentum",
         _ => unreachable!("a known optimizer"),
     }
 }
@@ -590,6 +619,17 @@ fn setting(args: &Args, name: &str) -> String {
             setting(args, "came"),
             args.seed
         ),
+        "came-bf16m" => format!("{}, bf16 momentum", setting(args, "came")),
+        "came-q8" => {
+            let code = match args.code8 {
+                Code8::MinMax => "min-max",
+                _ => "absmax",
+            };
+            format!(
+                "{}, 8-bit momentum ({code}, blocks of 256)",
+                setting(args, "came")
+            )
+        }
         _ => format!("{} ({lr})", display_name(name)),
     }
 }

@@ -90,9 +90,9 @@ pub(crate) fn gradient_error<G: Element>(grad: &[G]) -> Error {
 /// (the statistics of a batch of small matrices are as long as its data).
 const CHECK_CHUNK: usize = 256;
 
-/// Whether every value is finite.
-pub(crate) fn all_finite<T: Float>(values: &[T]) -> bool {
-    let finite = |ok, v: &T| ok & v.is_finite();
+/// Whether every value is finite (in its compute type: any [`Element`]).
+pub(crate) fn all_finite<E: Element>(values: &[E]) -> bool {
+    let finite = |ok, v: &E| ok & num_traits::Float::is_finite(v.to_compute());
     values
         .chunks(CHECK_CHUNK)
         .all(|c| c.iter().fold(true, finite))

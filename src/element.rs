@@ -244,14 +244,14 @@ macro_rules! half_precision {
 /// bfloat16 widened to `f32`: its bits are the upper half of the `f32`'s (NaNs stay NaNs).
 /// Branch-free, so that the sweeps' per-lane loops vectorise.
 #[inline(always)]
-fn bf16_to_f32(x: bf16) -> f32 {
+pub(crate) fn bf16_to_f32(x: bf16) -> f32 {
     f32::from_bits(u32::from(x.to_bits()) << 16)
 }
 
 /// `f32` rounded to bfloat16, to nearest, ties to even: the value `half` gives
 /// (`bf16::from_f32`), computed branch-free so that the sweeps' per-lane loops vectorise.
 #[inline(always)]
-fn f32_to_bf16(x: f32) -> bf16 {
+pub(crate) fn f32_to_bf16(x: f32) -> bf16 {
     let b = x.to_bits();
     let rounded = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16;
     // a NaN keeps its upper bits with the quiet bit set, as `half` does

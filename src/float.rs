@@ -173,6 +173,11 @@ pub trait Float:
     #[doc(hidden)]
     #[must_use]
     fn to_bf16(self) -> half::bf16;
+
+    /// Widens a bfloat16 (exact).
+    #[doc(hidden)]
+    #[must_use]
+    fn from_bf16(x: half::bf16) -> Self;
 }
 
 impl Float for f32 {
@@ -190,7 +195,12 @@ impl Float for f32 {
 
     #[inline(always)]
     fn to_bf16(self) -> half::bf16 {
-        half::bf16::from_f32(self)
+        crate::element::f32_to_bf16(self)
+    }
+
+    #[inline(always)]
+    fn from_bf16(x: half::bf16) -> Self {
+        crate::element::bf16_to_f32(x)
     }
 }
 
@@ -210,5 +220,10 @@ impl Float for f64 {
     #[inline(always)]
     fn to_bf16(self) -> half::bf16 {
         half::bf16::from_f64(self)
+    }
+
+    #[inline(always)]
+    fn from_bf16(x: half::bf16) -> Self {
+        x.to_f64()
     }
 }

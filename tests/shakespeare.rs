@@ -8,7 +8,7 @@
 #[path = "../examples/common/mod.rs"]
 mod common;
 
-use came::{Element, Instability, Layout, Optimizer, Rounding, Shape};
+use came::{Element, Instability, Layout, Momentum, Optimizer, Rounding, Shape};
 use common::data::{Corpus, Split};
 use common::model::{self, Config, Workspace};
 use common::optim::{self as optim, NAMES};
@@ -100,6 +100,15 @@ fn a_short_run_beats_the_unigram_baseline_with_every_optimizer() {
             "came-bf16w-sr" => {
                 let rounding = Rounding::Stochastic { seed: 1 };
                 short_run(t, split, &phase, bf16_weights(rounding))
+            }
+            "came-bf16m" | "came-q8" => {
+                let momentum = if name == "came-q8" {
+                    Momentum::INT8
+                } else {
+                    Momentum::Bf16
+                };
+                let opt = optim::came_momentum(&config, 0.9999, reference, momentum);
+                short_run(t, split, &phase, opt)
             }
             _ => unreachable!(),
         };

@@ -8,6 +8,8 @@
 //! Options: `--shape RxC | N | AxBxCxD` (default 4096x4096), `--model gpt2-small`,
 //! `--threads N` (default 1), `--steps K` timed steps after one warm-up (default 9),
 //! `--optimizer came|adamw|both` (default both), `--dtype f32|f64|bf16|f16` (default f32),
+//! `--momentum f32|bf16|q8` (default f32: CAME's momentum in the compute type; `bf16` or
+//! block-wise 8 bits, `Momentum::INT8`, for the tensors the rule of `came::momentum` picks),
 //! `--no-floor` to skip the floor, `--device cuda` (with `--features cuda`; f32 or f64) to time
 //! the GPU optimizer instead, with the achieved memory bandwidth at 32 bytes per element.
 //!
@@ -15,7 +17,9 @@
 //! statistics) is kept in the type the update is computed in: `f32` for `f32`, `bf16` and `f16`
 //! (`Came::<half::bf16>`, `came::step::<half::bf16, half::bf16>`), `f64` for `f64`. AdamW stores
 //! everything in `f32` or `f64` only: with `bf16` or `f16` it is skipped (said on stderr), and
-//! `--optimizer adamw` is refused.
+//! `--optimizer adamw` is refused. With a 16-bit dtype or a packed momentum, an `f32` AdamW
+//! step over `f32` copies of the data runs beside (`adamw_f32_step`), the baseline of the
+//! memory and speed targets.
 //!
 //! One line per measured case, with the storage and the bytes one element of the step moves
 //! through memory (`bytes_per_elem`; `gb_per_s` is that times `melem_per_s`):
@@ -45,7 +49,7 @@ mod gpu;
 
 use came::adamw::{AdamWConfig, AdamWState};
 use came::optim::{CpuOptimizer, Steps};
-use came::{Came, CameConfig, CameState, Element, Float, Optimizer, Pool, Shape};
+use came::{Came, CameConfig, CameState, Element, Float, Momentum, Optimizer, Pool, Shape};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -124,22 +128,28 @@ fn adamw_model<T: Float>(dims: &[Vec<usize>], pool: &Pool, guard: bool) -> Model
     })
 }
 
-/// `dtype=bf16 momentum=f32`: where parameters and gradients, and the state, are stored.
-fn storage<P: Storage>() -> String
+/// `dtype=bf16 momentum=q8`: where parameters and gradients, and the momentum, are stored.
+fn storage<P: Storage>(momentum: Momentum) -> String
 where
     P::Compute: Storage,
 {
-    format!(
-        "dtype={} momentum={}",
-        P::NAME,
-        <P::Compute as Storage>::NAME
-    )
+    let m = match momentum {
+        Momentum::Bf16 => "bf16",
+        Momentum::Int8 { .. } => "q8",
+        _ => <P::Compute as Storage>::NAME,
+    };
+    format!("dtype={} momentum={m}", P::NAME)
 }
 
 /// Bytes a CAME step moves per element: `g` read twice, `m` read, written and read again, `p`
-/// read and written.
-fn came_bytes<P: Element>() -> usize {
-    4 * size_of::<P>() + 3 * size_of::<P::Compute>()
+/// read and written (8-bit momentum: a byte and its share of a 4-byte scale per 256).
+fn came_bytes<P: Element>(momentum: Momentum) -> f64 {
+    let m = match momentum {
+        Momentum::Bf16 => 2.0,
+        Momentum::Int8 { block, .. } => 1.0 + 4.0 / f64::from(block),
+        _ => size_of::<P::Compute>() as f64,
+    };
+    (4 * size_of::<P>()) as f64 + 3.0 * m
 }
 
 /// Bytes an AdamW step moves per element: `p`, `m` and `v` read and written, `g` read, and read
@@ -163,6 +173,7 @@ struct Args {
     adamw: bool,
     floor: bool,
     dtype: Dtype,
+    momentum: Momentum,
     cuda: bool,
 }
 
@@ -176,6 +187,7 @@ fn parse_args() -> Result<Args, String> {
         adamw: true,
         floor: true,
         dtype: Dtype::F32,
+        momentum: Momentum::Full,
         cuda: false,
     };
     let mut it = std::env::args().skip(1);
@@ -202,6 +214,12 @@ fn parse_args() -> Result<Args, String> {
                 "f16" => a.dtype = Dtype::F16,
                 d => return Err(format!("--dtype: f32, f64, bf16 or f16, not {d}")),
             },
+            "--momentum" => match value()?.as_str() {
+                "f32" | "full" => a.momentum = Momentum::Full,
+                "bf16" => a.momentum = Momentum::Bf16,
+                "q8" => a.momentum = Momentum::INT8,
+                m => return Err(format!("--momentum: f32, bf16 or q8, not {m}")),
+            },
             "--no-floor" => a.floor = false,
             "--device" => match value()?.as_str() {
                 "cpu" => a.cuda = false,
@@ -220,8 +238,8 @@ fn parse_args() -> Result<Args, String> {
     if !wide && a.adamw && !a.came {
         return Err("--optimizer adamw: AdamW stores parameters in f32 or f64 only".into());
     }
-    if !wide && a.cuda {
-        return Err("--device cuda: f32 or f64 only".into());
+    if (!wide || a.momentum != Momentum::Full) && a.cuda {
+        return Err("--device cuda: f32 or f64, f32 momentum only".into());
     }
     Ok(a)
 }
@@ -417,7 +435,7 @@ fn print_case(
     kind: &str,
     what: &str,
     storage: &str,
-    bytes: usize,
+    bytes: f64,
     threads: usize,
     elems: usize,
     t: &Timing,
@@ -428,7 +446,7 @@ fn print_case(
          min_ms={:.4} melem_per_s={melem_per_s:.1} gb_per_s={:.1}",
         t.median_ms,
         t.min_ms,
-        melem_per_s * bytes as f64 / 1e3
+        melem_per_s * bytes / 1e3
     );
 }
 
@@ -448,8 +466,10 @@ fn run_shape<P: Storage>(a: &Args, pool: &Pool)
 where
     P::Compute: Storage,
 {
-    let storage = storage::<P>();
-    let shape = Shape::new(&a.shape).expect("shape");
+    let storage = storage::<P>(a.momentum);
+    let shape = Shape::new(&a.shape)
+        .and_then(|s| s.with_momentum(a.momentum))
+        .expect("shape");
     let n = shape.numel();
     let what = format!("shape={}", shape_name(&a.shape));
     let mut p = vec![P::default(); n];
@@ -459,17 +479,23 @@ where
     let chunk = n.div_ceil(pool.threads() * 4).max(4096);
     let fpool = floor_pool(pool.threads());
     let came_config = CameConfig::new(1e-4);
-    let adamw = adamw_for::<P>(a);
+    let packed = a.momentum != Momentum::Full;
+    let adamw = adamw_for::<P>(a).filter(|_| !packed);
     let mut came_buf = vec![P::Compute::default(); if a.came { shape.state_len() } else { 0 }];
     let mut adamw_buf = vec![P::default(); if adamw.is_some() { 2 * n } else { 0 }];
     // The floor streams the same arrays as a CAME step: the gradient, the momentum (the
     // first `numel` values of the CAME state, or a buffer of its own) and the parameters.
-    let mut floor_m = vec![P::Compute::default(); if a.floor && !a.came { n } else { 0 }];
+    let mut floor_m =
+        vec![P::Compute::default(); if a.floor && (!a.came || packed) { n } else { 0 }];
+    // the f32 AdamW baseline beside 16-bit or packed CAME: its own f32 data
+    let baseline = a.adamw && (adamw.is_none() || packed);
+    let mut base = vec![0.0f32; if baseline { 4 * n } else { 0 }];
     let buffer_bytes = size_of_val(p.as_slice())
         + size_of_val(g.as_slice())
         + size_of_val(came_buf.as_slice())
         + size_of_val(adamw_buf.as_slice())
-        + size_of_val(floor_m.as_slice());
+        + size_of_val(floor_m.as_slice())
+        + size_of_val(base.as_slice());
     let mut came_state = CameState::new(&mut came_buf);
     let mut adamw_steps = 0;
     // the cases share `p` and the CAME state, one at a time
@@ -501,24 +527,45 @@ where
         adamw_steps = (adamw.step)(pool, p, g, &mut adamw_buf, adamw_steps);
     };
     let mut adamw_case = || adamw.iter().for_each(&mut adamw_case);
+    let mut base_steps = 0;
+    if baseline {
+        let (p32, rest) = base.split_at_mut(n);
+        let (g32, _) = rest.split_at_mut(n);
+        fill(p32, 1, 1.0);
+        fill(g32, 2, 1e-2);
+    }
+    let mut adamw_f32 = || {
+        let (p32, rest) = base.split_at_mut(n);
+        let (g32, state) = rest.split_at_mut(n);
+        base_steps = adamw_step::<f32>(pool, p32, g32, state, base_steps);
+    };
     let mut names = Vec::new();
     let mut cases: Vec<&mut dyn FnMut()> = Vec::new();
     if a.floor {
-        names.push(("floor", "floor_step", floor_bytes::<P>()));
+        names.push(("floor", "floor_step", floor_bytes::<P>() as f64));
         cases.push(&mut floor);
     }
     if a.came {
-        names.push(("came", "came_step", came_bytes::<P>()));
+        names.push(("came", "came_step", came_bytes::<P>(a.momentum)));
         cases.push(&mut came);
     }
     if adamw.is_some() {
-        names.push(("adamw", "adamw_step", adamw_bytes::<P>(false)));
+        names.push(("adamw", "adamw_step", adamw_bytes::<P>(false) as f64));
         cases.push(&mut adamw_case);
+    }
+    if baseline {
+        names.push(("adamw", "adamw_f32_step", adamw_bytes::<f32>(false) as f64));
+        cases.push(&mut adamw_f32);
     }
     let timings = time_interleaved(a.steps, &mut cases);
     let mut results = Vec::new();
     for ((key, kind, bytes), t) in names.iter().zip(&timings) {
-        print_case(kind, &what, &storage, *bytes, pool.threads(), n, t);
+        let storage = if *kind == "adamw_f32_step" {
+            "dtype=f32 momentum=f32"
+        } else {
+            &storage
+        };
+        print_case(kind, &what, storage, *bytes, pool.threads(), n, t);
         results.push((*key, t.median_ms));
     }
     print_ratios(&results);
@@ -561,7 +608,17 @@ fn owned<P: Element, C: Steps<P, P>>(
     pool: &Pool,
     guard: bool,
 ) -> CpuOptimizer<P, C> {
-    let mut opt = CpuOptimizer::<P, C>::new(config).expect("config");
+    let opt = CpuOptimizer::<P, C>::new(config).expect("config");
+    registered(opt, dims, pool, guard)
+}
+
+/// `opt` with the tensors `dims` registered, on the pool's threads, the guard on or off.
+fn registered<P: Element, C: Steps<P, P>>(
+    mut opt: CpuOptimizer<P, C>,
+    dims: &[Vec<usize>],
+    pool: &Pool,
+    guard: bool,
+) -> CpuOptimizer<P, C> {
     for (i, d) in dims.iter().enumerate() {
         opt.register(&format!("t{i}"), d).expect("register");
     }
@@ -574,7 +631,7 @@ fn run_model<P: Storage>(a: &Args, pool: &Pool, name: &str)
 where
     P::Compute: Storage,
 {
-    let storage = storage::<P>();
+    let storage = storage::<P>(a.momentum);
     let dims = gpt2_small();
     let shapes: Vec<Shape> = dims.iter().map(|d| Shape::new(d).expect("shape")).collect();
     let total: usize = shapes.iter().map(Shape::numel).sum();
@@ -591,7 +648,11 @@ where
     // the owned optimizers a trainer would use, with the non-finite guard on (the default)
     // and off, to measure what the guard costs
     let mut came_opts: Vec<Came<P>> = if a.came {
-        let came = |guard| owned(CameConfig::new(1e-4), &dims, pool, guard);
+        let came = |guard| {
+            let mut opt = Came::<P>::new(CameConfig::new(1e-4)).expect("config");
+            opt.set_momentum(a.momentum).expect("momentum");
+            registered(opt, &dims, pool, guard)
+        };
         vec![came(true), came(false)]
     } else {
         vec![]
@@ -629,12 +690,16 @@ where
     let mut names = Vec::new();
     let mut cases: Vec<Box<dyn FnMut() + '_>> = Vec::new();
     if a.floor {
-        names.push(("floor", "floor_model", floor_bytes::<P>()));
+        names.push(("floor", "floor_model", floor_bytes::<P>() as f64));
         cases.push(Box::new(&mut floor));
     }
     let labels = [
-        ("came", "came_model", came_bytes::<P>()),
-        ("came_unguarded", "came_model_unguarded", came_bytes::<P>()),
+        ("came", "came_model", came_bytes::<P>(a.momentum)),
+        (
+            "came_unguarded",
+            "came_model_unguarded",
+            came_bytes::<P>(a.momentum),
+        ),
     ];
     for (opt, label) in came_opts.iter_mut().zip(labels) {
         names.push(label);
@@ -645,11 +710,11 @@ where
         }));
     }
     let labels = [
-        ("adamw", "adamw_model", adamw_bytes::<P>(true)),
+        ("adamw", "adamw_model", adamw_bytes::<P>(true) as f64),
         (
             "adamw_unguarded",
             "adamw_model_unguarded",
-            adamw_bytes::<P>(false),
+            adamw_bytes::<P>(false) as f64,
         ),
     ];
     for (opt, label) in adamw_opts.iter_mut().zip(labels) {
@@ -686,7 +751,7 @@ fn main() {
             eprintln!(
                 "usage: bench [--shape RxC|N|AxBxCxD | --model gpt2-small] [--threads N] \
                  [--steps K] [--optimizer came|adamw|both] [--dtype f32|f64|bf16|f16] \
-                 [--no-floor] [--device cpu|cuda]"
+                 [--momentum f32|bf16|q8] [--no-floor] [--device cpu|cuda]"
             );
             std::process::exit(2);
         }

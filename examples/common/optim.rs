@@ -3,20 +3,23 @@
 //! written once for every optimizer uses the crate.
 
 use came::adamw::AdamWConfig;
-use came::{AdamW, Came, CameConfig, Instability, Optimizer, Rounding};
+use came::{AdamW, Came, CameConfig, Instability, Momentum, Optimizer, Rounding};
 use half::bf16;
 
 use super::model::Config;
 
 /// The optimizers, by the names the example's flags and output use: CAME, AdamW, Adafactor
 /// (`f32` weights), then CAME with the weights stored in bf16, rounded to nearest (`-rn`) or
-/// stochastically (`-sr`).
-pub const NAMES: [&str; 5] = [
+/// stochastically (`-sr`), then CAME with its momentum stored in bf16 (`-bf16m`) or in 8 bits
+/// (`-q8`).
+pub const NAMES: [&str; 7] = [
     "came",
     "adamw",
     "adafactor",
     "came-bf16w-rn",
     "came-bf16w-sr",
+    "came-bf16m",
+    "came-q8",
 ];
 
 /// CAME with the reference's defaults but `beta3` and the start of the instability
@@ -35,6 +38,20 @@ pub fn came_bf16_weights(
 ) -> Came<bf16, f32> {
     let came = came_config(beta3, instability).with_rounding(rounding);
     registered(Came::new(came), config)
+}
+
+/// [`came`] with the momentum of the large matrices stored as `momentum` (the rule of
+/// `came::momentum`: here the hidden layer's 384 x 512 and the output's 512 x 76).
+pub fn came_momentum(
+    config: &Config,
+    beta3: f64,
+    instability: Instability,
+    momentum: Momentum,
+) -> Came<f32> {
+    let mut came = Came::new(came_config(beta3, instability)).expect("a valid config");
+    came.set_momentum(momentum)
+        .expect("a valid momentum format");
+    registered(Ok(came), config)
 }
 
 /// CAME's step without the confidence term: the paper's Adafactor baseline (with momentum).

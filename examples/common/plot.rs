@@ -29,12 +29,14 @@ pub struct Panel<'a> {
 }
 
 /// The palette `Curve::colour` indexes (cyclically).
-const COLOURS: [RGBColor; 5] = [
+const COLOURS: [RGBColor; 7] = [
     RGBColor(214, 39, 40),
     RGBColor(31, 119, 180),
     RGBColor(44, 160, 44),
     RGBColor(255, 127, 14),
     RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(23, 190, 207),
 ];
 
 /// Opacity of the training curves.

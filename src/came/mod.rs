@@ -28,6 +28,7 @@ mod vector;
 
 use formula::Clip;
 
+use crate::check::all_finite;
 use crate::config::Coefficients;
 use crate::element::Element;
 use crate::error::Buffer;
@@ -200,13 +201,14 @@ fn check_range<P: Element>(param: &[P]) -> Result<(), Error> {
     if !P::ROUNDS {
         return Ok(());
     }
-    match param
+    if all_finite(param) {
+        return Ok(());
+    }
+    let index = param
         .iter()
         .position(|p| !num_traits::Float::is_finite(p.to_compute()))
-    {
-        Some(index) => Err(Error::ParameterOverflow { index }),
-        None => Ok(()),
-    }
+        .unwrap_or_default();
+    Err(Error::ParameterOverflow { index })
 }
 
 /// [`Error::LengthMismatch`] unless the parameter and the gradient have `numel` elements.

@@ -144,7 +144,7 @@ impl<T: Float> Moments<'_, T> {
             Moments::Full(m) => out.copy_from_slice(&m[start..start + out.len()]),
             Moments::Bf16(m) => {
                 for (x, v) in out.iter_mut().zip(&m[start..]) {
-                    *x = T::from_f64(v.to_f64());
+                    *x = T::from_bf16(*v);
                 }
             }
             Moments::Int8 {
