@@ -11,6 +11,11 @@
 //! The crate is `no_std` and never allocates: parameters, gradients and state are slices the
 //! trainer owns, shapes are explicit, and a step needs no memory beyond the state buffer.
 //!
+//! Parameters and gradients may be stored in `f32`, `f64`, `half::bf16` or `half::f16`
+//! ([`Element`]; the 16-bit types are computed in `f32` and rounded to nearest as the reference
+//! does, or stochastically, [`Rounding`]), and the momentum of large matrices in bf16 or
+//! block-wise 8 bits ([`Momentum`], [`momentum`]).
+//!
 //! ```
 //! use came::{CameConfig, CameState, Shape};
 //!
