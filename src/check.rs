@@ -2,10 +2,11 @@
 
 use core::marker::PhantomData;
 
+use crate::Element;
 use crate::came::formula;
-use crate::element::{Element, lanes};
 use crate::exec::LaneKernel;
 use crate::exec::simd::{self, Ops, Scalar};
+use crate::float::lanes;
 use crate::{Error, Float};
 
 /// Checks a gradient for NaN and infinities, cheaply (one vectorised read).

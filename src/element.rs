@@ -1,97 +1,18 @@
-//! The types parameters, gradients and momentum are stored in: `f32`, `f64`, and the 16-bit
-//! `half::bf16` and `half::f16`, each computed in a [`Float`] (16-bit values in `f32`).
+//! The storage types' conversions ([`Element`] is defined in `float.rs`, beside [`crate::Float`],
+//! the type the update is computed in): `f32`, `f64`, and the 16-bit `half::bf16` and
+//! `half::f16`, each computed in a `Float` (16-bit values in `f32`).
 //!
 //! A 16-bit value widens to `f32` exactly; an `f32` result is written back rounded to nearest,
 //! ties to even (what `half` and PyTorch do), or, for parameters and when asked for, rounded
-//! stochastically ([`round_stochastic`]). The sweeps load and store whole vectors through
-//! [`sealed::ElementImpl`]: a plain vector load for `f32` and `f64`, a widening of the vector's
-//! elements for the 16-bit types, all in registers.
-
-use core::fmt::Debug;
+//! stochastically ([`round_stochastic`], with the counter-based [`random_bits`]). The sweeps load
+//! and store whole vectors through `Element`'s hidden methods: a plain vector load for `f32` and
+//! `f64`, a widening of the vector's elements for the 16-bit types, all in registers.
 
 use half::{bf16, f16};
 use pulp::Simd;
 
-use crate::Float;
-use crate::exec::simd::V;
-
-/// Most lanes of a vector of any instruction set the kernels run on.
-const MAX_LANES: usize = 16;
-
-/// The number of `T` in a vector of `S`.
-#[inline(always)]
-pub(crate) const fn lanes<S: Simd, T: Float>() -> usize {
-    size_of::<V<S, T>>() / size_of::<T>()
-}
-
-pub(crate) mod sealed {
-    /// Only this crate's storage types are [`super::Element`]s.
-    pub trait Sealed {}
-    impl Sealed for f32 {}
-    impl Sealed for f64 {}
-    impl Sealed for half::bf16 {}
-    impl Sealed for half::f16 {}
-}
-
-/// A type tensors are stored in: `f32`, `f64`, [`half::bf16`] or [`half::f16`].
-///
-/// All arithmetic runs in [`Element::Compute`] (`f32` for the 16-bit types): a value widens to
-/// it exactly when loaded and is rounded back once when stored. The trait is sealed.
-pub trait Element:
-    sealed::Sealed + Copy + Default + PartialEq + Send + Sync + Debug + bytemuck::Pod + 'static
-{
-    /// The float type the update is computed in.
-    type Compute: Float;
-
-    /// The type's name as PyTorch and the reference files spell it (`"float32"`,
-    /// `"float64"`, `"bfloat16"`, `"float16"`).
-    const DTYPE: &'static str;
-
-    /// Whether values are rounded when written back (a 16-bit type). Their range is narrower
-    /// than the compute type's too (`f16` up to 65504, bf16 up to 3.39e38), so a finite
-    /// result can round to an infinity ([`crate::Error::ParameterOverflow`]).
-    const ROUNDS: bool;
-
-    /// Widens to the compute type (exact).
-    fn to_compute(self) -> Self::Compute;
-
-    /// Rounds from the compute type, to nearest, ties to even.
-    fn from_compute(x: Self::Compute) -> Self;
-
-    /// Whole vectors of a slice, ready to load: the vectors themselves for `f32` and `f64`,
-    /// the elements for the 16-bit types.
-    #[doc(hidden)]
-    type Vectors<'a, S: Simd>: Copy
-    where
-        Self: 'a;
-
-    /// The whole vectors of `whole` (a multiple of the vector's lanes long).
-    #[doc(hidden)]
-    fn vectors<S: Simd>(whole: &[Self]) -> Self::Vectors<'_, S>;
-
-    /// Vector `i` of `v`, widened.
-    #[doc(hidden)]
-    fn at<S: Simd>(v: Self::Vectors<'_, S>, i: usize) -> V<S, Self::Compute>;
-
-    /// The `i`-th whole vector of `row`, widened.
-    #[doc(hidden)]
-    fn load<S: Simd>(row: &[Self], i: usize) -> V<S, Self::Compute>;
-
-    /// Writes `v` over the `i`-th whole vector of `row`, rounded to nearest.
-    #[doc(hidden)]
-    fn store<S: Simd>(row: &mut [Self], i: usize, v: V<S, Self::Compute>);
-
-    /// `v` rounded to `Self` (to nearest) and widened back.
-    #[doc(hidden)]
-    fn round_vec<S: Simd>(v: V<S, Self::Compute>) -> V<S, Self::Compute>;
-
-    /// `x` rounded to one of its two neighbours in `Self`, up with probability equal to its
-    /// distance from the lower one (in units of the gap), the uniform random `bits` deciding;
-    /// `x` itself where it is representable (full-precision types always). See
-    /// [`round_stochastic`].
-    #[doc(hidden)]
-    fn round_stochastic(x: Self::Compute, bits: u32) -> Self;
-}
+use crate::Element;
+use crate::float::{MAX_LANES, Vector as V, bf16_to_f32, f32_to_bf16, lanes};
 
 macro_rules! full_precision {
     ($t:ty, $name:literal) => {
@@ -239,25 +160,6 @@ macro_rules! half_precision {
             }
         }
     };
-}
-
-/// bfloat16 widened to `f32`: its bits are the upper half of the `f32`'s (NaNs stay NaNs).
-/// Branch-free, so that the sweeps' per-lane loops vectorise.
-#[inline(always)]
-pub(crate) fn bf16_to_f32(x: bf16) -> f32 {
-    f32::from_bits(u32::from(x.to_bits()) << 16)
-}
-
-/// `f32` rounded to bfloat16, to nearest, ties to even: the value `half` gives
-/// (`bf16::from_f32`), computed branch-free so that the sweeps' per-lane loops vectorise.
-#[inline(always)]
-pub(crate) fn f32_to_bf16(x: f32) -> bf16 {
-    let b = x.to_bits();
-    let rounded = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16;
-    // a NaN keeps its upper bits with the quiet bit set, as `half` does
-    let nan = (b & 0x7FFF_FFFF) > 0x7F80_0000;
-    let bits = if nan { (b >> 16) | 0x40 } else { rounded };
-    bf16::from_bits(bits as u16)
 }
 
 use crate::float::sealed::Sealed as _;

@@ -1,7 +1,10 @@
-//! The sealed float trait the optimizer is generic over, with the SIMD operations the kernels
-//! use on it.
+//! The sealed traits of the types the optimizer computes in ([`Float`]: `f32`, `f64`, with the
+//! SIMD operations the kernels use on them) and stores tensors in ([`Element`]: those two and
+//! the 16-bit `half::bf16`, `half::f16`; their conversions are in `element.rs`).
 
 use core::fmt::{Debug, Display};
+
+use half::bf16;
 
 use pulp::Simd;
 
@@ -138,6 +141,106 @@ simd_ops!(
     reduce_sum_f64s
 );
 
+/// A vector of `T` under `S` (the kernels' `V<S, T>`).
+pub(crate) type Vector<S, T> = <T as sealed::Sealed>::V<S>;
+
+/// Most lanes of a vector of any instruction set the kernels run on.
+pub(crate) const MAX_LANES: usize = 16;
+
+/// The number of `T` in a vector of `S`.
+#[inline(always)]
+pub(crate) const fn lanes<S: Simd, T: Float>() -> usize {
+    size_of::<Vector<S, T>>() / size_of::<T>()
+}
+
+pub(crate) mod element_sealed {
+    /// Only this crate's storage types are [`super::Element`]s.
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+    impl Sealed for half::bf16 {}
+    impl Sealed for half::f16 {}
+}
+
+/// A type tensors are stored in: `f32`, `f64`, [`half::bf16`] or [`half::f16`].
+///
+/// All arithmetic runs in [`Element::Compute`] (`f32` for the 16-bit types): a value widens to
+/// it exactly when loaded and is rounded back once when stored. The trait is sealed.
+pub trait Element:
+    element_sealed::Sealed + Copy + Default + PartialEq + Send + Sync + Debug + bytemuck::Pod + 'static
+{
+    /// The float type the update is computed in.
+    type Compute: Float;
+
+    /// The type's name as PyTorch and the reference files spell it (`"float32"`,
+    /// `"float64"`, `"bfloat16"`, `"float16"`).
+    const DTYPE: &'static str;
+
+    /// Whether values are rounded when written back (a 16-bit type). Their range is narrower
+    /// than the compute type's too (`f16` up to 65504, bf16 up to 3.39e38), so a finite
+    /// result can round to an infinity ([`crate::Error::ParameterOverflow`]).
+    const ROUNDS: bool;
+
+    /// Widens to the compute type (exact).
+    fn to_compute(self) -> Self::Compute;
+
+    /// Rounds from the compute type, to nearest, ties to even.
+    fn from_compute(x: Self::Compute) -> Self;
+
+    /// Whole vectors of a slice, ready to load: the vectors themselves for `f32` and `f64`,
+    /// the elements for the 16-bit types.
+    #[doc(hidden)]
+    type Vectors<'a, S: Simd>: Copy
+    where
+        Self: 'a;
+
+    /// The whole vectors of `whole` (a multiple of the vector's lanes long).
+    #[doc(hidden)]
+    fn vectors<S: Simd>(whole: &[Self]) -> Self::Vectors<'_, S>;
+
+    /// Vector `i` of `v`, widened.
+    #[doc(hidden)]
+    fn at<S: Simd>(v: Self::Vectors<'_, S>, i: usize) -> Vector<S, Self::Compute>;
+
+    /// The `i`-th whole vector of `row`, widened.
+    #[doc(hidden)]
+    fn load<S: Simd>(row: &[Self], i: usize) -> Vector<S, Self::Compute>;
+
+    /// Writes `v` over the `i`-th whole vector of `row`, rounded to nearest.
+    #[doc(hidden)]
+    fn store<S: Simd>(row: &mut [Self], i: usize, v: Vector<S, Self::Compute>);
+
+    /// `v` rounded to `Self` (to nearest) and widened back.
+    #[doc(hidden)]
+    fn round_vec<S: Simd>(v: Vector<S, Self::Compute>) -> Vector<S, Self::Compute>;
+
+    /// `x` rounded to one of its two neighbours in `Self`, up with probability equal to its
+    /// distance from the lower one (in units of the gap), the uniform random `bits` deciding;
+    /// `x` itself where it is representable (full-precision types always). See
+    /// `came::round_stochastic`.
+    #[doc(hidden)]
+    fn round_stochastic(x: Self::Compute, bits: u32) -> Self;
+}
+
+/// bfloat16 widened to `f32`: its bits are the upper half of the `f32`'s (NaNs stay NaNs).
+/// Branch-free, so that the sweeps' per-lane loops vectorise.
+#[inline(always)]
+pub(crate) fn bf16_to_f32(x: bf16) -> f32 {
+    f32::from_bits(u32::from(x.to_bits()) << 16)
+}
+
+/// `f32` rounded to bfloat16, to nearest, ties to even: the value `half` gives
+/// (`bf16::from_f32`), computed branch-free so that the sweeps' per-lane loops vectorise.
+#[inline(always)]
+pub(crate) fn f32_to_bf16(x: f32) -> bf16 {
+    let b = x.to_bits();
+    let rounded = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16;
+    // a NaN keeps its upper bits with the quiet bit set, as `half` does
+    let nan = (b & 0x7FFF_FFFF) > 0x7F80_0000;
+    let bits = if nan { (b >> 16) | 0x40 } else { rounded };
+    bf16::from_bits(bits as u16)
+}
+
 /// A floating-point element type the optimizer runs on: `f32` or `f64`.
 ///
 /// The trait is sealed: the kernels rely on IEEE-754 binary32/binary64 semantics, and the
@@ -147,7 +250,7 @@ simd_ops!(
 /// it; both are correctly rounded.
 pub trait Float:
     sealed::Sealed<V<pulp::Scalar> = Self>
-    + crate::Element<Compute = Self>
+    + Element<Compute = Self>
     + num_traits::Float
     + Copy
     + Default
@@ -195,12 +298,12 @@ impl Float for f32 {
 
     #[inline(always)]
     fn to_bf16(self) -> half::bf16 {
-        crate::element::f32_to_bf16(self)
+        f32_to_bf16(self)
     }
 
     #[inline(always)]
     fn from_bf16(x: half::bf16) -> Self {
-        crate::element::bf16_to_f32(x)
+        bf16_to_f32(x)
     }
 }
 

@@ -92,10 +92,11 @@ pub use came::multi::{TensorStep, step_all};
 pub use came::{StepInfo, step};
 pub use check::check_gradient;
 pub use config::{CameConfig, Instability, Rounding};
-pub use element::{Element, round_stochastic};
+pub use element::round_stochastic;
 pub use error::{Buffer, Error, TensorError};
 #[cfg(feature = "std")]
 pub use exec::pool::Pool;
+pub use float::Element;
 pub use float::Float;
 pub use layout::{
     FACTORED_KEYS, Layout, Piece, PieceDims, PieceType, SCALE_KEY, StateLayout, VECTOR_KEYS,

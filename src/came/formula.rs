@@ -29,9 +29,9 @@
 
 use pulp::Simd;
 
+use crate::Element;
 use crate::Float;
 use crate::config::Coefficients;
-use crate::element::Element;
 use crate::exec::simd::{Ops, Scalar, V};
 
 /// The step's coefficients as vectors of `S`, splatted once per sweep.

@@ -28,9 +28,9 @@ mod vector;
 
 use formula::Clip;
 
+use crate::Element;
 use crate::check::all_finite;
 use crate::config::Coefficients;
-use crate::element::Element;
 use crate::error::Buffer;
 use crate::exec::{Executor, Serial};
 use crate::state::check_len;

@@ -1,7 +1,7 @@
 //! Stepping several borrowed tensors at once, all or nothing.
 
 use super::{check_tensor_lens, finish, prepare};
-use crate::element::Element;
+use crate::Element;
 use crate::exec::{Executor, Serial, all_or_nothing};
 use crate::state::check_len;
 use crate::{CameConfig, CameState, Shape, TensorError};

@@ -11,11 +11,10 @@ use half::bf16;
 use pulp::Simd;
 
 use super::formula::average;
-use super::rows::Factors;
-use super::sweeps::{apply_rows, momentum_rows};
+use super::sweeps::{Factors, apply_rows, momentum_rows};
+use crate::Element;
 use crate::Float;
 use crate::config::Coefficients;
-use crate::element::Element;
 use crate::exec::lanes::lane_range;
 use crate::exec::simd::Ops;
 use crate::momentum::{Code8, MAX_BLOCK, decode, encode};

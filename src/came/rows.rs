@@ -12,10 +12,12 @@ use super::formula::{self, average, row_mean, rsqrt};
 use super::packed::{self, Moments};
 use super::small::{self, SMALL_COLS};
 use super::sum::{BLOCK_ROWS, ColSums};
-use super::sweeps::{GROUP, apply_rows, col_sq_terms, momentum_rows, row_sq_sum, rows, rows_mut};
+use super::sweeps::{
+    Factors, GROUP, apply_rows, col_sq_terms, momentum_rows, row_sq_sum, rows, rows_mut,
+};
+use crate::Element;
 use crate::Float;
 use crate::config::Coefficients;
-use crate::element::Element;
 use crate::exec::simd::{Ops, Scalar};
 
 /// How many of `rows` rows of `cols` elements are walked `GROUP` at a time (the rest one at a
@@ -101,14 +103,6 @@ fn sq_stats_by<S: Simd, T: Float, G: Element<Compute = T>, const R: usize>(
         let w: [T; R] = core::array::from_fn(|r| T::one() / next[r]);
         col_sq_terms::<S, T, G, R>(o, g, k.eps1, w, (&mut *sums, &mut *weighted));
     }
-}
-
-/// The row factors, the column factors and the clip divisor of the update.
-#[derive(Clone, Copy)]
-pub(super) struct Factors<'a, T> {
-    pub(super) rf: &'a [T],
-    pub(super) cf: &'a [T],
-    pub(super) d: T,
 }
 
 /// Sweep 2 on some rows: their momentum and instability, `next` row statistics, column terms

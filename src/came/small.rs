@@ -11,9 +11,10 @@
 //! the whole step about 86 per element (it was 180 with a division per row and column).
 
 use super::formula::{self, average, norm_from_quotients, scalar, sq_term, square};
+use crate::Element;
 use crate::Float;
 use crate::config::Coefficients;
-use crate::element::{Element, random_bits};
+use crate::element::random_bits;
 
 /// Rows of fewer elements take these loops, without the vector set-up per row.
 pub(crate) const SMALL_COLS: usize = 16;

@@ -17,10 +17,20 @@ use pulp::Simd;
 
 use super::formula::{self, Consts};
 use super::sum::{self, Kahan, ROW_BLOCK};
+use crate::Element;
 use crate::Float;
 use crate::config::Coefficients;
-use crate::element::{Element, lanes, random_bits};
+use crate::element::random_bits;
 use crate::exec::simd::{Ops, Scalar, V};
+use crate::float::lanes;
+
+/// The row factors, the column factors and the clip divisor of the update.
+#[derive(Clone, Copy)]
+pub(crate) struct Factors<'a, T> {
+    pub(crate) rf: &'a [T],
+    pub(crate) cf: &'a [T],
+    pub(crate) d: T,
+}
 
 /// Rows walked side by side.
 pub(crate) const GROUP: usize = 4;

@@ -10,9 +10,9 @@ use pulp::Simd;
 
 use super::formula::Clip;
 use super::sweeps::{vector_apply, vector_sq_block};
+use crate::Element;
 use crate::check::{all_finite, gradient_error, valid_statistics};
 use crate::config::Coefficients;
-use crate::element::Element;
 use crate::exec::lanes::{LaneItems, lane_range, split, split_mut};
 use crate::exec::simd::Ops;
 use crate::exec::{Executor, LaneKernel};

@@ -9,9 +9,9 @@
 use rayon::prelude::*;
 
 use super::{Executor, LaneKernel, simd};
+use crate::Element;
 use crate::adamw::{self, AdamWConfig, AdamWState};
 use crate::came::multi::step_all_on;
-use crate::element::Element;
 use crate::{CameConfig, CameState, Error, Float, Shape, StepInfo, TensorError, TensorStep};
 
 /// Runs lanes and tensors on the rayon pool the caller is installed in.

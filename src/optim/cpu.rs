@@ -10,8 +10,8 @@ use super::rule::sealed::StepsImpl;
 use super::{
     CheckpointError, GroupId, Optimizer, OptimizerError, StepReport, TensorId, TensorInfo,
 };
+use crate::Element;
 use crate::adamw::AdamWConfig;
-use crate::element::Element;
 use crate::exec::all_or_nothing_pairs;
 use crate::exec::pool::on_pool;
 use crate::{CameConfig, Momentum, Pool};

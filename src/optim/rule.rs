@@ -2,10 +2,10 @@
 
 use serde_json::{Value, json};
 
+use crate::Element;
 use crate::adamw::{self, AdamWConfig};
 use crate::came::formula::Clip;
 use crate::came::{finish, prepare};
-use crate::element::Element;
 use crate::exec::Executor;
 use crate::{CameConfig, Error, Float, Instability, Layout, Rounding, Shape, StateLayout};
 

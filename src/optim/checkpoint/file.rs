@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::CheckpointError;
 use half::{bf16, f16};
 
-use crate::element::Element;
+use crate::Element;
 
 /// The safetensors dtype of `E`.
 pub(super) fn dtype_of<E: Element>() -> Dtype {

@@ -31,7 +31,7 @@ use file::{
 
 use super::cpu::CpuOptimizer;
 use super::rule::Steps;
-use crate::element::Element;
+use crate::Element;
 use crate::{FACTORED_KEYS, PieceType, SCALE_KEY};
 
 fn json_string(v: &Value) -> String {
