@@ -7,6 +7,8 @@
 //! and written once per sweep, with 2 bytes (bf16) or 1 byte and a scale per block (8 bits) of
 //! momentum per element instead of 4.
 
+use core::ops::Range;
+
 use half::bf16;
 use pulp::Simd;
 
@@ -76,8 +78,9 @@ impl<T> Moments<'_, T> {
                 block,
             } => {
                 let (ca, cb) = codes.split_at_mut(n);
-                let per_row = cols.div_ceil(block) * code.width();
-                let (sa, sb) = scales.split_at_mut(rows * per_row);
+                // the scales of the first `rows` rows end where row `rows`'s begin
+                let end = scale_range(code, block, cols, (rows, 0)).start;
+                let (sa, sb) = scales.split_at_mut(end);
                 let head = Moments::Int8 {
                     codes: ca,
                     scales: sa,
@@ -152,14 +155,8 @@ impl<T: Float> Moments<'_, T> {
                 code,
                 block,
             } => {
-                let w = code.width();
-                let s = (r * cols.div_ceil(*block) + b) * w;
-                decode(
-                    *code,
-                    &codes[start..start + out.len()],
-                    &scales[s..s + w],
-                    out,
-                );
+                let s = scale_range(*code, *block, cols, (r, b));
+                decode(*code, &codes[start..start + out.len()], &scales[s], out);
             }
         }
     }
@@ -181,10 +178,9 @@ impl<T: Float> Moments<'_, T> {
                 code,
                 block,
             } => {
-                let w = code.width();
-                let s = (r * cols.div_ceil(*block) + b) * w;
+                let s = scale_range(*code, *block, cols, (r, b));
                 let codes = &mut codes[start..start + values.len()];
-                encode(*code, values, codes, &mut scales[s..s + w]);
+                encode(*code, values, codes, &mut scales[s]);
             }
         }
     }
@@ -196,6 +192,14 @@ impl<T: Float> Moments<'_, T> {
             _ => BF16_BLOCK,
         }
     }
+}
+
+/// Where the scales of block `b` of row `r` (of `cols`) are among a tensor's scales.
+#[inline(always)]
+fn scale_range(code: Code8, block: usize, cols: usize, (r, b): (usize, usize)) -> Range<usize> {
+    let w = code.width();
+    let start = (r * cols.div_ceil(block) + b) * w;
+    start..start + w
 }
 
 /// Sweep 2 of some whole rows with packed momentum: each row's momentum and instability sum,

@@ -177,14 +177,21 @@ impl Bytes {
     /// A tensor of `dtype` from its values' bytes in this machine's order (written
     /// little-endian, as safetensors stores them).
     pub(super) fn raw(dtype: Dtype, shape: Vec<usize>, native: &[u8]) -> Self {
-        let mut data = native.to_vec();
-        if cfg!(target_endian = "big") {
-            for v in data.chunks_exact_mut(dtype.bitsize() / 8) {
-                v.reverse();
-            }
-        }
+        let data = swap_to_little_endian(dtype, native);
         Self { dtype, shape, data }
     }
+}
+
+/// Values of `dtype` as bytes in this machine's order turned into little-endian ones, or back
+/// (the same swap both ways; nothing to do on a little-endian machine).
+pub(super) fn swap_to_little_endian(dtype: Dtype, bytes: &[u8]) -> Vec<u8> {
+    let mut data = bytes.to_vec();
+    if cfg!(target_endian = "big") {
+        for v in data.chunks_exact_mut(dtype.bitsize() / 8) {
+            v.reverse();
+        }
+    }
+    data
 }
 
 impl View for &Bytes {

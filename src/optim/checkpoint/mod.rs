@@ -21,12 +21,13 @@ use std::string::{String, ToString};
 use std::vec;
 use std::vec::Vec;
 
-use safetensors::tensor::{Dtype, SafeTensors};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde_json::Value;
 
 pub use error::CheckpointError;
 use file::{
-    Bytes, canonical, check_complete, decode, dtype_label, dtype_of, widen, widens_to, write_atomic,
+    Bytes, canonical, check_complete, decode, dtype_label, dtype_of, swap_to_little_endian, widen,
+    widens_to, write_atomic,
 };
 
 use super::cpu::CpuOptimizer;
@@ -485,61 +486,30 @@ fn read_packed(
     file: &SafeTensors<'_>,
     (key, dtype): (&str, Dtype),
     dims: &[usize],
-    (index, name): (usize, &str),
+    owner: (usize, &str),
 ) -> Result<Vec<u8>, CheckpointError> {
-    let view = file
-        .tensor(key)
-        .map_err(|_| CheckpointError::MissingKey(key.to_string()))?;
-    if view.dtype() != dtype {
-        return Err(CheckpointError::WrongDtype {
-            key: key.to_string(),
-            expected: if dtype == Dtype::U8 { "U8" } else { "BF16" },
-            found: dtype_name(view.dtype()),
-        });
-    }
-    if view.shape() != dims {
-        return Err(CheckpointError::ShapeMismatch {
-            index,
-            name: name.to_string(),
-            key: key.to_string(),
-            optimizer: dims.to_vec(),
-            file: view.shape().to_vec(),
-        });
-    }
-    let width = dtype.bitsize() / 8;
-    if view.data().len() != dims.iter().product::<usize>() * width {
-        return Err(CheckpointError::Format(format!(
-            "{key}: data length does not match its shape"
-        )));
-    }
-    let mut bytes = view.data().to_vec();
-    if cfg!(target_endian = "big") {
-        for v in bytes.chunks_exact_mut(width) {
-            v.reverse();
-        }
-    }
-    Ok(bytes)
+    let expected = if dtype == Dtype::U8 { "U8" } else { "BF16" };
+    let view = checked_view(file, key, dims, owner, (|d| d == dtype, expected))?;
+    Ok(swap_to_little_endian(dtype, view.data()))
 }
 
-/// The values of tensor `key`, which belongs to registered tensor `(index, name)`.
-///
-/// A tensor stored in another dtype is converted where every value of the file's dtype is one
-/// of `E` (bf16 or f16 into f32 or f64, f32 into f64), and refused otherwise
-/// ([`CheckpointError::WrongDtype`]): nothing is ever rounded on load.
-fn read_tensor<E: Element>(
-    file: &SafeTensors<'_>,
+/// Tensor `key`, which belongs to registered tensor `(index, name)`, once its dtype is one
+/// `accepts` takes ([`CheckpointError::WrongDtype`] naming `expected` otherwise) and its shape is
+/// `dims`, with data of that length.
+fn checked_view<'f>(
+    file: &SafeTensors<'f>,
     key: &str,
     dims: &[usize],
     (index, name): (usize, &str),
-) -> Result<Vec<E>, CheckpointError> {
+    (accepts, expected): (impl Fn(Dtype) -> bool, &'static str),
+) -> Result<TensorView<'f>, CheckpointError> {
     let view = file
         .tensor(key)
         .map_err(|_| CheckpointError::MissingKey(key.to_string()))?;
-    let widens = widens_to::<E>(view.dtype());
-    if view.dtype() != dtype_of::<E>() && !widens {
+    if !accepts(view.dtype()) {
         return Err(CheckpointError::WrongDtype {
             key: key.to_string(),
-            expected: dtype_label::<E>(),
+            expected,
             found: dtype_name(view.dtype()),
         });
     }
@@ -558,6 +528,23 @@ fn read_tensor<E: Element>(
             "{key}: data length does not match its shape"
         )));
     }
+    Ok(view)
+}
+
+/// The values of tensor `key`, which belongs to registered tensor `(index, name)`.
+///
+/// A tensor stored in another dtype is converted where every value of the file's dtype is one
+/// of `E` (bf16 or f16 into f32 or f64, f32 into f64), and refused otherwise
+/// ([`CheckpointError::WrongDtype`]): nothing is ever rounded on load.
+fn read_tensor<E: Element>(
+    file: &SafeTensors<'_>,
+    key: &str,
+    dims: &[usize],
+    owner: (usize, &str),
+) -> Result<Vec<E>, CheckpointError> {
+    let accepts = |d| d == dtype_of::<E>() || widens_to::<E>(d);
+    let view = checked_view(file, key, dims, owner, (accepts, dtype_label::<E>()))?;
+    let widens = widens_to::<E>(view.dtype());
     Ok(if widens {
         widen(view.dtype(), view.data())
     } else {
