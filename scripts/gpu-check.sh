@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The GPU checks in one go, for a machine with an NVIDIA GPU:
-#   - the parity tests (every reference trajectory on the GPU, GPU against the CPU kernels on
-#     large odd shapes, determinism, the on-device guard);
-#   - the bench on the GPU: 4096 x 4096, 8192 x 8192 and a GPT-2 small step, with the achieved
-#     memory bandwidth at 32 bytes per element beside a device-to-device copy of as many bytes;
+#   - the parity tests (every reference trajectory on the GPU, the 16-bit ones of lowp/ among
+#     them; GPU against the CPU kernels on large odd shapes; bf16, f16 and mixed parameters and
+#     gradients against the CPU bit for bit where no sum depends on its order, rounded to
+#     nearest and stochastically; 16-bit overflow and refused momentum formats; determinism,
+#     the on-device guard) and the NVRTC compile of every kernel instantiation;
+#   - the bench on the GPU (f32): 4096 x 4096, 8192 x 8192 and a GPT-2 small step, with the
+#     achieved memory bandwidth at 32 bytes per element beside a device-to-device copy of as many
+#     bytes;
 #   - came-pytorch and torch's fused AdamW on the same GPU and shapes, where PyTorch is installed.
 #
 #   scripts/gpu-check.sh                      # builds with cargo (--features cuda)

@@ -1,12 +1,13 @@
-//! The `#[repr(C)]` structs the kernels read, field for field as `came.cu` declares them, and
-//! the sizes both sides agree on.
+//! The element types of the GPU path ([`CudaElement`], [`CudaFloat`]), the `#[repr(C)]` structs
+//! the kernels read, field for field as `came.cu` declares them, and the sizes both sides agree
+//! on.
 // Offsets and sizes go to the device as `long long`; device memory is far below 2^63 elements.
 #![allow(clippy::cast_possible_wrap)]
 
 use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
 
 use crate::config::Coefficients;
-use crate::{CameConfig, Float};
+use crate::{CameConfig, Element, Float, Rounding};
 
 /// Rows of a tile (`TILE_R` in `came.cu`).
 pub(super) const TILE_R: usize = 64;
@@ -22,10 +23,25 @@ pub(super) const STATUS_GRAD: i32 = 1;
 pub(super) const STATUS_STATE: i32 = 2;
 /// No gradient this step: the tensor is left out (`STATUS_SKIP`, set by the host).
 pub(super) const STATUS_SKIP: i32 = 4;
+/// A 16-bit parameter came out infinite (`STATUS_OVERFLOW`, set by the update kernels).
+pub(super) const STATUS_OVERFLOW: i32 = 8;
 
-/// The element types the GPU path runs: `f32` and `f64`.
+/// A type parameters and gradients are stored in on the GPU: `f32`, `f64`, [`half::bf16`] or
+/// [`half::f16`] (every [`Element`]), computed in [`Element::Compute`] (`f32` for the 16-bit
+/// types), which is a [`CudaFloat`]. Device buffers hold the type itself (`CudaSlice<bf16>`,
+/// through cudarc's `half` support, as candle's CUDA tensors do).
+///
+/// Every [`Element`] is a `CudaElement`, and only they are (the trait needs [`Element`], which
+/// is sealed).
+pub trait CudaElement: Element<Compute: CudaFloat> + DeviceRepr + ValidAsZeroBits {
+    /// The type's name in the kernels' names (`came.cu`): `"f32"`, `"f64"`, `"bf16"`, `"f16"`.
+    const NAME: &'static str;
+}
+
+/// The types the GPU kernels compute in: `f32` and `f64`. Each is also a [`CudaElement`]
+/// stored as itself.
 pub trait CudaFloat: Float + DeviceRepr + ValidAsZeroBits {
-    /// The suffix of the kernels' names.
+    /// The suffix of the kernels' names for this type (its [`CudaElement::NAME`]).
     const SUFFIX: &'static str;
 }
 
@@ -35,6 +51,18 @@ impl CudaFloat for f32 {
 
 impl CudaFloat for f64 {
     const SUFFIX: &'static str = "f64";
+}
+
+impl<T: CudaFloat> CudaElement for T {
+    const NAME: &'static str = T::SUFFIX;
+}
+
+impl CudaElement for half::bf16 {
+    const NAME: &'static str = "bf16";
+}
+
+impl CudaElement for half::f16 {
+    const NAME: &'static str = "f16";
 }
 
 /// A tensor's place in the device buffers, as `struct Tensor` of `came.cu` lays it out.
@@ -80,7 +108,8 @@ pub(super) struct GroupDesc<T> {
     pub lr: T,
     pub decay: T,
     pub has_decay: i32,
-    pub pad: i32,
+    /// 1 when the group rounds 16-bit parameters stochastically ([`Rounding::Stochastic`]).
+    pub stochastic: i32,
 }
 
 /// A tile or a vector chunk, as `struct Task`.
@@ -131,6 +160,42 @@ pub(super) fn group_desc<T: CudaFloat>(config: &CameConfig) -> GroupDesc<T> {
         lr: k.lr,
         decay: k.decay.unwrap_or(T::zero()),
         has_decay: i32::from(k.decay.is_some()),
-        pad: 0,
+        stochastic: i32::from(matches!(config.rounding, Rounding::Stochastic { .. })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    /// `GroupDesc<T>` as `struct Group<T>` lays it out: eleven `T`, two `int`s.
+    #[test]
+    fn group_descs_have_the_kernels_layout() {
+        assert_eq!(offset_of!(GroupDesc<f32>, has_decay), 44);
+        assert_eq!(offset_of!(GroupDesc<f32>, stochastic), 48);
+        assert_eq!(size_of::<GroupDesc<f32>>(), 52);
+        assert_eq!(offset_of!(GroupDesc<f64>, stochastic), 92);
+        assert_eq!(size_of::<GroupDesc<f64>>(), 96);
+    }
+
+    #[test]
+    fn group_descs_carry_the_rounding_and_the_decay() {
+        let nearest = group_desc::<f32>(&CameConfig::new(1e-2));
+        assert_eq!((nearest.stochastic, nearest.has_decay), (0, 0));
+        let config = CameConfig::new(1e-2)
+            .with_weight_decay(0.5)
+            .with_rounding(Rounding::Stochastic { seed: 1 });
+        let d = group_desc::<f32>(&config);
+        assert_eq!((d.stochastic, d.has_decay), (1, 1));
+        assert_eq!(d.decay.to_bits(), 5e-3f32.to_bits());
+    }
+
+    #[test]
+    fn kernel_names_name_the_storage_types() {
+        assert_eq!(
+            [f32::NAME, f64::NAME, half::bf16::NAME, half::f16::NAME],
+            ["f32", "f64", "bf16", "f16"]
+        );
     }
 }

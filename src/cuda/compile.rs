@@ -1,19 +1,64 @@
 //! The kernels' source (`came.cu`), compiled at run time with NVRTC once per process and
-//! architecture, and loaded into a context; and whether the CUDA libraries can be loaded at all.
+//! architecture, and loaded into a context; the names of the kernels of one pair of storage
+//! types; and whether the CUDA libraries can be loaded at all.
 
 use std::format;
-use std::string::ToString;
+use std::string::{String, ToString};
 use std::sync::{Arc, OnceLock};
 use std::vec::Vec;
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 
-use super::abi::CudaFloat;
+use super::abi::CudaElement;
 use super::error::CudaError;
 
 /// The kernels' source, compiled at run time.
-const SOURCE: &str = include_str!("came.cu");
+pub(super) const SOURCE: &str = include_str!("came.cu");
+
+/// Which types a kernel is instantiated for in `came.cu`, and so how its name ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum By {
+    /// The compute type only (`INSTANTIATE_T`): `came_finish_sq_f32`.
+    Compute,
+    /// The gradients' type (`INSTANTIATE_G`): `came_tile_sq_bf16`.
+    Grad,
+    /// The parameters' type (`INSTANTIATE_P`): `came_tile_apply_bf16`.
+    Param,
+    /// Both (`INSTANTIATE_PG`): `came_vector_update_f32_bf16`, parameters first.
+    Both,
+}
+
+/// Every kernel of a step, in the order of [`Kernels`]' fields, with what it depends on.
+const KERNELS: [(&str, By); 12] = [
+    ("tile_sq", By::Grad),
+    ("tile_res", By::Grad),
+    ("finish_sq", By::Compute),
+    ("finish_res", By::Compute),
+    ("factors_sq", By::Compute),
+    ("factors_res", By::Compute),
+    ("commit_sq", By::Compute),
+    ("tile_norm", By::Grad),
+    ("vector_norm", By::Grad),
+    ("finish_norm", By::Compute),
+    ("vector_update", By::Both),
+    ("tile_apply", By::Param),
+];
+
+/// The name of kernel `kernel` (one of [`KERNELS`]) for parameters stored in `P` and gradients
+/// in `G`.
+fn kernel_name<P: CudaElement, G: CudaElement<Compute = P::Compute>>(kernel: &str) -> String {
+    let by = KERNELS
+        .iter()
+        .find(|(k, _)| *k == kernel)
+        .map_or(By::Compute, |(_, by)| *by);
+    match by {
+        By::Compute => format!("came_{kernel}_{}", <P::Compute as CudaElement>::NAME),
+        By::Grad => format!("came_{kernel}_{}", G::NAME),
+        By::Param => format!("came_{kernel}_{}", P::NAME),
+        By::Both => format!("came_{kernel}_{}_{}", P::NAME, G::NAME),
+    }
+}
 
 /// Whether libcuda can be loaded (cudarc panics on its first call otherwise).
 pub(super) fn driver_present() -> bool {
@@ -28,7 +73,9 @@ pub(super) fn nvrtc_present() -> bool {
 }
 
 /// Compiles the kernels to PTX for a virtual architecture (`compute_XY`), once per process and
-/// architecture. Needs NVRTC only, no GPU: a trainer can check its CUDA setup with it.
+/// architecture: those of every storage type (`f32`, `f64`, bf16, f16 and the mixes
+/// [`CudaCame`](super::CudaCame) takes), 42 entry points in one module. Needs NVRTC only, no
+/// GPU and no CUDA header: a trainer can check its CUDA setup with it.
 ///
 /// # Errors
 /// [`CudaError::NoCuda`] without libnvrtc, [`CudaError::Compile`] with NVRTC's log.
@@ -74,7 +121,7 @@ fn arch_for(major: i32, minor: i32) -> &'static str {
     }
 }
 
-/// The kernels of one element type, loaded in a context.
+/// The kernels of one pair of storage types, loaded in a context.
 pub(super) struct Kernels {
     _module: Arc<CudaModule>,
     pub tile_sq: CudaFunction,
@@ -92,10 +139,14 @@ pub(super) struct Kernels {
 }
 
 impl Kernels {
-    pub(super) fn load<T: CudaFloat>(ctx: &Arc<CudaContext>) -> Result<Self, CudaError> {
+    /// The kernels for parameters stored in `P` and gradients in `G`, compiled (once per
+    /// process and architecture) and loaded into `ctx`.
+    pub(super) fn load<P: CudaElement, G: CudaElement<Compute = P::Compute>>(
+        ctx: &Arc<CudaContext>,
+    ) -> Result<Self, CudaError> {
         let (major, minor) = ctx.compute_capability()?;
         let module = ctx.load_module(compile_kernels(arch_for(major, minor))?)?;
-        let f = |name: &str| module.load_function(&format!("came_{name}_{}", T::SUFFIX));
+        let f = |name: &str| module.load_function(&kernel_name::<P, G>(name));
         Ok(Self {
             tile_sq: f("tile_sq")?,
             tile_res: f("tile_res")?,
@@ -116,7 +167,104 @@ impl Kernels {
 
 #[cfg(test)]
 mod tests {
-    use super::arch_for;
+    use std::collections::BTreeSet;
+    use std::format;
+    use std::string::String;
+    use std::vec::Vec;
+
+    use half::{bf16, f16};
+
+    use super::{CudaElement, KERNELS, SOURCE, arch_for, kernel_name};
+
+    /// The kernel names `came.cu` instantiates, read from its `INSTANTIATE_*` macros and their
+    /// uses (no NVRTC needed).
+    fn instantiated() -> BTreeSet<String> {
+        let lines: Vec<&str> = SOURCE.lines().collect();
+        let mut names = BTreeSet::new();
+        for (i, line) in lines.iter().enumerate() {
+            let Some(rest) = line.strip_prefix("#define INSTANTIATE_") else {
+                continue;
+            };
+            let macro_name = format!("INSTANTIATE_{}(", &rest[..rest.find('(').unwrap()]);
+            // the kernels the macro defines: `came_<kernel>_##S` on its continued lines
+            let mut kernels = Vec::new();
+            for body in lines[i + 1..].iter().take_while(|l| !l.trim().is_empty()) {
+                for part in body.split("came_").skip(1) {
+                    if let Some(end) = part.find("_##S") {
+                        kernels.push(String::from(&part[..end]));
+                    }
+                }
+            }
+            assert!(!kernels.is_empty(), "{macro_name} defines no kernel");
+            for use_line in lines.iter().filter(|l| l.starts_with(&macro_name)) {
+                let args = use_line[macro_name.len()..].trim_end_matches(')');
+                let suffix = args.rsplit(',').next().unwrap().trim();
+                for k in &kernels {
+                    assert!(
+                        names.insert(format!("came_{k}_{suffix}")),
+                        "{k}_{suffix} twice"
+                    );
+                }
+            }
+        }
+        names
+    }
+
+    fn names_of<P: CudaElement, G: CudaElement<Compute = P::Compute>>() -> Vec<String> {
+        KERNELS
+            .iter()
+            .map(|(k, _)| kernel_name::<P, G>(k))
+            .collect()
+    }
+
+    /// Every kernel the loader asks for, for every pair of storage types, is instantiated in
+    /// `came.cu`, and every instantiation is asked for by some pair: checked without NVRTC.
+    #[test]
+    fn every_pair_of_types_finds_its_kernels_in_the_source() {
+        let source = instantiated();
+        let pairs = [
+            names_of::<f32, f32>(),
+            names_of::<f64, f64>(),
+            names_of::<bf16, bf16>(),
+            names_of::<f16, f16>(),
+            names_of::<f32, bf16>(),
+            names_of::<f32, f16>(),
+            names_of::<bf16, f32>(),
+            names_of::<bf16, f16>(),
+            names_of::<f16, f32>(),
+            names_of::<f16, bf16>(),
+        ];
+        let mut asked = BTreeSet::new();
+        for names in &pairs {
+            for name in names {
+                assert!(
+                    source.contains(name),
+                    "{name} is not instantiated in came.cu"
+                );
+                asked.insert(name.clone());
+            }
+        }
+        assert_eq!(asked, source, "instantiated but never loaded");
+        // the f32 kernels keep the names they had before the 16-bit types came
+        assert_eq!(kernel_name::<f32, f32>("tile_sq"), "came_tile_sq_f32");
+        assert_eq!(
+            kernel_name::<f32, f32>("finish_norm"),
+            "came_finish_norm_f32"
+        );
+        assert_eq!(
+            kernel_name::<bf16, bf16>("finish_norm"),
+            "came_finish_norm_f32"
+        );
+        assert_eq!(kernel_name::<f32, bf16>("tile_norm"), "came_tile_norm_bf16");
+        assert_eq!(
+            kernel_name::<f32, bf16>("tile_apply"),
+            "came_tile_apply_f32"
+        );
+        assert_eq!(
+            kernel_name::<bf16, f32>("vector_update"),
+            "came_vector_update_bf16_f32"
+        );
+    }
 
     #[test]
     fn architectures_map_to_nvrtc_targets() {

@@ -29,8 +29,11 @@ pub enum CudaError {
     Optimizer(OptimizerError),
     /// Saving or loading a checkpoint failed (after the state moved to or from the GPU).
     Checkpoint(CheckpointError),
-    /// A config the GPU path does not run: the kernels compute CAME with its confidence term,
-    /// so `confidence = false` (the Adafactor baseline) runs on the CPU only.
+    /// What the GPU path does not run, named in the message: the kernels compute CAME with its
+    /// confidence term and the reference's instability statistics, and keep the momentum in
+    /// the compute type, so `confidence = false` (the Adafactor baseline),
+    /// `Instability::BiasCorrected` and bf16 or 8-bit momentum (`Momentum::Bf16`,
+    /// `Momentum::Int8`) run on the CPU only.
     Unsupported(&'static str),
 }
 

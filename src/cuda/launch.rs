@@ -35,6 +35,9 @@ pub(super) struct Slab<T> {
     pub done: CudaSlice<u32>,
     pub params: CudaSlice<u64>,
     pub grads: CudaSlice<u64>,
+    /// per device tensor: its stochastic-rounding key for the step (read where its group
+    /// rounds stochastically)
+    pub keys: CudaSlice<u64>,
     /// host copy of each device tensor's layout, to move state to and from the CPU
     pub descs: Vec<TensorDesc>,
 }
@@ -73,6 +76,7 @@ impl<T: CudaFloat> Slab<T> {
             done: s.alloc_zeros(1)?,
             params: s.alloc_zeros(n_device.max(1))?,
             grads: s.alloc_zeros(n_device.max(1))?,
+            keys: s.alloc_zeros(n_device.max(1))?,
             descs,
         })
     }
@@ -108,9 +112,11 @@ pub(super) fn launch_prepare<T: CudaFloat>(
     let [n_tiles, n_chunks, _, _] = l.counts;
     let n_tensors = i32::try_from(l.n_device).unwrap_or(i32::MAX);
     // SAFETY (every launch below): the arguments match the kernels' parameters in `came.cu`
-    // one for one, in type and order; every buffer was allocated by `build_layout` with the
+    // one for one, in type and order; every buffer was allocated by `Slab::build` with the
     // sizes the task lists index into; the parameter and gradient addresses come from live
-    // `CudaSlice`s of the checked lengths, kept borrowed until the launches are queued.
+    // `CudaSlice`s of the checked lengths, whose element types are the storage types the
+    // kernels were loaded for (`Kernels::load::<P, G>`), kept borrowed until the launches are
+    // queued.
     unsafe {
         launch_tiles(stream, &k.tile_sq, l, groups)?;
         if n_chunks > 0 {
@@ -241,7 +247,8 @@ fn launch_factors<T: CudaFloat>(
 }
 
 /// The rest of the step, skipped on the device when the guard is set: commits, momentum,
-/// instability statistics, parameters.
+/// instability statistics, parameters (16-bit ones that come out infinite are flagged with
+/// `STATUS_OVERFLOW` and their first flat index in `first_bad`).
 pub(super) fn launch_update<T: CudaFloat>(
     stream: &Arc<CudaStream>,
     k: &Kernels,
@@ -274,8 +281,10 @@ pub(super) fn launch_update<T: CudaFloat>(
                 .arg(&l.state)
                 .arg(&l.work)
                 .arg(&l.params)
+                .arg(&l.keys)
                 .arg(&l.guard)
-                .arg(&l.status)
+                .arg(&mut l.status)
+                .arg(&mut l.first_bad)
                 .launch(grid(n_tiles))?;
         }
         if n_chunks > 0 {
@@ -288,8 +297,10 @@ pub(super) fn launch_update<T: CudaFloat>(
                 .arg(&l.params)
                 .arg(&l.grads)
                 .arg(&l.clip_d)
+                .arg(&l.keys)
                 .arg(&l.guard)
-                .arg(&l.status)
+                .arg(&mut l.status)
+                .arg(&mut l.first_bad)
                 .launch(grid(n_chunks))?;
         }
     }

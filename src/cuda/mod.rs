@@ -8,13 +8,30 @@
 //! deterministic reductions (no floating-point atomics) and the non-finite guard evaluated on
 //! the device: one small read of per-tensor statuses after the step, no round trip per tensor.
 //!
+//! **Types.** As on the CPU ([`Came<P, G>`](crate::Came)), `CudaCame<P, G = P>` stores
+//! parameters in `P` and gradients in `G`, any [`CudaElement`] (`f32`, `f64`, [`half::bf16`],
+//! [`half::f16`]) of the same compute type: `f32`, `f64`, bf16 or f16 parameters with gradients
+//! of their own type, and any mix of `f32`, bf16 and f16 (f32 master weights with bf16
+//! gradients: `CudaCame<f32, half::bf16>`). The update is computed in the compute type (`f32`
+//! for the 16-bit types); 16-bit values are widened as they are loaded and rounded as they are
+//! stored, by conversions that are the CPU's bit for bit (round to nearest, ties to even; NaN
+//! stays NaN), with the CPU's rounding rule: [`Rounding::Nearest`](crate::Rounding) rounds
+//! after the weight decay and again after the update, as came-pytorch does, and
+//! [`Rounding::Stochastic`](crate::Rounding) draws the same random bits as the CPU (the key of
+//! the seed, the tensor's registration position and its step count; the element's flat index).
+//! The state (statistics and momentum) stays in the compute type; packed momentum (bf16 or
+//! 8-bit, [`Momentum`]) runs on the CPU only ([`CudaError::Unsupported`]). A 16-bit buffer
+//! is a `CudaSlice<half::bf16>` or `CudaSlice<half::f16>` (cudarc's `half` support).
+//!
 //! libcuda and libnvrtc are loaded at run time: building needs no CUDA, and without a driver or
 //! a GPU [`CudaCame::new`] returns [`CudaError::NoCuda`] or [`CudaError::NoDevice`] instead of
-//! cudarc's panic.
+//! cudarc's panic. The kernels include no CUDA header (the 16-bit types are raw bits), so the
+//! NVRTC library alone compiles them (the `nvidia-cuda-nvrtc-cu12` wheel has no headers).
 //!
 //! ```no_run
 //! use came::cuda::CudaCame;
-//! use came::{CameConfig, Optimizer};
+//! use came::{CameConfig, Optimizer, Rounding};
+//! use half::bf16;
 //!
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     // NoCuda / NoDevice without a driver or a GPU
@@ -26,14 +43,26 @@
 //!     opt.step(&mut [(&mut w, &g)])?;
 //!     // the same checkpoint files as the CPU optimizer
 //!     opt.save(std::path::Path::new("came.safetensors"))?;
+//!
+//!     // bf16 weights and gradients, rounded stochastically
+//!     let config = CameConfig::new(1e-3).with_rounding(Rounding::Stochastic { seed: 7 });
+//!     let mut opt = CudaCame::<bf16>::new(0, config)?;
+//!     opt.register("w", &[256, 512])?;
+//!     let host = vec![bf16::from_f32(0.02); 256 * 512];
+//!     let mut w = s.clone_htod(&host)?;
+//!     let g = s.clone_htod(&vec![bf16::from_f32(1e-3); 256 * 512])?;
+//!     opt.step(&mut [(&mut w, &g)])?;
+//!     let back: Vec<bf16> = s.clone_dtoh(&w)?;
+//!     assert_eq!(back.len(), 256 * 512);
 //!     Ok(())
 //! }
 //! ```
 //!
-//! The layers, one file each: `error.rs` ([`CudaError`]), `compile.rs` (NVRTC and the loaded
-//! kernels), `abi.rs` (the `#[repr(C)]` structs `came.cu` reads), `plan.rs` (where each
-//! tensor's state and scratch space go, and the task lists), `launch.rs` (the device buffers and
-//! the launches of a step), and this file, the optimizer.
+//! The layers, one file each: `error.rs` ([`CudaError`]), `compile.rs` (NVRTC, the kernels'
+//! names and the loaded kernels), `abi.rs` (the element types and the `#[repr(C)]` structs
+//! `came.cu` reads), `plan.rs` (where each tensor's state and scratch space go, and the task
+//! lists), `launch.rs` (the device buffers and the launches of a step), and this file, the
+//! optimizer. `portable.rs` (tests only) compiles the kernels' conversions on the host.
 #![allow(unsafe_code)]
 
 mod abi;
@@ -41,7 +70,10 @@ mod compile;
 mod error;
 mod launch;
 mod plan;
+#[cfg(test)]
+mod portable;
 
+use core::marker::PhantomData;
 use std::path::Path;
 use std::sync::Arc;
 use std::vec;
@@ -49,40 +81,50 @@ use std::vec::Vec;
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 
-pub use abi::CudaFloat;
+pub use abi::{CudaElement, CudaFloat};
 pub use compile::compile_kernels;
 pub use error::CudaError;
 
-use abi::{GroupDesc, STATUS_GRAD, STATUS_SKIP, STATUS_STATE, group_desc};
+use abi::{GroupDesc, STATUS_GRAD, STATUS_OVERFLOW, STATUS_SKIP, STATUS_STATE, group_desc};
 use compile::{Kernels, driver_present, nvrtc_present};
 use launch::{Slab, launch_prepare, launch_update};
 use plan::Plan;
 
+use crate::config::Coefficients;
 use crate::optim::registry::Registry;
 use crate::optim::{GroupId, Optimizer, OptimizerError, StepReport, TensorId, TensorInfo};
-use crate::{Came, CameConfig, Error};
+use crate::{Came, CameConfig, Error, Momentum, Rounding};
 
 /// CAME on a GPU: owns the state of registered tensors in device memory; steps parameters and
 /// gradients the trainer keeps on the device. It implements the crate's [`Optimizer`] trait
-/// with `Param = Grad = CudaSlice<T>`.
+/// with `Param = CudaSlice<P>` and `Grad = CudaSlice<G>`: `CudaSlice<f32>` for
+/// `CudaCame<f32>`, `CudaSlice<half::bf16>` for `CudaCame<half::bf16>`.
+///
+/// `P` is the parameters' storage type, `G` the gradients' (by default `P`), as for the CPU's
+/// [`Came<P, G>`](Came): `CudaCame<f32>`, `CudaCame<f64>`, `CudaCame<half::bf16>`,
+/// `CudaCame<half::f16>`, `CudaCame<f32, half::bf16>` and the other mixes of `f32`, bf16 and f16.
+/// The state is kept in their compute type (`f32` for the 16-bit types).
 ///
 /// Registration, groups and learning rates work as on [`Came`]; the state moves to and from a
-/// [`Came`] ([`CudaCame::to_cpu`], [`CudaCame::load_from_cpu`]), so checkpoints are the same
+/// `Came<P, G>` ([`CudaCame::to_cpu`], [`CudaCame::load_from_cpu`]), so checkpoints are the same
 /// safetensors files.
-pub struct CudaCame<T: CudaFloat> {
+pub struct CudaCame<P: CudaElement, G: CudaElement<Compute = P::Compute> = P> {
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
     kernels: Kernels,
     registry: Registry<CameConfig>,
     /// Per registered tensor, its position in the device tensor table (`None`: empty).
     device: Vec<Option<usize>>,
-    slab: Option<Slab<T>>,
+    slab: Option<Slab<P::Compute>>,
+    types: PhantomData<(P, G)>,
 }
 
-impl<T: CudaFloat> core::fmt::Debug for CudaCame<T> {
+impl<P: CudaElement, G: CudaElement<Compute = P::Compute>> core::fmt::Debug for CudaCame<P, G> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("CudaCame")
             .field("device", &self.ctx.ordinal())
+            .field("params", &P::NAME)
+            .field("grads", &G::NAME)
             .field("groups", &self.registry.groups())
             .field("tensors", &self.registry.tensors().len())
             .finish_non_exhaustive()
@@ -119,14 +161,67 @@ fn check_config(config: &CameConfig) -> Result<(), CudaError> {
     Ok(())
 }
 
-impl<T: CudaFloat> CudaCame<T> {
+/// The stochastic-rounding key of every device tensor for the coming step, as the CPU optimizer
+/// derives it (`Coefficients::for_tensor`): from its group's seed, its position in registration
+/// order (tensors without elements count) and its step count before the step; 0 where its
+/// group rounds to nearest (the kernels do not read it there).
+fn rounding_keys(
+    registry: &Registry<CameConfig>,
+    device: &[Option<usize>],
+    n_device: usize,
+) -> Vec<u64> {
+    let mut keys = vec![0; n_device];
+    for (i, (t, d)) in registry.tensors().iter().zip(device).enumerate() {
+        let Some(d) = *d else { continue };
+        let config = &registry.groups()[t.group];
+        let k = Coefficients::<f32>::new(config, t.step).for_tensor(config, t.step, i);
+        keys[d] = k.rounding_key.unwrap_or(0);
+    }
+    keys
+}
+
+/// Whether a group rounds 16-bit parameters stochastically.
+fn stochastic(config: &CameConfig) -> bool {
+    matches!(config.rounding, Rounding::Stochastic { .. })
+}
+
+/// What a device status (`STATUS_*` bits, the skip bit cleared) means for the tensor, with the
+/// first bad flat index the kernels found (`i64::MAX`: none): `None` when it took its step.
+fn status_error(status: i32, first_bad: i64) -> Option<Error> {
+    let index = usize::try_from(first_bad).unwrap_or(usize::MAX);
+    if status == 0 {
+        None
+    } else if status & STATUS_GRAD != 0 && first_bad != i64::MAX {
+        Some(Error::NonFiniteGradient { index })
+    } else if status & STATUS_STATE != 0 {
+        Some(Error::NonFiniteState)
+    } else if status & STATUS_OVERFLOW != 0 {
+        Some(Error::ParameterOverflow { index })
+    } else {
+        Some(Error::NonFiniteUpdate)
+    }
+}
+
+/// The one momentum format the kernels run: the compute type's ([`Momentum::Full`]).
+fn check_momentum(momentum: Momentum) -> Result<(), CudaError> {
+    if momentum == Momentum::Full {
+        Ok(())
+    } else {
+        Err(CudaError::Unsupported(
+            "bf16 or 8-bit momentum (Momentum::Bf16, Momentum::Int8) runs on the CPU only: the \
+             GPU keeps exp_avg in the compute type (Momentum::Full)",
+        ))
+    }
+}
+
+impl<P: CudaElement, G: CudaElement<Compute = P::Compute>> CudaCame<P, G> {
     /// An optimizer on GPU `ordinal` with one group of `config`; compiles the kernels (once per
-    /// process).
+    /// process) and loads those of `P` and `G`.
     ///
     /// # Errors
     /// [`CudaError::NoCuda`], [`CudaError::NoDevice`], [`CudaError::Compile`],
     /// [`CudaError::Driver`], [`CudaError::Optimizer`] for an invalid config, or
-    /// [`CudaError::Unsupported`] for `confidence = false`.
+    /// [`CudaError::Unsupported`] for `confidence = false` or corrected instability statistics.
     pub fn new(ordinal: usize, config: CameConfig) -> Result<Self, CudaError> {
         check_config(&config)?;
         if !driver_present() {
@@ -145,7 +240,7 @@ impl<T: CudaFloat> CudaCame<T> {
         }
         let ctx = CudaContext::new(ordinal)?;
         let stream = ctx.default_stream();
-        let kernels = Kernels::load::<T>(&ctx)?;
+        let kernels = Kernels::load::<P, G>(&ctx)?;
         Ok(Self {
             stream,
             ctx,
@@ -153,6 +248,7 @@ impl<T: CudaFloat> CudaCame<T> {
             registry: Registry::new(config)?,
             device: Vec::new(),
             slab: None,
+            types: PhantomData,
         })
     }
 
@@ -166,15 +262,27 @@ impl<T: CudaFloat> CudaCame<T> {
     #[must_use]
     pub fn device_bytes(&self) -> usize {
         self.slab.as_ref().map_or(0, |l| {
-            (l.state.len() + l.work.len()) * size_of::<T>() + l.norm_parts.len() * 8
+            (l.state.len() + l.work.len()) * size_of::<P::Compute>() + l.norm_parts.len() * 8
         })
     }
 
-    /// The state as a CPU optimizer (same tensors, groups, steps): save it as a checkpoint.
+    /// How the momentum of the tensors registered from now on is stored, as
+    /// [`Came::set_momentum`] sets it: on the GPU only [`Momentum::Full`] (the compute type),
+    /// the default.
+    ///
+    /// # Errors
+    /// [`CudaError::Unsupported`] for bf16 or 8-bit momentum (they run on the CPU only).
+    pub fn set_momentum(&mut self, momentum: Momentum) -> Result<(), CudaError> {
+        check_momentum(momentum)?;
+        Ok(self.registry.set_momentum(momentum)?)
+    }
+
+    /// The state as a CPU optimizer (same tensors, groups, steps, types): save it as a
+    /// checkpoint, or step it on the host.
     ///
     /// # Errors
     /// [`CudaError::Driver`].
-    pub fn to_cpu(&self) -> Result<Came<T>, CudaError> {
+    pub fn to_cpu(&self) -> Result<Came<P, G>, CudaError> {
         let state = match &self.slab {
             Some(slab) => self.stream.clone_dtoh(&slab.state)?,
             None => Vec::new(),
@@ -189,7 +297,7 @@ impl<T: CudaFloat> CudaCame<T> {
                 let start = start.and_then(|m| usize::try_from(m).ok());
                 start.map(|s| &state[s..s + t.state.named_len()])
             });
-        Ok(Came::from_registry(self.registry.clone(), named))
+        Ok(Came::<P, G>::from_registry(self.registry.clone(), named))
     }
 
     /// Replaces the state (and group configs, step counts) with a CPU optimizer's, e.g. one
@@ -198,10 +306,14 @@ impl<T: CudaFloat> CudaCame<T> {
     /// # Errors
     /// [`OptimizerError::Mismatch`] (as [`CudaError::Optimizer`]) naming the first tensor (or
     /// count) that differs, with both sides; [`CudaError::Unsupported`] when a group has
-    /// `confidence = false`; [`CudaError::Driver`]. On error nothing is changed.
-    pub fn load_from_cpu(&mut self, cpu: &Came<T>) -> Result<(), CudaError> {
+    /// `confidence = false` or corrected instability statistics, or a tensor has bf16 or 8-bit
+    /// momentum; [`CudaError::Driver`]. On error nothing is changed.
+    pub fn load_from_cpu(&mut self, cpu: &Came<P, G>) -> Result<(), CudaError> {
         for config in cpu.groups() {
             check_config(config)?;
+        }
+        for t in cpu.registry().tensors() {
+            check_momentum(t.state.momentum())?;
         }
         self.registry.compare(cpu.registry())?;
         if self.slab.is_none() {
@@ -214,7 +326,7 @@ impl<T: CudaFloat> CudaCame<T> {
 
     /// Copies every tensor's state and step count from `cpu`, whose first tensors are this
     /// optimizer's (it may have fewer).
-    fn upload_state(&mut self, cpu: &Came<T>) -> Result<(), CudaError> {
+    fn upload_state(&mut self, cpu: &Came<P, G>) -> Result<(), CudaError> {
         let steps = cpu.registry().tensors().iter().map(|t| t.step);
         for (t, step) in self.registry.tensors_mut().iter_mut().zip(steps) {
             t.step = step;
@@ -248,9 +360,10 @@ impl<T: CudaFloat> CudaCame<T> {
     }
 
     /// Launches one step of the tensors that have a gradient and reads what became of it.
+    #[allow(clippy::type_complexity)]
     fn launch_step(
         &mut self,
-        tensors: &mut [(&mut CudaSlice<T>, Option<&CudaSlice<T>>)],
+        tensors: &mut [(&mut CudaSlice<P>, Option<&CudaSlice<G>>)],
     ) -> Result<Outcome, CudaError> {
         let stream = self.stream.clone();
         let count = self.registry.tensors().len();
@@ -267,7 +380,7 @@ impl<T: CudaFloat> CudaCame<T> {
             return Ok(outcome);
         }
         // per-step inputs: the buffers' addresses, the groups' coefficients (lr may change),
-        // statuses cleared
+        // the stochastic-rounding keys (step counts change), statuses cleared
         let mut keep = Vec::with_capacity(2 * tensors.len());
         let (mut pp, mut gp) = (vec![0u64; l.n_device], vec![0u64; l.n_device]);
         // a tensor without a gradient is marked for every kernel to leave alone
@@ -286,15 +399,20 @@ impl<T: CudaFloat> CudaCame<T> {
         }
         stream.memcpy_htod(&pp, &mut l.params)?;
         stream.memcpy_htod(&gp, &mut l.grads)?;
-        let groups: Vec<GroupDesc<T>> = self.registry.groups().iter().map(group_desc).collect();
+        let groups: Vec<GroupDesc<P::Compute>> =
+            self.registry.groups().iter().map(group_desc).collect();
         let groups = stream.clone_htod(&groups)?;
+        if P::ROUNDS && self.registry.groups().iter().any(stochastic) {
+            let keys = rounding_keys(&self.registry, &self.device, l.n_device);
+            stream.memcpy_htod(&keys, &mut l.keys)?;
+        }
         stream.memcpy_htod(&skip, &mut l.status)?;
         stream.memcpy_htod(&vec![i64::MAX; l.n_device], &mut l.first_bad)?;
         stream.memset_zeros(&mut l.guard)?;
         launch_prepare(&stream, &self.kernels, l, &groups)?;
         launch_update(&stream, &self.kernels, l, &groups)?;
         drop(keep);
-        // the one read of the step: the guard, statuses, first bad gradient element per tensor
+        // the one read of the step: the guard, statuses, first bad element per tensor
         let guard = stream.clone_dtoh(&l.guard)?;
         let status = stream.clone_dtoh(&l.status)?;
         let first_bad = stream.clone_dtoh(&l.first_bad)?;
@@ -307,30 +425,19 @@ impl<T: CudaFloat> CudaCame<T> {
             }
             let Some(d) = *d else { continue };
             outcome.rms[i] = Some(rms[d]);
-            let s = status[d] & !STATUS_SKIP;
-            if s == 0 {
-                continue;
+            if let Some(error) = status_error(status[d] & !STATUS_SKIP, first_bad[d]) {
+                outcome.stepped[i] = false;
+                outcome.first_error.get_or_insert((i, error));
             }
-            outcome.stepped[i] = false;
-            let error = if s & STATUS_GRAD != 0 && first_bad[d] != i64::MAX {
-                Error::NonFiniteGradient {
-                    index: usize::try_from(first_bad[d]).unwrap_or(usize::MAX),
-                }
-            } else if s & STATUS_STATE != 0 {
-                Error::NonFiniteState
-            } else {
-                Error::NonFiniteUpdate
-            };
-            outcome.first_error.get_or_insert((i, error));
         }
         Ok(outcome)
     }
 }
 
-impl<T: CudaFloat> Optimizer for CudaCame<T> {
+impl<P: CudaElement, G: CudaElement<Compute = P::Compute>> Optimizer for CudaCame<P, G> {
     type Config = CameConfig;
-    type Param = CudaSlice<T>;
-    type Grad = CudaSlice<T>;
+    type Param = CudaSlice<P>;
+    type Grad = CudaSlice<G>;
     type Error = CudaError;
     type CheckpointError = CudaError;
 
@@ -398,7 +505,9 @@ impl<T: CudaFloat> Optimizer for CudaCame<T> {
         Ok(self.registry.scale_lr(factor)?)
     }
 
-    /// Steps every tensor, given `(param, grad)` device buffers in registration order.
+    /// Steps every tensor, given `(param, grad)` device buffers in registration order: each
+    /// holds the tensor's elements, flat and row-major (the product of its registered dims),
+    /// parameters as `P`, gradients as `G`.
     ///
     /// The non-finite guard always runs, on the device: a NaN or infinite gradient (or an
     /// overflow) in any tensor leaves every parameter and every state value as it was. The
@@ -407,13 +516,16 @@ impl<T: CudaFloat> Optimizer for CudaCame<T> {
     /// # Errors
     /// [`CudaError::Optimizer`] with [`OptimizerError::TensorCount`] or
     /// [`OptimizerError::Tensor`] (a wrong length, [`Error::NonFiniteGradient`],
-    /// [`Error::NonFiniteUpdate`], [`Error::NonFiniteState`]), as [`Came`] reports them;
-    /// [`CudaError::Driver`].
+    /// [`Error::NonFiniteUpdate`], [`Error::NonFiniteState`], and for 16-bit parameters
+    /// [`Error::ParameterOverflow`], found after the step as on the CPU: the other tensors
+    /// took their step, the overflowing parameters hold an infinity and that tensor's step
+    /// count does not advance), as [`Came`] reports them; [`CudaError::Driver`].
     fn step(
         &mut self,
-        tensors: &mut [(&mut CudaSlice<T>, &CudaSlice<T>)],
+        tensors: &mut [(&mut CudaSlice<P>, &CudaSlice<G>)],
     ) -> Result<StepReport, CudaError> {
-        let mut some: Vec<(&mut CudaSlice<T>, Option<&CudaSlice<T>>)> = tensors
+        #[allow(clippy::type_complexity)]
+        let mut some: Vec<(&mut CudaSlice<P>, Option<&CudaSlice<G>>)> = tensors
             .iter_mut()
             .map(|(p, g)| (&mut **p, Some(*g)))
             .collect();
@@ -427,7 +539,7 @@ impl<T: CudaFloat> Optimizer for CudaCame<T> {
     /// As [`Optimizer::step`].
     fn step_some(
         &mut self,
-        tensors: &mut [(&mut CudaSlice<T>, Option<&CudaSlice<T>>)],
+        tensors: &mut [(&mut CudaSlice<P>, Option<&CudaSlice<G>>)],
     ) -> Result<StepReport, CudaError> {
         let lens = tensors
             .iter()
@@ -476,5 +588,76 @@ impl<T: CudaFloat> Optimizer for CudaCame<T> {
         let mut cpu = self.to_cpu()?;
         cpu.load(path)?;
         self.load_from_cpu(&cpu)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::vec::Vec;
+
+    use super::*;
+    use crate::element::rounding_key;
+
+    /// The keys the kernels get are the CPU optimizer's: registration position (empty tensors
+    /// count), step count before the step, the group's seed; 0 for groups rounding to nearest.
+    #[test]
+    fn rounding_keys_are_the_cpu_optimizers() {
+        let config = CameConfig::new(1e-3).with_rounding(Rounding::Stochastic { seed: 5 });
+        let mut r = Registry::new(config).unwrap();
+        let nearest = r.add_group(CameConfig::new(1e-3)).unwrap();
+        r.register(GroupId(0), "w", &[4, 3]).unwrap();
+        r.register(GroupId(0), "empty", &[0, 5]).unwrap();
+        r.register(nearest, "b", &[3]).unwrap();
+        r.register(GroupId(0), "v", &[7]).unwrap();
+        r.tensors_mut()[0].step = 2;
+        r.tensors_mut()[3].step = 9;
+        let mut plan = Plan::default();
+        let device: Vec<_> = r
+            .tensors()
+            .iter()
+            .map(|t| plan.add(&t.shape, t.group))
+            .collect();
+        assert_eq!(device, [Some(0), None, Some(1), Some(2)]);
+        let keys = rounding_keys(&r, &device, 3);
+        assert_eq!(keys, [rounding_key(5, 0, 2), 0, rounding_key(5, 3, 9)]);
+        assert!(stochastic(&r.groups()[0]) && !stochastic(&r.groups()[1]));
+    }
+
+    #[test]
+    fn device_statuses_become_the_cpus_errors() {
+        let none = i64::MAX;
+        assert_eq!(status_error(0, none), None);
+        assert_eq!(
+            status_error(STATUS_GRAD, 12),
+            Some(Error::NonFiniteGradient { index: 12 })
+        );
+        // a finite gradient whose square overflows: no element to name
+        assert_eq!(
+            status_error(STATUS_GRAD, none),
+            Some(Error::NonFiniteUpdate)
+        );
+        assert_eq!(
+            status_error(STATUS_GRAD | STATUS_STATE, none),
+            Some(Error::NonFiniteState)
+        );
+        assert_eq!(
+            status_error(STATUS_STATE, none),
+            Some(Error::NonFiniteState)
+        );
+        assert_eq!(
+            status_error(STATUS_OVERFLOW, 3),
+            Some(Error::ParameterOverflow { index: 3 })
+        );
+    }
+
+    #[test]
+    fn packed_momentum_is_refused_by_name() {
+        assert!(check_momentum(Momentum::Full).is_ok());
+        for m in [Momentum::Bf16, Momentum::INT8] {
+            let Err(CudaError::Unsupported(why)) = check_momentum(m) else {
+                panic!("{m:?} accepted");
+            };
+            assert!(why.contains("Momentum::Bf16") && why.contains("Momentum::Int8"));
+        }
     }
 }
