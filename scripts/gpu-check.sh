@@ -5,7 +5,7 @@
 #     gradients against the CPU bit for bit where no sum depends on its order, rounded to
 #     nearest and stochastically; 16-bit overflow and refused momentum formats; determinism,
 #     the on-device guard) and the NVRTC compile of every kernel instantiation;
-#   - the bench on the GPU (f32): 4096 x 4096, 8192 x 8192 and a GPT-2 small step, with the
+#   - the bench on the GPU (f32, and bf16 on 4096 x 4096): 4096 x 4096, 8192 x 8192 and a GPT-2 small step, with the
 #     achieved memory bandwidth at 32 bytes per element beside a device-to-device copy of as many
 #     bytes;
 #   - came-pytorch and torch's fused AdamW on the same GPU and shapes, where PyTorch is installed.
@@ -39,10 +39,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 echo "=== parity tests (the GPU and NVRTC tests are #[ignore]d elsewhere: run them here)"
 "$TESTS" --include-ignored --nocapture --test-threads=1
 
-echo "=== bench (32 bytes per element is the floor; of_copy = copy time / step time)"
+echo "=== bench (bytes_per_elem is the floor; of_copy = copy time / step time)"
 for shape in 4096x4096 8192x8192; do
     "$BENCH" --device cuda --shape "$shape" --steps 21
 done
+"$BENCH" --device cuda --shape 4096x4096 --steps 21 --dtype bf16
 "$BENCH" --device cuda --model gpt2-small --steps 11
 
 echo "=== PyTorch on the same GPU"

@@ -1,13 +1,13 @@
 //! The GPU side of the bench: `--device cuda`.
 
-use came::cuda::{CudaCame, CudaFloat};
+use came::cuda::{CudaCame, CudaElement};
 use came::{CameConfig, Optimizer as _, Shape};
 use cudarc::driver::CudaSlice;
 
 use crate::{fill, time_interleaved};
 
 /// Times CAME steps over `dims` on GPU 0, beside a device-to-device copy of the same bytes.
-pub(crate) fn run<T: CudaFloat>(dims: &[Vec<usize>], what: &str, steps: usize, model: bool) {
+pub(crate) fn run<T: CudaElement>(dims: &[Vec<usize>], what: &str, steps: usize, model: bool) {
     let mut opt = match CudaCame::<T>::new(0, CameConfig::new(1e-4)) {
         Ok(o) => o,
         Err(e) => {
@@ -27,16 +27,19 @@ pub(crate) fn run<T: CudaFloat>(dims: &[Vec<usize>], what: &str, steps: usize, m
     let mut grads: Vec<CudaSlice<T>> = Vec::new();
     for (i, d) in dims.iter().enumerate() {
         let n: usize = d.iter().product();
-        let mut host = vec![T::zero(); n];
+        let mut host = vec![T::from_compute(came::Float::from_f64(0.0)); n];
         fill(&mut host, 2 * i as u64 + 1, 0.02);
         params.push(s.clone_htod(&host).expect("upload"));
         fill(&mut host, 2 * i as u64 + 2, 1e-3);
         grads.push(s.clone_htod(&host).expect("upload"));
     }
-    // a copy of 16 bytes per element reads and writes 32: the bandwidth the step could reach
-    let copy_len = numel * 16 / size_of::<T>();
-    let src: CudaSlice<T> = s.alloc_zeros(copy_len).expect("alloc");
-    let mut dst: CudaSlice<T> = s.alloc_zeros(copy_len).expect("alloc");
+    // the step's traffic: 32 bytes per element in f32, half of them the parameters' and
+    // gradients' (scaled by their storage), half the state's (in the compute type)
+    let bytes_per_elem = 4 * (size_of::<T>() + size_of::<T::Compute>());
+    // a copy of half as many bytes reads and writes as many: the bandwidth the step could reach
+    let copy_len = numel * bytes_per_elem / 2;
+    let src: CudaSlice<u8> = s.alloc_zeros(copy_len).expect("alloc");
+    let mut dst: CudaSlice<u8> = s.alloc_zeros(copy_len).expect("alloc");
     let mut copy = || {
         s.memcpy_dtod(&src, &mut dst).expect("copy");
         s.synchronize().expect("sync");
@@ -47,8 +50,8 @@ pub(crate) fn run<T: CudaFloat>(dims: &[Vec<usize>], what: &str, steps: usize, m
         opt.step(&mut pairs).expect("step");
     };
     let timings = time_interleaved(steps, &mut [&mut copy, &mut step]);
-    let dtype = if size_of::<T>() == 4 { "f32" } else { "f64" };
-    let bytes = 32.0 * numel as f64 * size_of::<T>() as f64 / 4.0;
+    let dtype = T::NAME;
+    let bytes = (bytes_per_elem * numel) as f64;
     let gbs = |ms: f64| bytes / ms / 1e6;
     let kind = if model { "came_model" } else { "came_step" };
     println!(
@@ -58,7 +61,7 @@ pub(crate) fn run<T: CudaFloat>(dims: &[Vec<usize>], what: &str, steps: usize, m
         gbs(timings[0].median_ms)
     );
     println!(
-        "{kind} {what} dtype={dtype} device=cuda tensors={} params={numel} median_ms={:.4} min_ms={:.4} melem_per_s={:.1} gb_per_s={:.0} of_copy={:.2}",
+        "{kind} {what} dtype={dtype} device=cuda bytes_per_elem={bytes_per_elem} tensors={} params={numel} median_ms={:.4} min_ms={:.4} melem_per_s={:.1} gb_per_s={:.0} of_copy={:.2}",
         dims.len(),
         timings[1].median_ms,
         timings[1].min_ms,
