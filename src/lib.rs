@@ -50,8 +50,7 @@
 //!   kernels compiled at run time with NVRTC; nothing from CUDA is needed to build.
 //!
 //! The kernels use the CPU's vector instructions, picked at run time with or without `std`
-//! (x86-64: AVX-512 or AVX2 where the CPU has them, as every x86-64 CPU since 2013 has AVX2;
-//! AArch64: NEON).
+//! (x86-64: AVX2 where the CPU has it, as every x86-64 CPU since 2013 does; AArch64: NEON).
 
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_cfg))]

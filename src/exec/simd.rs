@@ -1,17 +1,18 @@
 //! Picking the widest instructions for the hot loops, and writing the loops with them.
 //!
 //! The kernels are written once, generic over `pulp`'s [`Simd`] instruction sets, with explicit
-//! vector operations: on x86-64 the CPU is asked at run time and they run on AVX-512
-//! (x86-64-v4) when it has it, else on AVX2 (x86-64-v3), else one element at a time (checked
-//! with `objdump`: the AVX-512 variants of the kernels work on `zmm` registers throughout, the
-//! AVX2 ones on `ymm`); on AArch64 on NEON; elsewhere (a Cortex-M, say) one element at a time.
-//! `pulp` keeps the dispatch free of `unsafe` here. Explicit vectors rather than auto-vectorised
-//! loops because the best auto-vectorised kernels ran 1.25-1.35x the traffic floor and fell to
-//! 1.7-2.3x whenever LLVM's SLP vectoriser gave up on a variation of them (other unroll widths,
-//! other row groups). On the AMD EPYC the benchmarks ran on, the sweeps are bound by
-//! arithmetic as much as by memory traffic, and AVX-512, with half the instructions of AVX2,
-//! steps a 4096 x 4096 `f32` matrix 6-10% faster and a bf16 one with 8-bit momentum about 23%
-//! faster (`bench`, see the README).
+//! vector operations: on x86-64 the CPU is asked at run time and they run on AVX2 (x86-64-v3)
+//! when it has it (checked with `objdump`: the AVX2 variants of the kernels work on `ymm`
+//! registers throughout), else one element at a time; on AArch64 on NEON; elsewhere (a
+//! Cortex-M, say) one element at a time. `pulp` keeps the dispatch free of `unsafe` here. Explicit vectors rather than
+//! auto-vectorised loops because the sweeps are bound by memory traffic and measured so: the
+//! best auto-vectorised kernels ran 1.25-1.35x the traffic floor and fell to 1.7-2.3x whenever
+//! LLVM's SLP vectoriser gave up on a variation of them (other unroll widths, other row groups).
+//!
+//! AVX-512 (`pulp`'s `x86-v4`) is not dispatched to: on the AMD EPYC the benchmarks ran on it
+//! steps a 4096 x 4096 `f32` matrix 6-10% faster and a bf16 one with 8-bit momentum 23% faster,
+//! but GPT-2 small 8-12% slower, its 768-column matrices (50257 x 768, 3072 x 768) 30% slower
+//! and 768 x 3072 12% slower (`bench`, both builds side by side).
 //!
 //! Every operation is an IEEE-754 correctly rounded lane-wise add, subtract, multiply, divide or
 //! square root; nothing is fused. Sums are formed one accumulator vector per row and reduced in
