@@ -194,57 +194,38 @@ struct f16_t { unsigned short bits; };
 // CPU's Element trait does it (src/element.rs).
 template <typename S> struct Elem;
 
-template <> struct Elem<float> {
+// f32 and f64 are stored as computed: nothing to widen or round.
+template <typename T> struct Exact {
     static constexpr bool rounds = false;
-    static __device__ __forceinline__ float load(float x) { return x; }
-    static __device__ __forceinline__ float narrow(float x) { return x; }
-    static __device__ __forceinline__ float round_near(float x) { return x; }
-    static __device__ __forceinline__ float stochastic(float x, unsigned int) { return x; }
+    static __device__ __forceinline__ T load(T x) { return x; }
+    static __device__ __forceinline__ T narrow(T x) { return x; }
+    static __device__ __forceinline__ T round_near(T x) { return x; }
+    static __device__ __forceinline__ T stochastic(T x, unsigned int) { return x; }
 };
 
-template <> struct Elem<double> {
-    static constexpr bool rounds = false;
-    static __device__ __forceinline__ double load(double x) { return x; }
-    static __device__ __forceinline__ double narrow(double x) { return x; }
-    static __device__ __forceinline__ double round_near(double x) { return x; }
-    static __device__ __forceinline__ double stochastic(double x, unsigned int) { return x; }
-};
-
-template <> struct Elem<bf16_t> {
+// bf16 (BF = 1) and f16 (BF = 0): computed in f32, rounded back.
+template <typename S, int BF> struct Half {
     static constexpr bool rounds = true;
-    static __device__ __forceinline__ float load(bf16_t x) { return came_bf16_to_f32(x.bits); }
-    static __device__ __forceinline__ bf16_t narrow(float x) {
-        bf16_t r;
-        r.bits = came_f32_to_bf16(x);
+    static __device__ __forceinline__ float load(S x) { return came_widen16(x.bits, BF); }
+    static __device__ __forceinline__ S narrow(float x) {
+        S r;
+        r.bits = came_narrow16(x, BF);
         return r;
     }
     static __device__ __forceinline__ float round_near(float x) {
-        return came_bf16_to_f32(came_f32_to_bf16(x));
+        return came_widen16(came_narrow16(x, BF), BF);
     }
-    static __device__ __forceinline__ bf16_t stochastic(float x, unsigned int bits) {
-        bf16_t r;
-        r.bits = came_stochastic16(x, bits, 1);
+    static __device__ __forceinline__ S stochastic(float x, unsigned int bits) {
+        S r;
+        r.bits = came_stochastic16(x, bits, BF);
         return r;
     }
 };
 
-template <> struct Elem<f16_t> {
-    static constexpr bool rounds = true;
-    static __device__ __forceinline__ float load(f16_t x) { return came_f16_to_f32(x.bits); }
-    static __device__ __forceinline__ f16_t narrow(float x) {
-        f16_t r;
-        r.bits = came_f32_to_f16(x);
-        return r;
-    }
-    static __device__ __forceinline__ float round_near(float x) {
-        return came_f16_to_f32(came_f32_to_f16(x));
-    }
-    static __device__ __forceinline__ f16_t stochastic(float x, unsigned int bits) {
-        f16_t r;
-        r.bits = came_stochastic16(x, bits, 0);
-        return r;
-    }
-};
+template <> struct Elem<float> : Exact<float> {};
+template <> struct Elem<double> : Exact<double> {};
+template <> struct Elem<bf16_t> : Half<bf16_t, 1> {};
+template <> struct Elem<f16_t> : Half<f16_t, 0> {};
 
 __device__ __forceinline__ float shfl(float v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); }
 __device__ __forceinline__ double shfl(double v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); }

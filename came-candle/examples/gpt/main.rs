@@ -28,6 +28,10 @@ mod data;
 mod heap;
 mod model;
 mod plot;
+/// The main job's SplitMix64: the same weights and batches on every machine, for both
+/// optimizers.
+#[path = "../../../examples/common/rng.rs"]
+#[allow(dead_code)] // `uniform` serves the main job only
 mod rng;
 
 use std::io::{BufRead, BufReader};

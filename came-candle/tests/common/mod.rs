@@ -4,25 +4,21 @@
 use candle::backprop::GradStore;
 use candle::{Device, Tensor, Var, WithDType};
 
-/// SplitMix64: the same values on every machine.
-pub struct Rng(u64);
+/// The main job's SplitMix64 (`examples/common/rng.rs`): the same values on every machine.
+#[path = "../../../examples/common/rng.rs"]
+mod splitmix;
+
+/// Test values drawn from the main job's generator.
+pub struct Rng(splitmix::Rng);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Self(seed ^ 0x5851_f42d_4c95_7f2d)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        Self(splitmix::Rng::new(seed))
     }
 
     /// Uniform in `[-1, 1)`.
     pub fn signed(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+        (self.0.next_u64() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
     }
 
     /// `n` values of type `T`, uniform in `[-scale, scale)`, every seventh zero.
