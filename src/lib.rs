@@ -86,6 +86,8 @@ pub mod momentum;
 #[cfg(feature = "std")]
 pub mod optim;
 mod shape;
+#[cfg(feature = "std")]
+pub mod shard;
 mod state;
 
 pub use came::multi::{TensorStep, step_all};

@@ -32,11 +32,33 @@ pub(super) fn prepare<T: Float, P: Element<Compute = T>, G: Element<Compute = T>
     grad: &[G],
     parts: &mut Parts<'_, T>,
 ) -> Result<Clip<T>, Error> {
-    let (_, sum_sq) = run(exec, k, dims, Sweep::Norm, T::one(), param, grad, parts)?;
-    if !sum_sq.is_finite() {
+    let (finite, sums) = sq_lanes(exec, k, dims, param, grad, parts);
+    let sum_sq = sums.iter().sum::<f64>();
+    if !(finite && sum_sq.is_finite()) {
         return Err(gradient_error(grad));
     }
     Ok(Clip::from_sum_sq(sum_sq, grad.len(), k.clip_threshold))
+}
+
+/// Sweep 1 over the lanes: every matrix's new squared-gradient statistics and factors;
+/// whether they are all finite, and each lane's squared norm of the unclipped update.
+pub(super) fn sq_lanes<T: Float, P: Element<Compute = T>, G: Element<Compute = T>, E: Executor>(
+    exec: &E,
+    k: &Coefficients<T>,
+    dims: Dims,
+    param: &mut [P],
+    grad: &[G],
+    parts: &mut Parts<'_, T>,
+) -> (bool, LaneItems<f64>) {
+    run(
+        exec,
+        k,
+        dims,
+        (Sweep::Norm, T::one(), 0),
+        param,
+        grad,
+        parts,
+    )
 }
 
 /// Sweeps 2 and 3 of every matrix, after the squared-gradient statistics were committed.
@@ -49,15 +71,60 @@ pub(super) fn update<T: Float, P: Element<Compute = T>, G: Element<Compute = T>,
     grad: &[G],
     parts: &mut Parts<'_, T>,
 ) -> Result<(), Error> {
-    let (finite, _) = run(exec, k, dims, Sweep::Momentum, d, param, grad, parts)?;
-    if !finite {
+    if !momentum_lanes(exec, k, dims, d, param, grad, parts) {
         return Err(Error::NonFiniteState);
     }
+    apply_lanes(exec, k, dims, param, grad, parts, 0);
+    Ok(())
+}
+
+/// Sweep 2 over the lanes with clip divisor `d`: the momentum and every matrix's new
+/// instability statistics and factors; whether those statistics are all finite.
+pub(super) fn momentum_lanes<
+    T: Float,
+    P: Element<Compute = T>,
+    G: Element<Compute = T>,
+    E: Executor,
+>(
+    exec: &E,
+    k: &Coefficients<T>,
+    dims: Dims,
+    d: T,
+    param: &mut [P],
+    grad: &[G],
+    parts: &mut Parts<'_, T>,
+) -> bool {
+    run(exec, k, dims, (Sweep::Momentum, d, 0), param, grad, parts).0
+}
+
+/// Commits the new instability statistics (with the confidence term), then sweep 3 over the
+/// lanes; `offset` is the flat index of `param[0]` in its tensor (for stochastic rounding).
+pub(super) fn apply_lanes<
+    T: Float,
+    P: Element<Compute = T>,
+    G: Element<Compute = T>,
+    E: Executor,
+>(
+    exec: &E,
+    k: &Coefficients<T>,
+    dims: Dims,
+    param: &mut [P],
+    grad: &[G],
+    parts: &mut Parts<'_, T>,
+    offset: usize,
+) {
     if k.confidence {
         parts.commit_res();
     }
-    run(exec, k, dims, Sweep::Apply, d, param, grad, parts)?;
-    Ok(())
+    run(
+        exec,
+        k,
+        dims,
+        (Sweep::Apply, T::one(), offset),
+        param,
+        grad,
+        parts,
+    );
 }
 
 /// One lane of a batch: its share of the matrices' data and statistics.
@@ -187,19 +254,18 @@ impl<'a, T: Float, P: Element<Compute = T>, G: Element<Compute = T>> LaneKernel
     }
 }
 
-/// Runs one sweep of a batch over all lanes; returns whether all new statistics are finite and
-/// the squared norm of the update (sweep [`Sweep::Norm`]).
-#[allow(clippy::too_many_arguments)]
+/// Runs one sweep of a batch over all lanes, with clip divisor `d`, the first parameter at the
+/// flat index `offset` of its tensor; returns whether all new statistics are finite and each
+/// lane's squared norm of the update (sweep [`Sweep::Norm`]).
 fn run<T: Float, P: Element<Compute = T>, G: Element<Compute = T>, E: Executor>(
     exec: &E,
     k: &Coefficients<T>,
     dims: Dims,
-    sweep: Sweep,
-    d: T,
+    (sweep, d, offset): (Sweep, T, usize),
     param: &mut [P],
     grad: &[G],
     parts: &mut Parts<'_, T>,
-) -> Result<(bool, f64), Error> {
+) -> (bool, LaneItems<f64>) {
     let Dims {
         batch,
         rows,
@@ -234,7 +300,7 @@ fn run<T: Float, P: Element<Compute = T>, G: Element<Compute = T>, E: Executor>(
                 g,
                 m,
                 p,
-                start: lane_range(batch, lanes, lane).0 * size,
+                start: offset + lane_range(batch, lanes, lane).0 * size,
                 stats: [sr, sc, rr, rc],
                 next,
                 factors,
@@ -256,8 +322,5 @@ fn run<T: Float, P: Element<Compute = T>, G: Element<Compute = T>, E: Executor>(
         &mut items,
     );
     let finite = items.iter().all(|it| it.finite);
-    if sweep == Sweep::Norm && !finite {
-        return Err(gradient_error(grad));
-    }
-    Ok((finite, items.iter().map(|it| it.sum_sq).sum::<f64>()))
+    (finite, items.iter().map(|it| it.sum_sq).collect())
 }

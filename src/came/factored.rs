@@ -161,54 +161,85 @@ fn matrix_norm<T: Float, G: Element<Compute = T>, E: Executor>(
     stats: &Stats<'_, T>,
     work: &mut Work<'_, T>,
 ) -> Result<f64, Error> {
+    sq_lanes(
+        exec,
+        k,
+        dims,
+        grad,
+        (stats.sq_row, work.next_row),
+        (work.col_sums, work.weighted_sums),
+    );
+    sq_finish(k, dims, stats.sq_col, work).ok_or_else(|| gradient_error(grad))
+}
+
+/// Sweep 1 over the `dims.lanes` lanes of `dims.rows` rows: the rows' new statistics into
+/// `next_row`, each lane's column sums and weighted column sums into `col_sums`, `weighted`
+/// ([`ColSums`], one after another).
+pub(super) fn sq_lanes<T: Float, G: Element<Compute = T>, E: Executor>(
+    exec: &E,
+    k: &Coefficients<T>,
+    dims: Dims,
+    grad: &[G],
+    (old_row, next_row): (&[T], &mut [T]),
+    (col_sums, weighted): (&mut [T], &mut [T]),
+) {
     let Dims {
         rows, cols, lanes, ..
     } = dims;
+    let mut items: LaneItems<_> = split(grad, cols, rows, lanes)
+        .zip(split(old_row, 1, rows, lanes))
+        .zip(split_mut(next_row, 1, rows, lanes))
+        .zip(col_sums.chunks_exact_mut(ColSums::<T>::PARTS * cols))
+        .zip(weighted.chunks_exact_mut(ColSums::<T>::PARTS * cols))
+        .map(|((((g, old), next), sums), w)| {
+            (
+                g,
+                old,
+                next,
+                ColSums::new(sums, cols),
+                ColSums::new(w, cols),
+            )
+        })
+        .collect();
+    let g = core::marker::PhantomData;
+    exec.run(&SqStats { cols, k, g }, &mut items);
+}
+
+/// After sweep 1, with every row's new statistic in `work.next_row` and every lane's sums in
+/// `work.col_sums` and `work.weighted_sums` (added up here in lane order): the new column
+/// statistics, the factors of both and the squared norm of the unclipped update; `None` if a
+/// new statistic is not finite. `dims.rows` counts all rows of the matrix.
+pub(super) fn sq_finish<T: Float>(
+    k: &Coefficients<T>,
+    dims: Dims,
+    old_col: &[T],
+    work: &mut Work<'_, T>,
+) -> Option<f64> {
     let Work {
         next_row,
         next_col,
         row_factors: rf,
         col_factors: cf,
-        col_sums: col_parts,
-        weighted_sums: weighted,
+        col_sums,
+        weighted_sums,
     } = work;
-
-    // Sweep 1: squared-gradient statistics and the update's norm.
-    {
-        let mut items: LaneItems<_> = split(grad, cols, rows, lanes)
-            .zip(split(stats.sq_row, 1, rows, lanes))
-            .zip(split_mut(next_row, 1, rows, lanes))
-            .zip(col_parts.chunks_exact_mut(ColSums::<T>::PARTS * cols))
-            .zip(weighted.chunks_exact_mut(ColSums::<T>::PARTS * cols))
-            .map(|((((g, old), next), sums), w)| {
-                (
-                    g,
-                    old,
-                    next,
-                    ColSums::new(sums, cols),
-                    ColSums::new(w, cols),
-                )
-            })
-            .collect();
-        let g = core::marker::PhantomData;
-        exec.run(&SqStats { cols, k, g }, &mut items);
-    }
-    let col_sums = combine_lanes(col_parts, cols);
-    let q = combine_lanes(weighted, cols);
+    let cols = dims.cols;
+    let col_sums = combine_lanes(col_sums, cols);
+    let q = combine_lanes(weighted_sums, cols);
     finish_cols(
         col_sums,
-        rows,
-        stats.sq_col,
+        dims.rows,
+        old_col,
         next_col,
         k.beta2,
         k.one_minus_beta2,
     );
     if !(all_finite(next_row) && all_finite(next_col)) {
-        return Err(gradient_error(grad));
+        return None;
     }
     factors(next_row, next_col, (rf, cf), None);
     quotients(q, next_col);
-    Ok(norm_from_quotients(next_row, q))
+    Some(norm_from_quotients(next_row, q))
 }
 
 /// Sweeps 2 and 3 of one matrix, after the squared-gradient statistics were committed.
@@ -221,65 +252,118 @@ pub(super) fn update<T: Float, P: Element<Compute = T>, G: Element<Compute = T>,
     grad: &[G],
     parts: &mut Parts<'_, T>,
 ) -> Result<(), Error> {
-    let Dims {
-        rows, cols, lanes, ..
-    } = dims;
     let stats = &mut parts.stats;
-    let m = &mut parts.m;
-    let Work {
-        next_row,
-        next_col,
-        row_factors: rf,
-        col_factors: cf,
-        col_sums: col_parts,
-        ..
-    } = &mut parts.work;
-
-    // Sweep 2: momentum and instability statistics.
-    {
-        let mut items: LaneItems<_> = split(grad, cols, rows, lanes)
-            .zip(m.reborrow().lanes((rows, lanes), 1, cols))
-            .zip(split(rf, 1, rows, lanes))
-            .zip(split(stats.res_row, 1, rows, lanes))
-            .zip(split_mut(next_row, 1, rows, lanes))
-            .zip(col_parts.chunks_exact_mut(ColSums::<T>::PARTS * cols))
-            .map(|(((((g, m), f), old), next), sums)| {
-                (g, m, f, old, next, ColSums::new(sums, cols))
-            })
-            .collect();
-        let g = core::marker::PhantomData;
-        exec.run(&Momentum { cols, cf, d, k, g }, &mut items);
-    }
-    let col_sums = combine_lanes(col_parts, cols);
-    finish_cols(
-        col_sums,
-        rows,
-        stats.res_col,
-        next_col,
-        k.beta3,
-        k.one_minus_beta3,
+    let work = &mut parts.work;
+    let row_factors = &*work.row_factors;
+    let old = (&*stats.res_row, &mut *work.next_row);
+    momentum_lanes(
+        exec,
+        k,
+        dims,
+        (d, row_factors, work.col_factors),
+        (grad, parts.m.reborrow()),
+        old,
+        work.col_sums,
     );
-    if !(all_finite(next_row) && all_finite(next_col)) {
+    if !momentum_finish(k, dims, stats.res_col, work) {
         return Err(Error::NonFiniteState);
     }
     if k.confidence {
-        stats.res_row.copy_from_slice(next_row);
-        stats.res_col.copy_from_slice(next_col);
-        factors(stats.res_row, stats.res_col, (rf, cf), k.bias_correction3);
+        stats.res_row.copy_from_slice(work.next_row);
+        stats.res_col.copy_from_slice(work.next_col);
+    }
+    res_factors(
+        k,
+        (stats.res_row, stats.res_col),
+        (work.row_factors, work.col_factors),
+    );
+    let f = (&*work.row_factors, &*work.col_factors);
+    apply_lanes(exec, k, dims, (param, parts.m.reborrow()), f, 0);
+    Ok(())
+}
+
+/// Sweep 2 over the lanes: the momentum of the lanes' rows with the update's factors and clip
+/// divisor `d`, the rows' new instability statistics into `next_row` and each lane's column
+/// sums into `col_sums`.
+pub(super) fn momentum_lanes<T: Float, G: Element<Compute = T>, E: Executor>(
+    exec: &E,
+    k: &Coefficients<T>,
+    dims: Dims,
+    (d, rf, cf): (T, &[T], &[T]),
+    (grad, m): (&[G], Moments<'_, T>),
+    (old_row, next_row): (&[T], &mut [T]),
+    col_sums: &mut [T],
+) {
+    let Dims {
+        rows, cols, lanes, ..
+    } = dims;
+    let mut items: LaneItems<_> = split(grad, cols, rows, lanes)
+        .zip(m.lanes((rows, lanes), 1, cols))
+        .zip(split(rf, 1, rows, lanes))
+        .zip(split(old_row, 1, rows, lanes))
+        .zip(split_mut(next_row, 1, rows, lanes))
+        .zip(col_sums.chunks_exact_mut(ColSums::<T>::PARTS * cols))
+        .map(|(((((g, m), f), old), next), sums)| (g, m, f, old, next, ColSums::new(sums, cols)))
+        .collect();
+    let g = core::marker::PhantomData;
+    exec.run(&Momentum { cols, cf, d, k, g }, &mut items);
+}
+
+/// After sweep 2, with every row's new instability statistic in `work.next_row` and every
+/// lane's sums in `work.col_sums` (added up here in lane order): the new column statistics;
+/// whether all new statistics are finite.
+pub(super) fn momentum_finish<T: Float>(
+    k: &Coefficients<T>,
+    dims: Dims,
+    old_col: &[T],
+    work: &mut Work<'_, T>,
+) -> bool {
+    let col_sums = combine_lanes(work.col_sums, dims.cols);
+    finish_cols(
+        col_sums,
+        dims.rows,
+        old_col,
+        work.next_col,
+        k.beta3,
+        k.one_minus_beta3,
+    );
+    all_finite(work.next_row) && all_finite(work.next_col)
+}
+
+/// The factors of sweep 3 from the committed instability statistics (every row's), or ones
+/// without the confidence term.
+pub(super) fn res_factors<T: Float>(
+    k: &Coefficients<T>,
+    (row, col): (&[T], &[T]),
+    (rf, cf): (&mut [T], &mut [T]),
+) {
+    if k.confidence {
+        factors(row, col, (rf, cf), k.bias_correction3);
     } else {
         rf.fill(T::one());
         cf.fill(T::one());
     }
+}
 
-    // Sweep 3: the parameters.
+/// Sweep 3 over the lanes: the parameters of the lanes' rows with factors `(rf, cf)`;
+/// `offset` is the flat index of `param[0]` in its tensor (for stochastic rounding).
+pub(super) fn apply_lanes<T: Float, P: Element<Compute = T>, E: Executor>(
+    exec: &E,
+    k: &Coefficients<T>,
+    dims: Dims,
+    (param, m): (&mut [P], Moments<'_, T>),
+    (rf, cf): (&[T], &[T]),
+    offset: usize,
+) {
+    let Dims {
+        rows, cols, lanes, ..
+    } = dims;
     let mut items: LaneItems<_> = split_mut(param, cols, rows, lanes)
-        .zip(m.reborrow().lanes((rows, lanes), 1, cols))
+        .zip(m.lanes((rows, lanes), 1, cols))
         .zip(split(rf, 1, rows, lanes))
         .enumerate()
-        .map(|(lane, ((p, m), f))| (p, m, f, lane_range(rows, lanes, lane).0 * cols))
+        .map(|(lane, ((p, m), f))| (p, m, f, offset + lane_range(rows, lanes, lane).0 * cols))
         .collect();
-    let cf = &**cf;
     let p = core::marker::PhantomData;
     exec.run(&Apply { cols, cf, k, p }, &mut items);
-    Ok(())
 }

@@ -21,6 +21,8 @@ pub(crate) mod multi;
 mod packed;
 mod parts;
 mod rows;
+#[cfg(feature = "std")]
+pub(crate) mod shard;
 mod small;
 mod sum;
 mod sweeps;

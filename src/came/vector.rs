@@ -79,9 +79,25 @@ pub(super) fn prepare<T: Float, G: Element<Compute = T>, E: Executor>(
     state: &[T],
 ) -> Result<Clip<T>, Error> {
     let n = grad.len();
-    let lanes = shape.lanes();
     let (m, rest) = state.split_at(n);
     let v = &rest[..n];
+    let sums = norm_lanes(exec, k, shape.lanes(), grad, (v, m));
+    clip_from_lanes(k, &sums, n).ok_or_else(|| match gradient_error(grad) {
+        Error::NonFiniteUpdate if !(valid_statistics(v) && all_finite(m)) => Error::NonFiniteState,
+        e => e,
+    })
+}
+
+/// Sweep 1 over `lanes` lanes of `grad` and its state `(v, m)`: each lane's squared norm of
+/// the unclipped update and its check (0 when every new value is finite).
+pub(super) fn norm_lanes<T: Float, G: Element<Compute = T>, E: Executor>(
+    exec: &E,
+    k: &Coefficients<T>,
+    lanes: usize,
+    grad: &[G],
+    (v, m): (&[T], &[T]),
+) -> LaneItems<(f64, f64)> {
+    let n = grad.len();
     let mut items: LaneItems<_> = split(grad, 1, n, lanes)
         .zip(split(v, 1, n, lanes))
         .zip(split(m, 1, n, lanes))
@@ -89,17 +105,19 @@ pub(super) fn prepare<T: Float, G: Element<Compute = T>, E: Executor>(
         .collect();
     let g = core::marker::PhantomData;
     exec.run(&Norm { k, g }, &mut items);
-    let sum_sq = items.iter().map(|it| it.3).sum::<f64>();
-    let check = items.iter().map(|it| it.4).sum::<f64>();
-    if !(sum_sq.is_finite() && check == 0.0) {
-        return Err(match gradient_error(grad) {
-            Error::NonFiniteUpdate if !(valid_statistics(v) && all_finite(m)) => {
-                Error::NonFiniteState
-            }
-            e => e,
-        });
-    }
-    Ok(Clip::from_sum_sq(sum_sq, n, k.clip_threshold))
+    items.iter().map(|it| (it.3, it.4)).collect()
+}
+
+/// The clip of a vector of `numel` elements from every lane's [`norm_lanes`], added up in lane
+/// order; `None` if a lane's check failed or the norm is not finite.
+pub(super) fn clip_from_lanes<T: Float>(
+    k: &Coefficients<T>,
+    lanes: &[(f64, f64)],
+    numel: usize,
+) -> Option<Clip<T>> {
+    let sum_sq = lanes.iter().map(|l| l.0).sum::<f64>();
+    let check = lanes.iter().map(|l| l.1).sum::<f64>();
+    (sum_sq.is_finite() && check == 0.0).then(|| Clip::from_sum_sq(sum_sq, numel, k.clip_threshold))
 }
 
 /// Sweep 2: the whole update.
@@ -113,14 +131,33 @@ pub(super) fn finish<T: Float, P: Element<Compute = T>, G: Element<Compute = T>,
     state: &mut [T],
 ) {
     let n = param.len();
-    let lanes = shape.lanes();
     let (m, rest) = state.split_at_mut(n);
+    let lanes = (shape.lanes(), 0);
+    finish_lanes(exec, k, lanes, clip, (param, grad), (m, &mut rest[..n]));
+}
+
+/// Sweep 2 over `lanes.0` lanes of the elements, the first of which has the flat index
+/// `lanes.1` in its tensor (for stochastic rounding).
+pub(super) fn finish_lanes<
+    T: Float,
+    P: Element<Compute = T>,
+    G: Element<Compute = T>,
+    E: Executor,
+>(
+    exec: &E,
+    k: &Coefficients<T>,
+    (lanes, offset): (usize, usize),
+    clip: Clip<T>,
+    (param, grad): (&mut [P], &[G]),
+    (m, v): (&mut [T], &mut [T]),
+) {
+    let n = param.len();
     let mut items: LaneItems<_> = split_mut(param, 1, n, lanes)
         .zip(split(grad, 1, n, lanes))
         .zip(split_mut(m, 1, n, lanes))
-        .zip(split_mut(&mut rest[..n], 1, n, lanes))
+        .zip(split_mut(v, 1, n, lanes))
         .enumerate()
-        .map(|(lane, (((p, g), m), v))| (p, g, m, v, lane_range(n, lanes, lane).0))
+        .map(|(lane, (((p, g), m), v))| (p, g, m, v, offset + lane_range(n, lanes, lane).0))
         .collect();
     let types = core::marker::PhantomData;
     exec.run(

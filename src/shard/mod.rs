@@ -1,0 +1,61 @@
+//! Sharded CAME (`ZeRO` stages 1 and 2): each data-parallel rank keeps and updates only its part
+//! of every tensor's optimizer state and parameters, and the result is the same as one process
+//! stepping the whole tensors, bit for bit, for any number of ranks.
+//!
+//! CAME's factored statistics cross the parts: a rank that holds some rows of a matrix cannot
+//! compute the column statistics, the mean of the row statistics or the update's norm alone.
+//! The step therefore exchanges partial results twice per step, whatever the number of tensors
+//! ([`Collective::all_gather`], all tensors packed into one buffer per exchange): after the
+//! first sweep (column sums, weighted column sums, new row statistics) and after the second
+//! (instability column sums and row statistics). Rows and columns are `O(rows + cols)` per
+//! matrix, against `O(rows * cols)` for the momentum a rank no longer keeps.
+//!
+//! # The shard map
+//! One process already cuts each tensor into *lanes* ([`crate::Shape::lanes`]: up to 16 runs of
+//! whole rows of a matrix, of whole matrices of a batch, of elements of a vector), computes each
+//! lane on its own and adds up what crosses lanes in lane order; that is why its results do not
+//! depend on the thread count. Sharding uses the same lanes: [`ShardMap::new`] gives each rank
+//! a contiguous run of every tensor's lanes, and after each exchange every rank adds the lanes'
+//! parts up in lane order, as one process does. The rule, for tensor `t` with `L` lanes and `N`
+//! ranks: the lanes are cut into `N` contiguous runs whose lengths differ by at most one (the
+//! longer runs first), and run `p` goes to rank `(p + t) % N`, so that tensors of a single lane
+//! (any tensor under 64 Ki elements) are spread over the ranks instead of all landing on rank
+//! 0. A rank may own nothing of a tensor. [`ShardMap::elements`] tells a trainer which
+//! elements of each tensor a rank steps.
+//!
+//! ```
+//! use came::shard::{LocalGroup, ShardedCame};
+//! use came::{CameConfig, Shape};
+//!
+//! let shapes = [Shape::new(&[300, 256])?, Shape::new(&[256])?];
+//! let ranks = LocalGroup::new(2);
+//! let results: Vec<Vec<Vec<f32>>> = std::thread::scope(|s| {
+//!     let handles: Vec<_> = ranks
+//!         .into_iter()
+//!         .map(|comm| s.spawn(move || {
+//!             let mut opt = ShardedCame::<f32, _>::new(CameConfig::new(1e-3), &shapes, comm)?;
+//!             let rank = opt.rank();
+//!             // this rank's elements of each tensor, and their gradients
+//!             let mut params: Vec<Vec<f32>> = (0..shapes.len())
+//!                 .map(|t| opt.map().elements(t, rank).map(|i| i as f32 * 1e-4).collect())
+//!                 .collect();
+//!             let grads: Vec<Vec<f32>> = params.iter().map(|p| p.iter().map(|x| x.sin()).collect()).collect();
+//!             let mut p: Vec<&mut [f32]> = params.iter_mut().map(|p| p.as_mut_slice()).collect();
+//!             let g: Vec<&[f32]> = grads.iter().map(|g| g.as_slice()).collect();
+//!             opt.step(&mut p, &g)?;
+//!             Ok::<_, came::shard::ShardError>(params)
+//!         }))
+//!         .collect();
+//!     handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+//! });
+//! assert_eq!(results.len(), 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod collective;
+mod map;
+mod step;
+
+pub use collective::{Collective, CollectiveError, LocalGroup};
+pub use map::ShardMap;
+pub use step::{ShardError, ShardedCame};

@@ -1,0 +1,320 @@
+//! Sharded CAME against one process: bit for bit, for 1 to 4 ranks (ranks as threads).
+#![cfg(feature = "std")]
+
+use came::shard::{LocalGroup, ShardError, ShardMap, ShardedCame};
+use came::{CameConfig, CameState, Error, Shape, TensorStep};
+
+/// Shapes whose lanes do not divide evenly over the ranks: one-lane matrices, a single row, a
+/// single column, rows not divisible by the lanes, batches of matrices (3x3 kernels among
+/// them), vectors long and short, a scalar.
+const DIMS: &[&[usize]] = &[
+    &[7, 5],
+    &[1, 70_001],
+    &[70_001, 1],
+    &[301, 700],
+    &[1000, 517],
+    &[8, 3, 130, 70],
+    &[256, 256, 3, 3],
+    &[5, 2, 3],
+    &[100],
+    &[150_001],
+    &[],
+];
+
+/// A reproducible gradient of tensor `t` at step `s` (SplitMix64 to floats around 0).
+fn grad(t: usize, s: usize, n: usize) -> Vec<f32> {
+    let mut x = (t as u64) << 32 | s as u64;
+    (0..n)
+        .map(|i| {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            let u = (z >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            // a few large entries so that the clip is taken
+            if i % 997 == 0 { u * 40.0 } else { u }
+        })
+        .collect()
+}
+
+fn init(n: usize) -> Vec<f32> {
+    (0..n).map(|i| ((i as f32) * 0.37).cos() * 0.1).collect()
+}
+
+fn shapes() -> Vec<Shape> {
+    DIMS.iter().map(|d| Shape::new(d).unwrap()).collect()
+}
+
+fn config() -> CameConfig {
+    CameConfig::new(1e-2).with_weight_decay(0.01)
+}
+
+/// One process: `steps` steps of every tensor with `step_all`; the parameters after each step.
+fn single(steps: usize) -> Vec<Vec<Vec<f32>>> {
+    let shapes = shapes();
+    let mut params: Vec<Vec<f32>> = shapes.iter().map(|s| init(s.numel())).collect();
+    let mut bufs: Vec<Vec<f32>> = shapes.iter().map(|s| vec![0.0; s.state_len()]).collect();
+    let mut states: Vec<CameState<'_, f32>> = bufs.iter_mut().map(|b| CameState::new(b)).collect();
+    let mut out = Vec::new();
+    for s in 0..steps {
+        let grads: Vec<Vec<f32>> = shapes
+            .iter()
+            .enumerate()
+            .map(|(t, sh)| grad(t, s, sh.numel()))
+            .collect();
+        let mut tensors: Vec<TensorStep<'_, '_, f32>> = params
+            .iter_mut()
+            .zip(&grads)
+            .zip(states.iter_mut())
+            .zip(&shapes)
+            .map(|(((param, grad), state), shape)| TensorStep {
+                shape: *shape,
+                param,
+                grad,
+                state,
+            })
+            .collect();
+        came::step_all(&config(), &mut tensors).unwrap();
+        out.push(params.clone());
+    }
+    out
+}
+
+/// `ranks` ranks as threads: `steps` sharded steps; the gathered parameters after each step,
+/// as rank 0 sees them (every rank's copy is checked to be the same).
+fn sharded(ranks: usize, steps: usize) -> Vec<Vec<Vec<f32>>> {
+    let shapes = shapes();
+    let per_rank: Vec<Vec<Vec<Vec<f32>>>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = LocalGroup::new(ranks)
+            .into_iter()
+            .map(|comm| {
+                let shapes = &shapes;
+                sc.spawn(move || {
+                    let mut opt = ShardedCame::<f32, _>::new(config(), shapes, comm).unwrap();
+                    let rank = opt.rank();
+                    let owned: Vec<_> = (0..shapes.len())
+                        .map(|t| opt.map().elements(t, rank))
+                        .collect();
+                    let mut local: Vec<Vec<f32>> = shapes
+                        .iter()
+                        .zip(&owned)
+                        .map(|(s, r)| init(s.numel())[r.clone()].to_vec())
+                        .collect();
+                    let mut full: Vec<Vec<f32>> =
+                        shapes.iter().map(|s| vec![0.0; s.numel()]).collect();
+                    let mut out = Vec::new();
+                    for s in 0..steps {
+                        let grads: Vec<Vec<f32>> = shapes
+                            .iter()
+                            .enumerate()
+                            .map(|(t, sh)| grad(t, s, sh.numel())[owned[t].clone()].to_vec())
+                            .collect();
+                        let mut p: Vec<&mut [f32]> =
+                            local.iter_mut().map(Vec::as_mut_slice).collect();
+                        let g: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
+                        opt.step(&mut p, &g).unwrap();
+                        let l: Vec<&[f32]> = local.iter().map(Vec::as_slice).collect();
+                        let mut f: Vec<&mut [f32]> =
+                            full.iter_mut().map(Vec::as_mut_slice).collect();
+                        opt.all_gather_params(&l, &mut f).unwrap();
+                        out.push(full.clone());
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for other in &per_rank[1..] {
+        assert!(bits(other) == bits(&per_rank[0]), "ranks disagree");
+    }
+    per_rank.into_iter().next().unwrap()
+}
+
+fn bits(x: &[Vec<Vec<f32>>]) -> Vec<Vec<Vec<u32>>> {
+    x.iter()
+        .map(|s| {
+            s.iter()
+                .map(|t| t.iter().map(|v| v.to_bits()).collect())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn sharded_steps_equal_one_process_bit_for_bit_for_1_to_4_ranks() {
+    let steps = 3;
+    let expected = bits(&single(steps));
+    for ranks in 1..=4 {
+        let got = bits(&sharded(ranks, steps));
+        for (s, (g, e)) in got.iter().zip(&expected).enumerate() {
+            for (t, (g, e)) in g.iter().zip(e).enumerate() {
+                let diff = g.iter().zip(e).filter(|(a, b)| a != b).count();
+                assert_eq!(
+                    diff, 0,
+                    "{ranks} ranks, step {s}, tensor {t} {:?}: {diff} elements differ",
+                    DIMS[t]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_map_covers_every_element_once_and_spreads_small_tensors() {
+    let shapes = shapes();
+    for ranks in 1..=5 {
+        let map = ShardMap::new(&shapes, ranks).unwrap();
+        for (t, s) in shapes.iter().enumerate() {
+            let mut covered: Vec<_> = (0..ranks)
+                .map(|r| map.elements(t, r))
+                .filter(|r| !r.is_empty())
+                .collect();
+            covered.sort_by_key(|r| r.start);
+            let mut next = 0;
+            for r in covered {
+                assert_eq!(r.start, next, "tensor {t}, {ranks} ranks");
+                next = r.end;
+            }
+            assert_eq!(next, s.numel(), "tensor {t}, {ranks} ranks");
+        }
+    }
+    // one-lane tensors go to different ranks
+    let small = [Shape::new(&[4, 4]).unwrap(); 3];
+    let map = ShardMap::new(&small, 3).unwrap();
+    let owners: Vec<usize> = (0..3)
+        .map(|t| (0..3).find(|&r| !map.elements(t, r).is_empty()).unwrap())
+        .collect();
+    assert_eq!(owners, [0, 1, 2]);
+    assert_eq!(ShardMap::new(&small, 0), Err(ShardError::NoRanks));
+}
+
+/// A NaN in the gradient rows of one rank: every rank reports the error one process reports
+/// (with the index in the whole tensor), and no rank changed anything.
+#[test]
+fn a_nan_on_one_rank_fails_the_step_on_every_rank_and_changes_nothing() {
+    let shapes = shapes();
+    let (tensor, index) = (4, 900 * 517 + 3); // in the last rank's rows for 3 ranks
+    // one process
+    let mut bufs: Vec<Vec<f32>> = shapes.iter().map(|s| vec![0.0; s.state_len()]).collect();
+    let mut states: Vec<CameState<'_, f32>> = bufs.iter_mut().map(|b| CameState::new(b)).collect();
+    let mut params: Vec<Vec<f32>> = shapes.iter().map(|s| init(s.numel())).collect();
+    let mut grads: Vec<Vec<f32>> = shapes
+        .iter()
+        .enumerate()
+        .map(|(t, sh)| grad(t, 0, sh.numel()))
+        .collect();
+    grads[tensor][index] = f32::NAN;
+    let mut tensors: Vec<TensorStep<'_, '_, f32>> = params
+        .iter_mut()
+        .zip(&grads)
+        .zip(states.iter_mut())
+        .zip(&shapes)
+        .map(|(((param, grad), state), shape)| TensorStep {
+            shape: *shape,
+            param,
+            grad,
+            state,
+        })
+        .collect();
+    let single = came::step_all(&config(), &mut tensors).unwrap_err();
+    assert_eq!(single.tensor, tensor);
+    assert_eq!(single.error, Error::NonFiniteGradient { index });
+
+    let results: Vec<_> = std::thread::scope(|sc| {
+        let handles: Vec<_> = LocalGroup::new(3)
+            .into_iter()
+            .map(|comm| {
+                let (shapes, grads) = (&shapes, &grads);
+                sc.spawn(move || {
+                    let mut opt = ShardedCame::<f32, _>::new(config(), shapes, comm).unwrap();
+                    let rank = opt.rank();
+                    let owned: Vec<_> = (0..shapes.len())
+                        .map(|t| opt.map().elements(t, rank))
+                        .collect();
+                    let mut local: Vec<Vec<f32>> = shapes
+                        .iter()
+                        .zip(&owned)
+                        .map(|(s, r)| init(s.numel())[r.clone()].to_vec())
+                        .collect();
+                    let before = local.clone();
+                    let g: Vec<&[f32]> = grads
+                        .iter()
+                        .zip(&owned)
+                        .map(|(g, r)| &g[r.clone()])
+                        .collect();
+                    let mut p: Vec<&mut [f32]> = local.iter_mut().map(Vec::as_mut_slice).collect();
+                    let err = opt.step(&mut p, &g).unwrap_err();
+                    assert_eq!(local, before, "rank {rank} changed its parameters");
+                    assert_eq!(opt.step_count(), 0);
+                    // the next step, with a clean gradient, goes through from the same state
+                    let clean: Vec<Vec<f32>> = shapes
+                        .iter()
+                        .enumerate()
+                        .map(|(t, sh)| grad(t, 0, sh.numel())[owned[t].clone()].to_vec())
+                        .collect();
+                    let g: Vec<&[f32]> = clean.iter().map(Vec::as_slice).collect();
+                    let mut p: Vec<&mut [f32]> = local.iter_mut().map(Vec::as_mut_slice).collect();
+                    opt.step(&mut p, &g).unwrap();
+                    (rank, err, local)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let expected = single_first_step();
+    for (rank, err, local) in results {
+        assert_eq!(
+            err,
+            ShardError::Tensor {
+                tensor,
+                error: Error::NonFiniteGradient { index }
+            },
+            "rank {rank}"
+        );
+        let map = ShardMap::new(&shapes, 3).unwrap();
+        for (t, l) in local.iter().enumerate() {
+            assert!(
+                l == &expected[t][map.elements(t, rank)],
+                "rank {rank}, tensor {t} after the clean step"
+            );
+        }
+    }
+}
+
+fn single_first_step() -> Vec<Vec<f32>> {
+    single(1).remove(0)
+}
+
+#[test]
+fn wrong_slices_are_refused_before_anything_is_exchanged() {
+    let shapes = [Shape::new(&[4, 3]).unwrap()];
+    let comm = LocalGroup::new(1).remove(0);
+    let mut opt = ShardedCame::<f32, _>::new(CameConfig::new(1e-3), &shapes, comm).unwrap();
+    let mut p = [0.0f32; 11];
+    let g = [0.0f32; 12];
+    let err = opt.step(&mut [&mut p], &[&g]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ShardError::Tensor {
+                tensor: 0,
+                error: Error::LengthMismatch {
+                    expected: 12,
+                    actual: 11,
+                    ..
+                }
+            }
+        ),
+        "{err:?}"
+    );
+    let err = opt.step::<f32>(&mut [], &[]).unwrap_err();
+    assert_eq!(
+        err,
+        ShardError::TensorCount {
+            expected: 1,
+            found: 0
+        }
+    );
+}
