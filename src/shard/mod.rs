@@ -54,8 +54,16 @@
 
 mod collective;
 mod map;
+#[cfg(feature = "mpi")]
+#[path = "mpi.rs"]
+mod mpi_group;
 mod step;
 
 pub use collective::{Collective, CollectiveError, LocalGroup};
 pub use map::ShardMap;
+/// The `mpi` crate (rsmpi) this module is built with: `mpi::initialize()` starts MPI.
+#[cfg(feature = "mpi")]
+pub use mpi;
+#[cfg(feature = "mpi")]
+pub use mpi_group::MpiGroup;
 pub use step::{ShardError, ShardedCame};
