@@ -318,3 +318,123 @@ fn wrong_slices_are_refused_before_anything_is_exchanged() {
         }
     );
 }
+
+/// Ranks `ranks` as threads: loads `load` if given, with parameters `start`; steps
+/// `steps` (gradients of those step numbers); saves to `save` if given; returns the gathered
+/// parameters.
+fn resume(
+    ranks: usize,
+    start: &[Vec<f32>],
+    steps: std::ops::Range<usize>,
+    load: Option<&std::path::Path>,
+    save: Option<&std::path::Path>,
+) -> Vec<Vec<f32>> {
+    let shapes = shapes();
+    let mut out: Vec<Vec<Vec<f32>>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = LocalGroup::new(ranks)
+            .into_iter()
+            .map(|comm| {
+                let (shapes, steps) = (&shapes, steps.clone());
+                sc.spawn(move || {
+                    let mut opt = ShardedCame::<f32, _>::new(config(), shapes, comm).unwrap();
+                    if let Some(dir) = load {
+                        opt.load(dir).unwrap();
+                        assert_eq!(opt.step_count(), steps.start as u64);
+                    }
+                    let rank = opt.rank();
+                    let owned: Vec<_> = (0..shapes.len())
+                        .map(|t| opt.map().elements(t, rank))
+                        .collect();
+                    let mut local: Vec<Vec<f32>> = start
+                        .iter()
+                        .zip(&owned)
+                        .map(|(p, r)| p[r.clone()].to_vec())
+                        .collect();
+                    for s in steps {
+                        let grads: Vec<Vec<f32>> = shapes
+                            .iter()
+                            .enumerate()
+                            .map(|(t, sh)| grad(t, s, sh.numel())[owned[t].clone()].to_vec())
+                            .collect();
+                        let mut p: Vec<&mut [f32]> =
+                            local.iter_mut().map(Vec::as_mut_slice).collect();
+                        let g: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
+                        opt.step(&mut p, &g).unwrap();
+                    }
+                    if let Some(dir) = save {
+                        opt.save(dir).unwrap();
+                    }
+                    let mut full: Vec<Vec<f32>> =
+                        shapes.iter().map(|s| vec![0.0; s.numel()]).collect();
+                    let l: Vec<&[f32]> = local.iter().map(Vec::as_slice).collect();
+                    let mut f: Vec<&mut [f32]> = full.iter_mut().map(Vec::as_mut_slice).collect();
+                    opt.all_gather_params(&l, &mut f).unwrap();
+                    full
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    out.remove(0)
+}
+
+#[test]
+fn a_checkpoint_of_n_ranks_resumes_on_m_ranks_bit_for_bit() {
+    let expected = single(4);
+    let init: Vec<Vec<f32>> = shapes().iter().map(|s| init(s.numel())).collect();
+    for (n, m) in [(2, 3), (3, 1), (1, 4), (4, 2), (3, 3)] {
+        let dir = Scratch::new(&format!("{n}-{m}"));
+        let mid = resume(n, &init, 0..2, None, Some(dir.path()));
+        assert!(
+            bits(std::slice::from_ref(&mid)) == bits(&expected[1..2]),
+            "{n} ranks before saving"
+        );
+        let end = resume(m, &mid, 2..4, Some(dir.path()), None);
+        assert!(
+            bits(&[end]) == bits(&expected[3..4]),
+            "saved on {n} ranks, resumed on {m}"
+        );
+    }
+}
+
+#[test]
+fn a_checkpoint_with_a_missing_rank_or_another_model_is_refused() {
+    let init: Vec<Vec<f32>> = shapes().iter().map(|s| init(s.numel())).collect();
+    let dir = Scratch::new("refused");
+    resume(3, &init, 0..1, None, Some(dir.path()));
+    let comm = LocalGroup::new(1).remove(0);
+    // another model: the first tensor's layout differs
+    let mut other = shapes();
+    other[0] = Shape::new(&[5, 7]).unwrap();
+    let mut opt = ShardedCame::<f32, _>::new(config(), &other, comm).unwrap();
+    let err = opt.load(dir.path()).unwrap_err();
+    assert!(format!("{err}").contains("layout.0"), "{err}");
+    // a missing rank's file
+    std::fs::remove_file(dir.path().join("came-shard-1-of-3.safetensors")).unwrap();
+    let comm = LocalGroup::new(1).remove(0);
+    let mut opt = ShardedCame::<f32, _>::new(config(), &shapes(), comm).unwrap();
+    let err = opt.load(dir.path()).unwrap_err();
+    assert!(format!("{err}").contains("came-shard-1-of-3"), "{err}");
+    assert_eq!(opt.step_count(), 0);
+}
+
+/// A directory of its own under the system's temporary directory, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("came-shard-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -62,6 +62,16 @@ pub(crate) enum Failure {
     State,
 }
 
+/// How a piece of a rank's state spreads over the tensor's units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Extent {
+    /// This many values per unit (row, matrix or element) the rank owns.
+    PerUnit(usize),
+    /// This many values, the same on every rank that owns a unit of the tensor (a matrix's
+    /// column statistics).
+    Shared(usize),
+}
+
 /// The units (rows, matrices or elements) each lane of a tensor covers start at
 /// `unit_start(lane)`; `lanes` is one past the last lane.
 fn unit_start(units: usize, lanes: usize, lane: usize) -> usize {
@@ -198,6 +208,46 @@ impl<T: Float> Part<T> {
             }
             Kind::Vector => (2 * own.rows, 0),
         }
+    }
+
+    /// The named pieces of the rank's state: their keys ([`crate::FACTORED_KEYS`],
+    /// [`crate::VECTOR_KEYS`]), how they spread over the units, and where they lie in
+    /// `self.state`.
+    pub(crate) fn pieces(&self) -> Vec<(&'static str, Extent, Range<usize>)> {
+        let Dims { rows, cols, .. } = self.full;
+        let extents: Vec<(&'static str, Extent)> = match self.kind {
+            Kind::Matrix => crate::FACTORED_KEYS
+                .into_iter()
+                .zip([
+                    Extent::PerUnit(cols),
+                    Extent::PerUnit(1),
+                    Extent::Shared(cols),
+                    Extent::PerUnit(1),
+                    Extent::Shared(cols),
+                ])
+                .collect(),
+            Kind::Batch => crate::FACTORED_KEYS
+                .into_iter()
+                .zip([rows * cols, rows, cols, rows, cols].map(Extent::PerUnit))
+                .collect(),
+            Kind::Vector => crate::VECTOR_KEYS
+                .into_iter()
+                .zip([Extent::PerUnit(1); 2])
+                .collect(),
+        };
+        let own = self.units_of(self.rank).len();
+        let mut start = 0;
+        extents
+            .into_iter()
+            .map(|(key, extent)| {
+                let len = match extent {
+                    Extent::PerUnit(w) => own * w,
+                    Extent::Shared(n) => n,
+                };
+                start += len;
+                (key, extent, start - len..start)
+            })
+            .collect()
     }
 
     /// Elements of the rank's state (its named pieces, without the workspace).

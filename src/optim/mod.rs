@@ -17,6 +17,7 @@ mod rule;
 use std::path::Path;
 
 pub use checkpoint::CheckpointError;
+pub(crate) use checkpoint::{encode, open, values, write_atomic};
 pub use cpu::{AdamW, Came, CpuOptimizer, StatePiece};
 pub use error::{Mismatch, OptimizerError};
 pub use rule::{Rule, Steps};

@@ -129,6 +129,21 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
         })
     }
 
+    /// This rank's parts of the tensors.
+    pub(crate) fn parts(&self) -> &[Part<T>] {
+        &self.parts
+    }
+
+    /// This rank's parts of the tensors, to load a checkpoint into.
+    pub(crate) fn parts_mut(&mut self) -> &mut [Part<T>] {
+        &mut self.parts
+    }
+
+    /// Sets the step count (a loaded checkpoint's).
+    pub(crate) fn set_step_count(&mut self, steps: u64) {
+        self.steps = steps;
+    }
+
     /// The shard map: which elements of each tensor this rank steps.
     pub fn map(&self) -> &ShardMap {
         &self.map

@@ -228,7 +228,7 @@ pub(super) fn decode<E: bytemuck::Pod>(bytes: &[u8]) -> Vec<E> {
 
 /// Writes `bytes` to `path` atomically: to a temporary file beside it, synced, then renamed
 /// over `path`, so a crash at any point leaves either the old file or the new one.
-pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic_until(path, bytes, None)
 }
 

@@ -25,9 +25,10 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde_json::Value;
 
 pub use error::CheckpointError;
+pub(crate) use file::write_atomic;
 use file::{
     Bytes, canonical, check_complete, decode, dtype_label, dtype_of, swap_to_little_endian, widen,
-    widens_to, write_atomic,
+    widens_to,
 };
 
 use super::cpu::CpuOptimizer;
@@ -41,6 +42,61 @@ fn json_string(v: &Value) -> String {
 
 fn dtype_name(d: Dtype) -> String {
     format!("{d:?}")
+}
+
+/// The bytes of a file of the named tensors of `E` (name, shape, values) and `meta`, in this
+/// format: checksums added, the header's keys in order.
+pub(crate) fn encode<E: Element>(
+    tensors: &[(String, Vec<usize>, &[E])],
+    mut meta: BTreeMap<String, String>,
+) -> Result<Vec<u8>, CheckpointError> {
+    let tensors: Vec<(&str, Bytes)> = tensors
+        .iter()
+        .map(|(k, shape, values)| (k.as_str(), Bytes::new(shape.clone(), values)))
+        .collect();
+    checksum::sign(
+        &mut meta,
+        tensors.iter().map(|(k, b)| (*k, b.data.as_slice())),
+    );
+    let views = tensors.iter().map(|(k, b)| (*k, b));
+    let meta: HashMap<String, String> = meta.into_iter().collect();
+    let bytes = safetensors::serialize(views, Some(meta))
+        .map_err(|e| CheckpointError::Format(e.to_string()))?;
+    canonical(&bytes)
+}
+
+/// A file's tensors and metadata, checked to be complete and to match its checksums.
+pub(crate) fn open(
+    bytes: &[u8],
+) -> Result<(SafeTensors<'_>, BTreeMap<String, String>), CheckpointError> {
+    check_complete(bytes)?;
+    let file =
+        SafeTensors::deserialize(bytes).map_err(|e| CheckpointError::Format(e.to_string()))?;
+    let (_, header) =
+        SafeTensors::read_metadata(bytes).map_err(|e| CheckpointError::Format(e.to_string()))?;
+    let meta: BTreeMap<String, String> = header
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    checksum::verify(&meta, &file)?;
+    Ok((file, meta))
+}
+
+/// The values of a tensor of `E` read from a file, or [`CheckpointError::WrongDtype`].
+pub(crate) fn values<E: Element>(
+    key: &str,
+    view: &TensorView<'_>,
+) -> Result<Vec<E>, CheckpointError> {
+    if view.dtype() != dtype_of::<E>() {
+        return Err(CheckpointError::WrongDtype {
+            key: key.to_string(),
+            expected: dtype_label::<E>(),
+            found: dtype_name(view.dtype()),
+        });
+    }
+    Ok(decode(view.data()))
 }
 
 /// A tensor's state and metadata read from a file, not yet committed.
