@@ -10,9 +10,22 @@
 //! several steps and gathers the parameters; rank 0 compares them with `came::step_all` on the
 //! whole tensors and prints `dist_check ranks=N tensors=K steps=S identical=true|false`, then
 //! every rank exits with 1 when they differ.
+//!
+//! `--bench` times a sharded GPT-2 small step instead (medians of `--steps` steps, a step
+//! taking as long as its slowest rank) against one process stepping the whole model on one
+//! thread, and prints the bytes each rank sends per step:
+//!
+//! ```sh
+//! mpirun --oversubscribe -n 2 target/release/examples/dist_check --bench --steps 5
+//! ```
+
+use std::time::Instant;
 
 use came::shard::{Collective, MpiGroup, ShardedCame};
 use came::{CameConfig, CameState, Shape, TensorStep};
+
+#[path = "common/gpt2.rs"]
+mod gpt2;
 
 #[path = "common/rng.rs"]
 #[allow(dead_code)]
@@ -54,11 +67,15 @@ fn main() {
         .map_or(4, |s| s.parse().expect("--steps takes a number"));
     let universe = came::shard::mpi::initialize().expect("MPI initialised once");
     let group = MpiGroup::new(universe.world());
+    if std::env::args().any(|a| a == "--bench") {
+        return bench(group, steps);
+    }
     let (rank, ranks) = (group.rank(), group.size());
     let shapes: Vec<Shape> = DIMS.iter().map(|d| Shape::new(d).unwrap()).collect();
     let config = CameConfig::new(1e-2).with_weight_decay(0.01);
 
-    let mut opt = ShardedCame::<f32, _>::new(config, &shapes, group).expect("a sharded optimizer");
+    let mut opt =
+        ShardedCame::<f32, _>::with_dims(config, DIMS, group).expect("a sharded optimizer");
     let owned: Vec<_> = (0..shapes.len())
         .map(|t| opt.map().elements(t, rank))
         .collect();
@@ -74,8 +91,8 @@ fn main() {
             .map(|(t, sh)| grad(t, s, sh.numel())[owned[t].clone()].to_vec())
             .collect();
         let mut p: Vec<&mut [f32]> = local.iter_mut().map(Vec::as_mut_slice).collect();
-        let g: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
-        opt.step(&mut p, &g).expect("a sharded step");
+        let g: Vec<Option<&[f32]>> = grads.iter().map(|g| Some(g.as_slice())).collect();
+        opt.step_shards(&mut p, &g).expect("a sharded step");
     }
     let mut full: Vec<Vec<f32>> = shapes.iter().map(|s| vec![0.0; s.numel()]).collect();
     let l: Vec<&[f32]> = local.iter().map(Vec::as_slice).collect();
@@ -84,7 +101,7 @@ fn main() {
         .expect("the parameters gathered");
     println!(
         "rank {rank}: state {} bytes (one process: {} bytes)",
-        opt.state_bytes(),
+        opt.local_state_bytes(),
         shapes
             .iter()
             .map(|s| s.state_layout().named_len() * 4)
@@ -127,5 +144,119 @@ fn main() {
     }
     if !identical {
         std::process::exit(1);
+    }
+}
+
+/// Cheap deterministic values in [-scale, scale) for large tensors.
+fn fill(v: &mut [f32], seed: u64, scale: f32) {
+    for (i, x) in v.iter_mut().enumerate() {
+        let z = (i as u64 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        *x = ((z >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale;
+    }
+}
+
+/// Every rank's value of `x`, in rank order.
+fn gather(group: &MpiGroup, x: f64) -> Vec<f64> {
+    let mut recv = vec![0u8; 8 * group.size()];
+    group
+        .all_gather(&x.to_le_bytes(), &mut recv)
+        .expect("an all-gather");
+    recv.chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// GPT-2 small: a sharded step on every rank against one process on rank 0.
+fn bench(group: MpiGroup, steps: usize) {
+    let (rank, ranks) = (group.rank(), group.size());
+    let shapes: Vec<Shape> = gpt2::gpt2_small()
+        .iter()
+        .map(|d| Shape::new(d).unwrap())
+        .collect();
+    let params: usize = shapes.iter().map(Shape::numel).sum();
+    let config = CameConfig::new(1e-4).with_weight_decay(0.01);
+    let dims = gpt2::gpt2_small();
+    let dims: Vec<&[usize]> = dims.iter().map(Vec::as_slice).collect();
+    let mut opt =
+        ShardedCame::<f32, _>::with_dims(config, &dims, group).expect("a sharded optimizer");
+    let owned: Vec<_> = (0..shapes.len())
+        .map(|t| opt.map().elements(t, rank))
+        .collect();
+    let mut local: Vec<Vec<f32>> = owned.iter().map(|r| vec![0.0; r.len()]).collect();
+    let mut grads: Vec<Vec<f32>> = local.clone();
+    for (t, (p, g)) in local.iter_mut().zip(&mut grads).enumerate() {
+        fill(p, t as u64, 0.02);
+        fill(g, 1000 + t as u64, 1e-3);
+    }
+    let mut sharded = Vec::new();
+    for s in 0..=steps {
+        gather(opt.collective(), 0.0); // start together
+        let t0 = Instant::now();
+        let mut p: Vec<&mut [f32]> = local.iter_mut().map(Vec::as_mut_slice).collect();
+        let g: Vec<Option<&[f32]>> = grads.iter().map(|g| Some(g.as_slice())).collect();
+        opt.step_shards(&mut p, &g).expect("a sharded step");
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        let slowest = gather(opt.collective(), ms).into_iter().fold(0.0, f64::max);
+        if s > 0 {
+            sharded.push(slowest);
+        }
+    }
+    let sent = gather(opt.collective(), opt.sent_bytes() as f64);
+    let state = gather(opt.collective(), opt.local_state_bytes() as f64);
+    drop((local, grads));
+    // one process on rank 0, the other ranks waiting
+    let mut single = Vec::new();
+    let mut single_state = 0;
+    if rank == 0 {
+        let mut params: Vec<Vec<f32>> = shapes.iter().map(|s| vec![0.0; s.numel()]).collect();
+        let mut grads: Vec<Vec<f32>> = params.clone();
+        for (t, (p, g)) in params.iter_mut().zip(&mut grads).enumerate() {
+            fill(p, t as u64, 0.02);
+            fill(g, 1000 + t as u64, 1e-3);
+        }
+        let mut bufs: Vec<Vec<f32>> = shapes.iter().map(|s| vec![0.0; s.state_len()]).collect();
+        single_state = shapes
+            .iter()
+            .map(|s| s.state_layout().named_len() * 4)
+            .sum::<usize>();
+        let mut states: Vec<CameState<'_, f32>> =
+            bufs.iter_mut().map(|b| CameState::new(b)).collect();
+        for s in 0..=steps {
+            let t0 = Instant::now();
+            let mut tensors: Vec<TensorStep<'_, '_, f32>> = params
+                .iter_mut()
+                .zip(&grads)
+                .zip(states.iter_mut())
+                .zip(&shapes)
+                .map(|(((param, grad), state), shape)| TensorStep {
+                    shape: *shape,
+                    param,
+                    grad,
+                    state,
+                })
+                .collect();
+            came::step_all(&config, &mut tensors).expect("one process's step");
+            if s > 0 {
+                single.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    gather(opt.collective(), 0.0);
+    if rank == 0 {
+        let (sharded, single) = (median(sharded), median(single));
+        println!(
+            "dist_bench model=gpt2-small params={params} ranks={ranks} steps={steps} \
+             sharded_ms={sharded:.1} single_ms={single:.1} speedup={:.2} \
+             sent_bytes_per_rank={:.0} state_bytes_per_rank={:.0} single_state_bytes={single_state}",
+            single / sharded,
+            sent.iter().copied().fold(0.0, f64::max),
+            state.iter().copied().fold(0.0, f64::max),
+        );
     }
 }

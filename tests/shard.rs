@@ -1,8 +1,9 @@
 //! Sharded CAME against one process: bit for bit, for 1 to 4 ranks (ranks as threads).
 #![cfg(feature = "std")]
 
+use came::optim::{OptimizerError, TensorId};
 use came::shard::{LocalGroup, ShardError, ShardMap, ShardedCame};
-use came::{CameConfig, CameState, Error, Shape, TensorStep};
+use came::{CameConfig, CameState, Error, Optimizer, Shape, TensorStep};
 
 /// Shapes whose lanes do not divide evenly over the ranks: one-lane matrices, a single row, a
 /// single column, rows not divisible by the lanes, batches of matrices (3x3 kernels among
@@ -91,7 +92,7 @@ fn sharded(ranks: usize, steps: usize) -> Vec<Vec<Vec<f32>>> {
             .map(|comm| {
                 let shapes = &shapes;
                 sc.spawn(move || {
-                    let mut opt = ShardedCame::<f32, _>::new(config(), shapes, comm).unwrap();
+                    let mut opt = ShardedCame::<f32, _>::with_dims(config(), DIMS, comm).unwrap();
                     let rank = opt.rank();
                     let owned: Vec<_> = (0..shapes.len())
                         .map(|t| opt.map().elements(t, rank))
@@ -112,8 +113,9 @@ fn sharded(ranks: usize, steps: usize) -> Vec<Vec<Vec<f32>>> {
                             .collect();
                         let mut p: Vec<&mut [f32]> =
                             local.iter_mut().map(Vec::as_mut_slice).collect();
-                        let g: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
-                        opt.step(&mut p, &g).unwrap();
+                        let g: Vec<Option<&[f32]>> =
+                            grads.iter().map(|g| Some(g.as_slice())).collect();
+                        opt.step_shards(&mut p, &g).unwrap();
                         let l: Vec<&[f32]> = local.iter().map(Vec::as_slice).collect();
                         let mut f: Vec<&mut [f32]> =
                             full.iter_mut().map(Vec::as_mut_slice).collect();
@@ -228,7 +230,7 @@ fn a_nan_on_one_rank_fails_the_step_on_every_rank_and_changes_nothing() {
             .map(|comm| {
                 let (shapes, grads) = (&shapes, &grads);
                 sc.spawn(move || {
-                    let mut opt = ShardedCame::<f32, _>::new(config(), shapes, comm).unwrap();
+                    let mut opt = ShardedCame::<f32, _>::with_dims(config(), DIMS, comm).unwrap();
                     let rank = opt.rank();
                     let owned: Vec<_> = (0..shapes.len())
                         .map(|t| opt.map().elements(t, rank))
@@ -239,24 +241,24 @@ fn a_nan_on_one_rank_fails_the_step_on_every_rank_and_changes_nothing() {
                         .map(|(s, r)| init(s.numel())[r.clone()].to_vec())
                         .collect();
                     let before = local.clone();
-                    let g: Vec<&[f32]> = grads
+                    let g: Vec<Option<&[f32]>> = grads
                         .iter()
                         .zip(&owned)
-                        .map(|(g, r)| &g[r.clone()])
+                        .map(|(g, r)| Some(&g[r.clone()]))
                         .collect();
                     let mut p: Vec<&mut [f32]> = local.iter_mut().map(Vec::as_mut_slice).collect();
-                    let err = opt.step(&mut p, &g).unwrap_err();
+                    let err = opt.step_shards(&mut p, &g).unwrap_err();
                     assert_eq!(local, before, "rank {rank} changed its parameters");
-                    assert_eq!(opt.step_count(), 0);
+                    assert_eq!(opt.step_count(TensorId(0)), Some(0));
                     // the next step, with a clean gradient, goes through from the same state
                     let clean: Vec<Vec<f32>> = shapes
                         .iter()
                         .enumerate()
                         .map(|(t, sh)| grad(t, 0, sh.numel())[owned[t].clone()].to_vec())
                         .collect();
-                    let g: Vec<&[f32]> = clean.iter().map(Vec::as_slice).collect();
+                    let g: Vec<Option<&[f32]>> = clean.iter().map(|g| Some(g.as_slice())).collect();
                     let mut p: Vec<&mut [f32]> = local.iter_mut().map(Vec::as_mut_slice).collect();
-                    opt.step(&mut p, &g).unwrap();
+                    opt.step_shards(&mut p, &g).unwrap();
                     (rank, err, local)
                 })
             })
@@ -267,10 +269,11 @@ fn a_nan_on_one_rank_fails_the_step_on_every_rank_and_changes_nothing() {
     for (rank, err, local) in results {
         assert_eq!(
             err,
-            ShardError::Tensor {
-                tensor,
+            ShardError::Optimizer(OptimizerError::Tensor {
+                index: tensor,
+                name: tensor.to_string(),
                 error: Error::NonFiniteGradient { index }
-            },
+            }),
             "rank {rank}"
         );
         let map = ShardMap::new(&shapes, 3).unwrap();
@@ -289,33 +292,43 @@ fn single_first_step() -> Vec<Vec<f32>> {
 
 #[test]
 fn wrong_slices_are_refused_before_anything_is_exchanged() {
-    let shapes = [Shape::new(&[4, 3]).unwrap()];
     let comm = LocalGroup::new(1).remove(0);
-    let mut opt = ShardedCame::<f32, _>::new(CameConfig::new(1e-3), &shapes, comm).unwrap();
+    let mut opt =
+        ShardedCame::<f32, _>::with_dims(CameConfig::new(1e-3), &[&[4, 3]], comm).unwrap();
     let mut p = [0.0f32; 11];
     let g = [0.0f32; 12];
-    let err = opt.step(&mut [&mut p], &[&g]).unwrap_err();
+    let err = opt.step_shards(&mut [&mut p], &[Some(&g[..])]).unwrap_err();
     assert!(
         matches!(
-            err,
-            ShardError::Tensor {
-                tensor: 0,
+            &err,
+            ShardError::Optimizer(OptimizerError::Tensor {
+                index: 0,
                 error: Error::LengthMismatch {
                     expected: 12,
                     actual: 11,
                     ..
-                }
-            }
+                },
+                ..
+            })
         ),
         "{err:?}"
     );
-    let err = opt.step::<f32>(&mut [], &[]).unwrap_err();
+    let err = opt.step_shards::<f32>(&mut [], &[]).unwrap_err();
     assert_eq!(
         err,
-        ShardError::TensorCount {
+        ShardError::Optimizer(OptimizerError::TensorCount {
             expected: 1,
-            found: 0
-        }
+            actual: 0
+        })
+    );
+    // the trait's step takes whole tensors
+    let err = Optimizer::step(&mut opt, &mut [(&mut p[..], &g[..])]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ShardError::Optimizer(OptimizerError::Tensor { index: 0, .. })
+        ),
+        "{err:?}"
     );
 }
 
@@ -336,10 +349,10 @@ fn resume(
             .map(|comm| {
                 let (shapes, steps) = (&shapes, steps.clone());
                 sc.spawn(move || {
-                    let mut opt = ShardedCame::<f32, _>::new(config(), shapes, comm).unwrap();
+                    let mut opt = ShardedCame::<f32, _>::with_dims(config(), DIMS, comm).unwrap();
                     if let Some(dir) = load {
-                        opt.load(dir).unwrap();
-                        assert_eq!(opt.step_count(), steps.start as u64);
+                        opt.load_dir(dir).unwrap();
+                        assert_eq!(opt.step_count(TensorId(0)), Some(steps.start as u64));
                     }
                     let rank = opt.rank();
                     let owned: Vec<_> = (0..shapes.len())
@@ -358,11 +371,12 @@ fn resume(
                             .collect();
                         let mut p: Vec<&mut [f32]> =
                             local.iter_mut().map(Vec::as_mut_slice).collect();
-                        let g: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
-                        opt.step(&mut p, &g).unwrap();
+                        let g: Vec<Option<&[f32]>> =
+                            grads.iter().map(|g| Some(g.as_slice())).collect();
+                        opt.step_shards(&mut p, &g).unwrap();
                     }
                     if let Some(dir) = save {
-                        opt.save(dir).unwrap();
+                        opt.save_dir(dir).unwrap();
                     }
                     let mut full: Vec<Vec<f32>> =
                         shapes.iter().map(|s| vec![0.0; s.numel()]).collect();
@@ -404,18 +418,18 @@ fn a_checkpoint_with_a_missing_rank_or_another_model_is_refused() {
     resume(3, &init, 0..1, None, Some(dir.path()));
     let comm = LocalGroup::new(1).remove(0);
     // another model: the first tensor's layout differs
-    let mut other = shapes();
-    other[0] = Shape::new(&[5, 7]).unwrap();
-    let mut opt = ShardedCame::<f32, _>::new(config(), &other, comm).unwrap();
-    let err = opt.load(dir.path()).unwrap_err();
+    let mut other = DIMS.to_vec();
+    other[0] = &[5, 7];
+    let mut opt = ShardedCame::<f32, _>::with_dims(config(), &other, comm).unwrap();
+    let err = opt.load_dir(dir.path()).unwrap_err();
     assert!(format!("{err}").contains("layout.0"), "{err}");
     // a missing rank's file
     std::fs::remove_file(dir.path().join("came-shard-1-of-3.safetensors")).unwrap();
     let comm = LocalGroup::new(1).remove(0);
-    let mut opt = ShardedCame::<f32, _>::new(config(), &shapes(), comm).unwrap();
-    let err = opt.load(dir.path()).unwrap_err();
+    let mut opt = ShardedCame::<f32, _>::with_dims(config(), DIMS, comm).unwrap();
+    let err = opt.load_dir(dir.path()).unwrap_err();
     assert!(format!("{err}").contains("came-shard-1-of-3"), "{err}");
-    assert_eq!(opt.step_count(), 0);
+    assert_eq!(opt.step_count(TensorId(0)), Some(0));
 }
 
 /// A directory of its own under the system's temporary directory, removed when dropped.
@@ -436,5 +450,69 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Steps `opt` (tensors of `DIMS`, the first half in group 0, the rest in group 1 with another
+/// lr) for four steps through the trait: a schedule, a tensor left out of step 2, the whole
+/// parameters in and out.
+fn through_trait<O: Optimizer<Config = CameConfig, Param = [f32], Grad = [f32]>>(
+    opt: &mut O,
+) -> Vec<Vec<f32>>
+where
+    O::Error: std::fmt::Debug,
+{
+    let g1 = opt.add_group(config().with_lr(3e-3)).unwrap();
+    for (t, d) in DIMS.iter().enumerate() {
+        let group = if t < DIMS.len() / 2 {
+            came::optim::GroupId(0)
+        } else {
+            g1
+        };
+        opt.register_in(group, &t.to_string(), d).unwrap();
+    }
+    let shapes = shapes();
+    let mut params: Vec<Vec<f32>> = shapes.iter().map(|s| init(s.numel())).collect();
+    for s in 0..4 {
+        opt.scale_learning_rate(1.0 - 0.2 * s as f64).unwrap();
+        let grads: Vec<Vec<f32>> = shapes
+            .iter()
+            .enumerate()
+            .map(|(t, sh)| grad(t, s, sh.numel()))
+            .collect();
+        let mut pairs: Vec<(&mut [f32], Option<&[f32]>)> = params
+            .iter_mut()
+            .zip(&grads)
+            .enumerate()
+            .map(|(t, (p, g))| (p.as_mut_slice(), (s != 2 || t != 3).then_some(g.as_slice())))
+            .collect();
+        opt.step_some(&mut pairs).unwrap();
+    }
+    params
+}
+
+#[test]
+fn through_the_optimizer_trait_it_is_came_on_every_rank() {
+    let expected = through_trait(&mut came::Came::<f32>::new(config()).unwrap());
+    for ranks in [1, 2, 3] {
+        let per_rank: Vec<Vec<Vec<f32>>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = LocalGroup::new(ranks)
+                .into_iter()
+                .map(|comm| {
+                    sc.spawn(move || {
+                        through_trait(&mut ShardedCame::<f32, _>::new(config(), comm).unwrap())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (rank, got) in per_rank.iter().enumerate() {
+            for (t, (g, e)) in got.iter().zip(&expected).enumerate() {
+                assert!(
+                    g.iter().zip(e).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{ranks} ranks, rank {rank}, tensor {t}"
+                );
+            }
+        }
     }
 }

@@ -153,6 +153,11 @@ impl<T: Float> Part<T> {
         part
     }
 
+    /// Elements of the whole tensor.
+    pub(crate) fn numel(&self) -> usize {
+        self.numel
+    }
+
     /// The units (rows, matrices, elements) rank `rank` owns.
     pub(crate) fn units_of(&self, rank: usize) -> Range<usize> {
         let lanes = &self.owners[rank];

@@ -20,6 +20,7 @@ pub use checkpoint::CheckpointError;
 pub(crate) use checkpoint::{encode, open, values, write_atomic};
 pub use cpu::{AdamW, Came, CpuOptimizer, StatePiece};
 pub use error::{Mismatch, OptimizerError};
+pub(crate) use rule::sealed::RuleImpl;
 pub use rule::{Rule, Steps};
 
 /// A parameter group: its position in [`Optimizer::groups`].

@@ -4,8 +4,9 @@
 //! `state.<i>.<key>` (the state names of [`crate::FACTORED_KEYS`] and [`crate::VECTOR_KEYS`],
 //! flat) holding only the units (rows of a matrix, matrices of a batch, elements of a vector)
 //! the rank owns, and a matrix's column statistics whole; metadata `optimizer`
-//! (`came-sharded`), `ranks`, `rank`, `step`, `layout.<i>` (the tensor's layout, JSON) and
-//! `units.<i>` (`[first, end)` of the units it owns). A rank that owns nothing of a tensor
+//! (`came-sharded`), `ranks`, `rank`, `groups` (every group's config, JSON, as the core's
+//! checkpoints write them), `base_lrs`, and per tensor `name.<i>`, `step.<i>`, `layout.<i>`
+//! (the tensor's layout, JSON) and `units.<i>` (`[first, end)` of the units it owns). A rank that owns nothing of a tensor
 //! writes nothing for it. Loading reads every rank's file of the directory and takes the units
 //! the loading rank owns under its own shard map, so a run saved on `N` ranks resumes on `M`.
 
@@ -19,8 +20,10 @@ use std::{format, vec};
 use super::collective::Collective;
 use super::step::ShardedCame;
 use crate::came::shard::Extent;
+use crate::optim::RuleImpl;
 use crate::optim::{CheckpointError, encode, open, values, write_atomic};
-use crate::{Float, Layout, Shape};
+use crate::{CameConfig, Float, Layout, Shape};
+use safetensors::SafeTensors;
 
 /// The optimizer name in the files' metadata.
 const NAME: &str = "came-sharded";
@@ -62,7 +65,7 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
     ///
     /// # Errors
     /// [`CheckpointError::Io`] (inside [`CheckpointError::File`]).
-    pub fn save(&self, dir: impl AsRef<Path>) -> Result<PathBuf, CheckpointError> {
+    pub fn save_dir(&self, dir: impl AsRef<Path>) -> Result<PathBuf, CheckpointError> {
         let (rank, ranks) = (self.rank(), self.map().ranks());
         let path = dir.as_ref().join(file_name(rank, ranks));
         let write = || -> Result<(), CheckpointError> {
@@ -71,11 +74,21 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
             meta.insert("optimizer".to_string(), NAME.to_string());
             meta.insert("ranks".to_string(), ranks.to_string());
             meta.insert("rank".to_string(), rank.to_string());
-            meta.insert("step".to_string(), self.step_count().to_string());
+            let rule = |c: &CameConfig| RuleImpl::to_json(c);
+            let groups: Vec<_> = self.registry().groups().iter().map(rule).collect();
+            meta.insert(
+                "groups".to_string(),
+                serde_json::Value::from(groups).to_string(),
+            );
+            let base = serde_json::Value::from(self.registry().base_lrs().to_vec());
+            meta.insert("base_lrs".to_string(), base.to_string());
             let mut tensors = Vec::new();
             for (t, part) in self.parts().iter().enumerate() {
                 let shape = &self.map().shapes()[t];
                 meta.insert(format!("layout.{t}"), layout_json(shape));
+                let registered = &self.registry().tensors()[t];
+                meta.insert(format!("name.{t}"), registered.name.clone());
+                meta.insert(format!("step.{t}"), registered.step.to_string());
                 let units = part.units_of(rank);
                 meta.insert(
                     format!("units.{t}"),
@@ -96,7 +109,7 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
         Ok(path)
     }
 
-    /// Loads the state saved by [`Self::save`] from `dir`, on any number of ranks: this rank
+    /// Loads the state saved by [`Self::save_dir`] from `dir`, on any number of ranks: this rank
     /// takes its units from the files of the ranks that owned them. Every rank calls it. Nothing
     /// changes unless the whole load succeeds.
     ///
@@ -108,7 +121,7 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
     /// layout differs); [`CheckpointError::WrongDtype`]; [`CheckpointError::NonFinite`],
     /// [`CheckpointError::NegativeStatistic`]; an I/O or format error inside
     /// [`CheckpointError::File`].
-    pub fn load(&mut self, dir: impl AsRef<Path>) -> Result<(), CheckpointError> {
+    pub fn load_dir(&mut self, dir: impl AsRef<Path>) -> Result<(), CheckpointError> {
         let dir = dir.as_ref();
         let ranks = saved_ranks(dir)?;
         let rank = self.rank();
@@ -119,11 +132,11 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
             .map(|p| vec![false; p.units_of(rank).len()])
             .collect();
         let mut shared_set: Vec<bool> = vec![false; self.parts().len()];
-        let mut step = None;
+        let mut first: Option<Run> = None;
         for old in 0..ranks {
             let path = dir.join(file_name(old, ranks));
             let bytes = fs::read(&path).map_err(|e| CheckpointError::from(e).in_file(&path))?;
-            let file_step = self
+            let run = self
                 .take_file(
                     &bytes,
                     (old, ranks),
@@ -132,15 +145,16 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
                     &mut shared_set,
                 )
                 .map_err(|e| e.in_file(&path))?;
-            if *step.get_or_insert(file_step) != file_step {
-                let e = bad(
-                    "step",
-                    format!(
-                        "{file_step}, where rank 0's file says {}",
-                        step.unwrap_or(0)
-                    ),
-                );
-                return Err(e.in_file(&path));
+            match &first {
+                None => first = Some(run),
+                Some(f) if *f == run => {}
+                Some(_) => {
+                    let e = bad(
+                        "step, groups",
+                        "differ from rank 0's file: files of two runs",
+                    );
+                    return Err(e.in_file(&path));
+                }
             }
         }
         for (t, c) in covered.iter().enumerate() {
@@ -153,15 +167,22 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
                 )));
             }
         }
+        let Some(run) = first else {
+            return Err(CheckpointError::MissingKey(dir.display().to_string()));
+        };
         for (part, state) in self.parts_mut().iter_mut().zip(staged) {
             part.state = state;
         }
-        self.set_step_count(step.unwrap_or(0));
+        let registry = self.registry_mut();
+        for (tensor, step) in registry.tensors_mut().iter_mut().zip(run.steps) {
+            tensor.step = step;
+        }
+        registry.replace_groups(run.groups, run.base_lrs);
         Ok(())
     }
 
     /// Copies what this rank owns from one saved rank's file into `staged`; returns the file's
-    /// step.
+    /// step counts and groups.
     fn take_file(
         &self,
         bytes: &[u8],
@@ -169,7 +190,7 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
         staged: &mut [Vec<T>],
         covered: &mut [Vec<bool>],
         shared_set: &mut [bool],
-    ) -> Result<u64, CheckpointError> {
+    ) -> Result<Run, CheckpointError> {
         let (file, meta) = open(bytes)?;
         let get = |key: &str| {
             meta.get(key)
@@ -188,9 +209,23 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
                 return Err(bad(key, format!("the file's name says {want}")));
             }
         }
-        let step: u64 = get("step")?
-            .parse()
-            .map_err(|_| bad("step", "not a step count"))?;
+        let groups: Vec<CameConfig> = serde_json::from_str::<serde_json::Value>(&get("groups")?)
+            .ok()
+            .and_then(|v| {
+                v.as_array()
+                    .map(|a| a.iter().map(RuleImpl::from_json).collect())
+            })
+            .flatten()
+            .ok_or_else(|| bad("groups", "not a list of CAME configs"))?;
+        let base_lrs: Vec<f64> =
+            serde_json::from_str(&get("base_lrs")?).map_err(|e| bad("base_lrs", e.to_string()))?;
+        let count = self.registry().groups().len();
+        if groups.len() != count || base_lrs.len() != count {
+            return Err(bad(
+                "groups",
+                format!("{} groups, the optimizer has {count}", groups.len()),
+            ));
+        }
         let tensors = meta.keys().filter(|k| k.starts_with("layout.")).count();
         if tensors != self.parts().len() {
             return Err(CheckpointError::TensorCount {
@@ -198,68 +233,116 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
                 optimizer: self.parts().len(),
             });
         }
+        let mut steps = Vec::new();
+        for t in 0..self.parts().len() {
+            steps.push(self.take_tensor(t, (&file, &meta), staged, covered, shared_set)?);
+        }
+        Ok(Run {
+            steps,
+            groups,
+            base_lrs,
+        })
+    }
+
+    /// Copies what this rank owns of tensor `t` from one saved rank's file into `staged`;
+    /// returns the tensor's step count.
+    fn take_tensor(
+        &self,
+        t: usize,
+        (file, meta): (&SafeTensors<'_>, &BTreeMap<String, String>),
+        staged: &mut [Vec<T>],
+        covered: &mut [Vec<bool>],
+        shared_set: &mut [bool],
+    ) -> Result<u64, CheckpointError> {
+        let get = |key: &str| {
+            meta.get(key)
+                .cloned()
+                .ok_or_else(|| CheckpointError::MissingKey(key.to_string()))
+        };
         let rank = self.rank();
-        for (t, part) in self.parts().iter().enumerate() {
-            let shape = &self.map().shapes()[t];
-            let key = format!("layout.{t}");
-            let layout = get(&key)?;
-            if layout != layout_json(shape) {
-                return Err(bad(
-                    &key,
-                    format!("{layout}, where the optimizer has {}", layout_json(shape)),
-                ));
+        let part = &self.parts()[t];
+        let shape = &self.map().shapes()[t];
+        let key = format!("layout.{t}");
+        let layout = get(&key)?;
+        if layout != layout_json(shape) {
+            return Err(bad(
+                &key,
+                format!("{layout}, where the optimizer has {}", layout_json(shape)),
+            ));
+        }
+        let key = format!("name.{t}");
+        let name = get(&key)?;
+        if name != self.registry().tensors()[t].name {
+            return Err(bad(
+                &key,
+                format!(
+                    "{name}, where the optimizer has {}",
+                    self.registry().tensors()[t].name
+                ),
+            ));
+        }
+        let key = format!("step.{t}");
+        let step = get(&key)?
+            .parse::<u64>()
+            .map_err(|_| bad(&key, "not a step count"))?;
+        let key = format!("units.{t}");
+        let (a, b) = parse_range(&key, &get(&key)?)?;
+        let mine = part.units_of(rank);
+        if a == b {
+            return Ok(step);
+        }
+        let (lo, hi) = (a.max(mine.start), b.min(mine.end));
+        for (name, extent, range) in part.pieces() {
+            let key = format!("state.{t}.{name}");
+            let view = file
+                .tensor(&key)
+                .map_err(|_| CheckpointError::MissingKey(key.clone()))?;
+            let values: Vec<T> = values(&key, &view)?;
+            let expected = match extent {
+                Extent::PerUnit(w) => (b - a) * w,
+                Extent::Shared(n) => n,
+            };
+            if values.len() != expected {
+                return Err(CheckpointError::ShapeMismatch {
+                    index: t,
+                    name: t.to_string(),
+                    key,
+                    optimizer: vec![expected],
+                    file: vec![values.len()],
+                });
             }
-            let key = format!("units.{t}");
-            let (a, b) = parse_range(&key, &get(&key)?)?;
-            let mine = part.units_of(rank);
-            if a == b {
-                continue;
+            if !values.iter().all(|v| v.is_finite()) {
+                return Err(CheckpointError::NonFinite { key });
             }
-            let (lo, hi) = (a.max(mine.start), b.min(mine.end));
-            for (name, extent, range) in part.pieces() {
-                let key = format!("state.{t}.{name}");
-                let view = file
-                    .tensor(&key)
-                    .map_err(|_| CheckpointError::MissingKey(key.clone()))?;
-                let values: Vec<T> = values(&key, &view)?;
-                let expected = match extent {
-                    Extent::PerUnit(w) => (b - a) * w,
-                    Extent::Shared(n) => n,
-                };
-                if values.len() != expected {
-                    return Err(CheckpointError::ShapeMismatch {
-                        index: t,
-                        name: t.to_string(),
-                        key,
-                        optimizer: vec![expected],
-                        file: vec![values.len()],
-                    });
-                }
-                if !values.iter().all(|v| v.is_finite()) {
-                    return Err(CheckpointError::NonFinite { key });
-                }
-                if name != "exp_avg" && values.iter().any(|&v| v < T::zero()) {
-                    return Err(CheckpointError::NegativeStatistic { key });
-                }
-                let into = &mut staged[t][range];
-                match extent {
-                    Extent::PerUnit(w) if lo < hi => {
-                        let from = &values[(lo - a) * w..(hi - a) * w];
-                        into[(lo - mine.start) * w..(hi - mine.start) * w].copy_from_slice(from);
-                    }
-                    Extent::Shared(_) if !shared_set[t] => into.copy_from_slice(&values),
-                    _ => {}
-                }
+            if name != "exp_avg" && values.iter().any(|&v| v < T::zero()) {
+                return Err(CheckpointError::NegativeStatistic { key });
             }
-            shared_set[t] = true;
-            if lo < hi {
-                for c in &mut covered[t][lo - mine.start..hi - mine.start] {
-                    *c = true;
+            let into = &mut staged[t][range];
+            match extent {
+                Extent::PerUnit(w) if lo < hi => {
+                    let from = &values[(lo - a) * w..(hi - a) * w];
+                    into[(lo - mine.start) * w..(hi - mine.start) * w].copy_from_slice(from);
                 }
+                Extent::Shared(_) if !shared_set[t] => into.copy_from_slice(&values),
+                _ => {}
+            }
+        }
+        shared_set[t] = true;
+        if lo < hi {
+            for c in &mut covered[t][lo - mine.start..hi - mine.start] {
+                *c = true;
             }
         }
         Ok(step)
     }
+}
+
+/// What every rank's file of one run says alike: step counts and groups.
+#[derive(PartialEq)]
+struct Run {
+    steps: Vec<u64>,
+    groups: Vec<CameConfig>,
+    base_lrs: Vec<f64>,
 }
 
 /// The number of ranks of the checkpoint in `dir` (every rank's file must be there).

@@ -44,25 +44,32 @@ impl ShardMap {
         {
             return Err(super::ShardError::PackedMomentum { tensor });
         }
-        let lanes = shapes
-            .iter()
-            .enumerate()
-            .map(|(t, shape)| {
-                let lanes = if shape.numel() == 0 { 0 } else { shape.lanes() };
-                (0..ranks)
-                    .map(|rank| {
-                        let run = (rank + ranks - t % ranks) % ranks;
-                        let (start, end) = lane_range(lanes, ranks, run);
-                        start..end
-                    })
-                    .collect()
-            })
-            .collect();
-        Ok(Self {
+        let mut map = Self {
             ranks,
-            shapes: shapes.to_vec(),
-            lanes,
-        })
+            shapes: Vec::new(),
+            lanes: Vec::new(),
+        };
+        for &shape in shapes {
+            map.push(shape);
+        }
+        Ok(map)
+    }
+
+    /// Adds a tensor (its ownership does not depend on the others'); returns its position.
+    pub(crate) fn push(&mut self, shape: Shape) -> usize {
+        let (t, ranks) = (self.shapes.len(), self.ranks);
+        let lanes = if shape.numel() == 0 { 0 } else { shape.lanes() };
+        self.lanes.push(
+            (0..ranks)
+                .map(|rank| {
+                    let run = (rank + ranks - t % ranks) % ranks;
+                    let (start, end) = lane_range(lanes, ranks, run);
+                    start..end
+                })
+                .collect(),
+        );
+        self.shapes.push(shape);
+        t
     }
 
     /// The number of ranks.

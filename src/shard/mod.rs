@@ -1,4 +1,4 @@
-//! Sharded CAME (`ZeRO` stages 1 and 2): each data-parallel rank keeps and updates only its part
+//! Sharded CAME (ZeRO stages 1 and 2): each data-parallel rank keeps and updates only its part
 //! of every tensor's optimizer state and parameters, and the result is the same as one process
 //! stepping the whole tensors, bit for bit, for any number of ranks.
 //!
@@ -58,6 +58,7 @@ mod map;
 #[cfg(feature = "mpi")]
 #[path = "mpi.rs"]
 mod mpi_group;
+mod optimizer;
 mod step;
 
 pub use collective::{Collective, CollectiveError, LocalGroup};

@@ -1,5 +1,6 @@
 //! One rank's sharded optimizer.
 
+use std::string::ToString;
 use std::vec;
 use std::vec::Vec;
 
@@ -8,7 +9,9 @@ use super::collective::Collective;
 use super::map::ShardMap;
 use crate::came::shard::{Failure, Part, Phase};
 use crate::config::Coefficients;
-use crate::{CameConfig, Element, Error, Float, Shape};
+use crate::optim::registry::Registry;
+use crate::optim::{GroupId, OptimizerError, StepReport, TensorId};
+use crate::{CameConfig, Element, Error, Float, Momentum};
 
 /// A sharded step failed.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,23 +31,13 @@ pub enum ShardError {
         /// Ranks of the collective's group.
         group: usize,
     },
-    /// `step` got `found` parameter or gradient slices for `expected` tensors.
-    TensorCount {
-        /// Tensors of the optimizer.
-        expected: usize,
-        /// Slices passed.
-        found: usize,
-    },
-    /// The step of tensor `tensor` failed with `error`, the same on every rank (the index of a
-    /// [`Error::NonFiniteGradient`] is in the whole tensor). A length error names this rank's
-    /// slice, which must hold [`ShardMap::elements`] of the tensor. Nothing changed, except as
-    /// [`Error::NonFiniteState`] says.
-    Tensor {
-        /// The tensor's position.
-        tensor: usize,
-        /// What failed.
-        error: Error,
-    },
+    /// A registration, a group, a learning rate, or a step's count or lengths of slices is
+    /// wrong (as for [`crate::Came`]); for a step, found before anything is exchanged, with
+    /// nothing changed. A step's failure names the tensor with
+    /// [`OptimizerError::Tensor`]: its error is the same on every rank (the index of a
+    /// [`Error::NonFiniteGradient`] is in the whole tensor), and nothing changed on any rank,
+    /// except as [`Error::NonFiniteState`] says.
+    Optimizer(OptimizerError),
     /// A collective failed; the ranks' states may now differ (start again from a checkpoint).
     Collective(CollectiveError),
 }
@@ -61,10 +54,7 @@ impl core::fmt::Display for ShardError {
                 f,
                 "the shard map has {map} ranks but the collective's group has {group}"
             ),
-            Self::TensorCount { expected, found } => {
-                write!(f, "got {found} slices for {expected} tensors")
-            }
-            Self::Tensor { tensor, error } => write!(f, "tensor {tensor}: {error}"),
+            Self::Optimizer(e) => write!(f, "{e}"),
             Self::Collective(e) => write!(f, "collective: {e}"),
         }
     }
@@ -73,7 +63,7 @@ impl core::fmt::Display for ShardError {
 impl core::error::Error for ShardError {
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
-            Self::Tensor { error, .. } => Some(error),
+            Self::Optimizer(e) => Some(e),
             Self::Collective(e) => Some(e),
             _ => None,
         }
@@ -86,47 +76,98 @@ impl From<CollectiveError> for ShardError {
     }
 }
 
-/// One rank's CAME over its shards of a set of tensors: the same update as
-/// [`crate::step_all`] on the whole tensors, bit for bit, with this rank's share of the state.
+impl From<OptimizerError> for ShardError {
+    fn from(e: OptimizerError) -> Self {
+        Self::Optimizer(e)
+    }
+}
+
+/// One rank's CAME over its shards of the registered tensors: the same update as
+/// [`crate::Came`] on the whole tensors, bit for bit, with this rank's share of the state
+/// (ZeRO stage 1 and 2; the rule: [`crate::shard`]).
 ///
-/// Parameters are `f32` or `f64` (`T`); gradients any [`Element`] computed in `T`. Momentum is
-/// kept in `T` ([`ShardError::PackedMomentum`] otherwise). Each step makes two
-/// [`Collective::all_gather`] calls (three when a step fails, to agree on the error).
+/// Two ways to step:
+/// - [`crate::Optimizer::step`] (the trait) takes the whole parameters and gradients, as a
+///   data-parallel trainer has them after its gradient all-reduce; it steps this rank's
+///   elements and all-gathers the parameters, so every rank ends with the whole updated
+///   tensors (a drop-in for [`crate::Came`]);
+/// - [`ShardedCame::step_shards`] takes only this rank's elements of each tensor
+///   ([`ShardMap::elements`]) and leaves the parameter all-gather
+///   ([`ShardedCame::all_gather_params`]) to the trainer (ZeRO stage 2 with its own
+///   gradient reduce-scatter, or parameters kept sharded).
+///
+/// Parameters are `f32` or `f64` (`T`), momentum is kept in `T`. The non-finite guard is
+/// always on and global: a NaN or an infinity in any rank's gradient fails the step on every
+/// rank with the same error, and no rank changes anything. Every rank must make the same calls
+/// in the same order (registrations, steps, the tensors a step leaves out).
 pub struct ShardedCame<T: Float, C: Collective> {
-    config: CameConfig,
+    registry: Registry<CameConfig>,
     comm: C,
     map: ShardMap,
     parts: Vec<Part<T>>,
-    steps: u64,
     send: Vec<u8>,
     recv: Vec<u8>,
+    /// bytes this rank sent in the collectives of the last step
+    sent: usize,
 }
 
 impl<T: Float, C: Collective> ShardedCame<T, C> {
-    /// This rank's optimizer for `shapes`, sharded over `comm`'s group by [`ShardMap::new`];
-    /// its state starts at zero, as a fresh [`crate::CameState`] does.
+    /// This rank's optimizer with one group of `config` and no tensors, sharded over `comm`'s
+    /// group.
     ///
     /// # Errors
-    /// A config error ([`crate::CameConfig::validate`]) as [`ShardError::Tensor`] of tensor 0;
-    /// the errors of [`ShardMap::new`].
-    pub fn new(config: CameConfig, shapes: &[Shape], comm: C) -> Result<Self, ShardError> {
-        config
-            .validate()
-            .map_err(|error| ShardError::Tensor { tensor: 0, error })?;
-        let map = ShardMap::new(shapes, comm.size())?;
-        let rank = comm.rank();
-        let parts = (0..shapes.len())
-            .map(|t| Part::new(&shapes[t], map.owners(t), rank))
-            .collect();
+    /// [`OptimizerError::Config`] inside [`ShardError::Optimizer`] for an invalid config.
+    pub fn new(config: CameConfig, comm: C) -> Result<Self, ShardError> {
+        let registry = Registry::new(config)?;
+        let map = ShardMap::new(&[], comm.size())?;
         Ok(Self {
-            config,
+            registry,
             comm,
             map,
-            parts,
-            steps: 0,
+            parts: Vec::new(),
             send: Vec::new(),
             recv: Vec::new(),
+            sent: 0,
         })
+    }
+
+    /// [`ShardedCame::new`] with tensors of `dims` registered in group 0 under the names `"0"`,
+    /// `"1"`, ...
+    ///
+    /// # Errors
+    /// As [`ShardedCame::new`] and [`crate::Optimizer::register`].
+    pub fn with_dims(config: CameConfig, dims: &[&[usize]], comm: C) -> Result<Self, ShardError> {
+        let mut opt = Self::new(config, comm)?;
+        for (i, d) in dims.iter().enumerate() {
+            crate::Optimizer::register(&mut opt, &i.to_string(), d)?;
+        }
+        Ok(opt)
+    }
+
+    /// The registry, for the trait's implementation.
+    pub(crate) fn registry(&self) -> &Registry<CameConfig> {
+        &self.registry
+    }
+
+    /// The registry, to register into and to load a checkpoint into.
+    pub(crate) fn registry_mut(&mut self) -> &mut Registry<CameConfig> {
+        &mut self.registry
+    }
+
+    /// Registers a tensor in `group`, with a fresh state of this rank's part of it.
+    pub(crate) fn register_tensor(
+        &mut self,
+        group: GroupId,
+        name: &str,
+        dims: &[usize],
+    ) -> Result<TensorId, ShardError> {
+        let id = self.registry.register(group, name, dims)?;
+        let shape = self.registry.tensors()[id.0].shape;
+        debug_assert_eq!(shape.state_layout().momentum(), Momentum::Full);
+        let t = self.map.push(shape);
+        self.parts
+            .push(Part::new(&shape, self.map.owners(t), self.comm.rank()));
+        Ok(id)
     }
 
     /// This rank's parts of the tensors.
@@ -137,11 +178,6 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
     /// This rank's parts of the tensors, to load a checkpoint into.
     pub(crate) fn parts_mut(&mut self) -> &mut [Part<T>] {
         &mut self.parts
-    }
-
-    /// Sets the step count (a loaded checkpoint's).
-    pub(crate) fn set_step_count(&mut self, steps: u64) {
-        self.steps = steps;
     }
 
     /// The shard map: which elements of each tensor this rank steps.
@@ -159,181 +195,302 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
         &self.comm
     }
 
-    /// Steps taken.
-    pub fn step_count(&self) -> u64 {
-        self.steps
+    /// Bytes this rank sent to the collectives in its last step (each all-gather counted once,
+    /// with the padding of every rank's block to the longest), the parameter all-gather of
+    /// [`crate::Optimizer::step`] included.
+    pub fn sent_bytes(&self) -> usize {
+        self.sent
     }
 
     /// Bytes of optimizer state this rank keeps (its momentum rows, its row statistics and a
     /// copy of the column statistics), without the workspace.
-    pub fn state_bytes(&self) -> usize {
+    pub fn local_state_bytes(&self) -> usize {
         self.parts.iter().map(Part::state_len).sum::<usize>() * size_of::<T>()
     }
 
-    /// One step: `params[t]` and `grads[t]` are this rank's elements of tensor `t`
-    /// ([`ShardMap::elements`]), updated in place. Every rank of the group must call it.
+    /// One step of this rank's elements: `params[t]` and `grads[t]` hold this rank's elements
+    /// of tensor `t` ([`ShardMap::elements`]), updated in place; a tensor with `None` for a
+    /// gradient is left out (as [`crate::Optimizer::step_some`] leaves it out). Every rank of
+    /// the group must call it, leaving out the same tensors.
     ///
     /// # Errors
-    /// [`ShardError::TensorCount`], or [`ShardError::Tensor`] with a length error, before
-    /// anything is exchanged; [`ShardError::Tensor`] with the error of the first failing
-    /// tensor, the same on every rank: nothing changed on any rank (as [`crate::step_all`]);
-    /// [`ShardError::Collective`].
-    pub fn step<G: Element<Compute = T>>(
+    /// [`OptimizerError::TensorCount`] or a length error in [`OptimizerError::Tensor`] before
+    /// anything is exchanged; [`OptimizerError::Tensor`] with the error of the first failing
+    /// tensor, the same on every rank: nothing changed on any rank; [`ShardError::GroupSize`];
+    /// [`ShardError::Collective`]. All inside [`ShardError::Optimizer`] but the last two.
+    pub fn step_shards<G: Element<Compute = T>>(
         &mut self,
         params: &mut [&mut [T]],
-        grads: &[&[G]],
-    ) -> Result<(), ShardError> {
-        self.check(params.len(), grads.len())?;
+        grads: &[Option<&[G]>],
+    ) -> Result<StepReport, ShardError> {
+        self.check_group()?;
         let rank = self.rank();
-        for (tensor, ((p, g), part)) in params.iter().zip(grads).zip(&self.parts).enumerate() {
-            let expected = part.elements_of(rank).len();
-            crate::came::check_tensor_lens(expected, p.len(), g.len())
-                .map_err(|error| ShardError::Tensor { tensor, error })?;
+        if params.len() != self.parts.len() || grads.len() != self.parts.len() {
+            let actual = if params.len() == self.parts.len() {
+                grads.len()
+            } else {
+                params.len()
+            };
+            return Err(OptimizerError::TensorCount {
+                expected: self.parts.len(),
+                actual,
+            }
+            .into());
         }
-        let k = Coefficients::new(&self.config, self.steps);
-        k.check(&self.config)
-            .map_err(|error| ShardError::Tensor { tensor: 0, error })?;
+        for (t, ((p, g), part)) in params.iter().zip(grads).zip(&self.parts).enumerate() {
+            let own = part.elements_of(rank).len();
+            crate::came::check_tensor_lens(own, p.len(), g.map_or(own, <[G]>::len))
+                .map_err(|e| self.registry.error(t, e))?;
+        }
+        self.sent = 0;
+        let ks = self.coefficients(grads)?;
         // sweep 1, exchange, the clips
         self.send.clear();
-        for ((part, p), g) in self.parts.iter_mut().zip(params.iter_mut()).zip(grads) {
-            part.sweep_norm(&k, (p, g), &mut self.send);
+        for ((part, p), (g, k)) in self
+            .parts
+            .iter_mut()
+            .zip(params.iter_mut())
+            .zip(grads.iter().zip(&ks))
+        {
+            if let (Some(g), Some(k)) = (g, k) {
+                part.sweep_norm(k, (p, g), &mut self.send);
+            }
         }
-        self.exchange(Phase::Norm)?;
-        let mut clips = Vec::with_capacity(self.parts.len());
-        let mut failed = None;
-        for t in 0..self.parts.len() {
-            let offsets = self.offsets(Phase::Norm, t);
+        self.exchange(Phase::Norm, grads)?;
+        let mut clips = vec![None; self.parts.len()];
+        for (t, k) in ks.iter().enumerate() {
+            let (Some(k), Some(grad)) = (k, grads[t]) else {
+                continue;
+            };
+            let offsets = self.offsets(Phase::Norm, t, grads);
             let recv = &self.recv;
             let payload = |r: usize| &recv[offsets[r].clone()];
-            match self.parts[t].finish_norm(&k, payload) {
-                Ok(clip) => clips.push(clip),
+            match self.parts[t].finish_norm(k, payload) {
+                Ok(clip) => clips[t] = Some(clip),
                 Err(Failure::Norm | Failure::State) => {
-                    failed = Some(t);
-                    break;
+                    let error = self.agree_on_error(t, grad)?;
+                    return Err(self.registry.error(t, error).into());
                 }
             }
         }
-        if let Some(tensor) = failed {
-            let error = self.agree_on_error(tensor, grads[tensor])?;
-            return Err(ShardError::Tensor { tensor, error });
-        }
-        for part in &mut self.parts {
-            part.commit_norm();
+        for (part, clip) in self.parts.iter_mut().zip(&clips) {
+            if clip.is_some() {
+                part.commit_norm();
+            }
         }
         // sweep 2, exchange, the instability statistics
         self.send.clear();
-        for (((part, p), g), &clip) in self
+        for (((part, p), (g, k)), clip) in self
             .parts
             .iter_mut()
             .zip(params.iter_mut())
-            .zip(grads)
+            .zip(grads.iter().zip(&ks))
             .zip(&clips)
         {
-            part.sweep_momentum(&k, clip, (p, g), &mut self.send);
+            if let (Some(g), Some(k), Some(clip)) = (g, k, clip) {
+                part.sweep_momentum(k, *clip, (p, g), &mut self.send);
+            }
         }
-        self.exchange(Phase::Momentum)?;
-        for t in 0..self.parts.len() {
-            let offsets = self.offsets(Phase::Momentum, t);
+        self.exchange(Phase::Momentum, grads)?;
+        for (t, k) in ks.iter().enumerate() {
+            let Some(k) = k else { continue };
+            let offsets = self.offsets(Phase::Momentum, t, grads);
             let recv = &self.recv;
             let payload = |r: usize| &recv[offsets[r].clone()];
-            if self.parts[t].finish_momentum(&k, payload).is_err() {
-                return Err(ShardError::Tensor {
-                    tensor: t,
-                    error: Error::NonFiniteState,
-                });
+            if self.parts[t].finish_momentum(k, payload).is_err() {
+                return Err(self.registry.error(t, Error::NonFiniteState).into());
             }
         }
         // sweep 3
-        for (t, ((part, p), g)) in self
-            .parts
-            .iter_mut()
-            .zip(params.iter_mut())
+        let apply: Vec<Option<Coefficients<T>>> = {
+            let (groups, tensors) = (self.registry.groups(), self.registry.tensors());
+            ks.iter()
+                .zip(tensors)
+                .enumerate()
+                .map(|(t, (k, r))| k.map(|k| k.for_tensor(&groups[r.group], r.step, t)))
+                .collect()
+        };
+        let mut report = StepReport::default();
+        let stepped = self.parts.iter_mut().zip(params.iter_mut()).zip(grads);
+        for (((part, p), g), (k, clip)) in stepped.zip(apply.iter().zip(&clips)) {
+            let (Some(g), Some(k), Some(clip)) = (g, k, clip) else {
+                continue;
+            };
+            part.sweep_apply(k, *clip, (p, g));
+            report.add(Some((clip.rms, clip.d > T::one())));
+        }
+        for (t, g) in grads.iter().enumerate() {
+            if g.is_some() {
+                self.registry.tensors_mut()[t].step += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Each stepped tensor's coefficients, checked.
+    fn coefficients<G>(
+        &self,
+        grads: &[Option<&[G]>],
+    ) -> Result<Vec<Option<Coefficients<T>>>, ShardError> {
+        let groups = self.registry.groups();
+        self.registry
+            .tensors()
+            .iter()
             .zip(grads)
             .enumerate()
-        {
-            let k = k.for_tensor(&self.config, self.steps, t);
-            part.sweep_apply(&k, clips[t], (p, g));
-        }
-        self.steps += 1;
-        Ok(())
+            .map(|(t, (r, g))| {
+                if g.is_none() {
+                    return Ok(None);
+                }
+                let config = &groups[r.group];
+                let k = Coefficients::new(config, r.step);
+                k.check(config).map_err(|e| self.registry.error(t, e))?;
+                Ok(Some(k))
+            })
+            .collect()
     }
 
     /// Gathers the whole tensors from every rank's elements (`local[t]`: this rank's elements of
     /// tensor `t`) into `full[t]` (`shape.numel()` elements), on every rank: the parameter
-    /// all-gather after a step.
+    /// all-gather after [`ShardedCame::step_shards`].
     ///
     /// # Errors
-    /// As [`Self::step`] for the slices' counts and lengths; [`ShardError::Collective`].
+    /// [`OptimizerError::TensorCount`] or [`OptimizerError::Tensor`] with a length error
+    /// (inside [`ShardError::Optimizer`]); [`ShardError::GroupSize`];
+    /// [`ShardError::Collective`].
     pub fn all_gather_params(
         &mut self,
         local: &[&[T]],
         full: &mut [&mut [T]],
     ) -> Result<(), ShardError> {
-        self.check(local.len(), full.len())?;
+        self.check_group()?;
         let rank = self.rank();
-        for (tensor, (l, f)) in local.iter().zip(full.iter()).enumerate() {
-            let expected = self.map.elements(tensor, rank).len();
-            let numel = self.map.shapes()[tensor].numel();
-            crate::came::check_tensor_lens(expected, l.len(), expected)
-                .and_then(|()| crate::came::check_tensor_lens(numel, f.len(), numel))
-                .map_err(|error| ShardError::Tensor { tensor, error })?;
+        if local.len() != self.parts.len() || full.len() != self.parts.len() {
+            return Err(OptimizerError::TensorCount {
+                expected: self.parts.len(),
+                actual: if local.len() == self.parts.len() {
+                    full.len()
+                } else {
+                    local.len()
+                },
+            }
+            .into());
         }
+        for (t, (l, f)) in local.iter().zip(full.iter()).enumerate() {
+            let (own, whole) = (self.parts[t].elements_of(rank).len(), self.parts[t].numel());
+            crate::came::check_tensor_lens(own, l.len(), own)
+                .and_then(|()| crate::came::check_tensor_lens(whole, f.len(), whole))
+                .map_err(|e| self.registry.error(t, e))?;
+        }
+        let all = vec![true; self.parts.len()];
+        self.gather_params(&all, |t| local[t], full, true)
+    }
+
+    /// All-gathers the tensors marked in `which`: this rank's elements come from `own(t)`,
+    /// everyone's go to `full[t]` (this rank's too with `copy_own`; else they are there).
+    fn gather_params<'a>(
+        &mut self,
+        which: &[bool],
+        own: impl Fn(usize) -> &'a [T],
+        full: &mut [&mut [T]],
+        copy_own: bool,
+    ) -> Result<(), ShardError> {
         let ranks = self.map.ranks();
         let block = (0..ranks)
             .map(|r| {
-                (0..local.len())
-                    .map(|t| self.map.elements(t, r).len())
+                (0..self.parts.len())
+                    .filter(|&t| which[t])
+                    .map(|t| self.parts[t].elements_of(r).len())
                     .sum::<usize>()
             })
             .max()
             .unwrap_or(0)
             * size_of::<T>();
         self.send.clear();
-        for l in local {
-            self.send.extend_from_slice(bytemuck::cast_slice(l));
+        for t in (0..self.parts.len()).filter(|&t| which[t]) {
+            self.send.extend_from_slice(bytemuck::cast_slice(own(t)));
         }
         self.send.resize(block, 0);
         self.recv.resize(block * ranks, 0);
         self.comm.all_gather(&self.send, &mut self.recv)?;
+        self.sent += block;
+        let me = self.rank();
         for r in 0..ranks {
             let mut data = &self.recv[r * block..(r + 1) * block];
-            for (t, f) in full.iter_mut().enumerate() {
-                let range = self.map.elements(t, r);
+            for (t, f) in full.iter_mut().enumerate().filter(|(t, _)| which[*t]) {
+                let range = self.parts[t].elements_of(r);
                 let (head, tail) = data.split_at(range.len() * size_of::<T>());
+                data = tail;
+                if r == me && !copy_own {
+                    continue;
+                }
                 for (x, b) in f[range].iter_mut().zip(head.chunks_exact(size_of::<T>())) {
                     *x = bytemuck::pod_read_unaligned(b);
                 }
-                data = tail;
             }
         }
         Ok(())
     }
 
-    /// [`ShardError::GroupSize`] or [`ShardError::TensorCount`].
-    fn check(&self, a: usize, b: usize) -> Result<(), ShardError> {
+    /// The trait's step: this rank's elements of the whole `params`, then the all-gather.
+    pub(crate) fn step_whole(
+        &mut self,
+        tensors: &mut [(&mut [T], Option<&[T]>)],
+    ) -> Result<StepReport, ShardError> {
+        self.check_group()?;
+        self.registry
+            .check_step(tensors.iter().map(|(p, g)| (p.len(), g.map(<[T]>::len))))?;
+        let rank = self.rank();
+        let ranges: Vec<_> = self.parts.iter().map(|p| p.elements_of(rank)).collect();
+        let grads: Vec<Option<&[T]>> = tensors
+            .iter()
+            .zip(&ranges)
+            .map(|((_, g), r)| g.map(|g| &g[r.clone()]))
+            .collect();
+        let which: Vec<bool> = grads.iter().map(Option::is_some).collect();
+        let report = {
+            let mut local: Vec<&mut [T]> = tensors
+                .iter_mut()
+                .zip(&ranges)
+                .map(|((p, _), r)| &mut p[r.clone()])
+                .collect();
+            self.step_shards(&mut local, &grads)?
+        };
+        let sent = self.sent;
+        // this rank's updated elements are in place in the whole tensors: send copies of them
+        let own: Vec<Vec<T>> = tensors
+            .iter()
+            .zip(&ranges)
+            .map(|((p, _), r)| p[r.clone()].to_vec())
+            .collect();
+        let mut full: Vec<&mut [T]> = tensors.iter_mut().map(|(p, _)| &mut **p).collect();
+        self.gather_params(&which, |t| &own[t], &mut full, false)?;
+        self.sent += sent;
+        Ok(report)
+    }
+
+    /// [`ShardError::GroupSize`] when the collective's group is not the map's.
+    fn check_group(&self) -> Result<(), ShardError> {
         let group = self.comm.size();
-        if group != self.map.ranks() {
-            return Err(ShardError::GroupSize {
+        if group == self.map.ranks() {
+            Ok(())
+        } else {
+            Err(ShardError::GroupSize {
                 map: self.map.ranks(),
                 group,
-            });
+            })
         }
-        let expected = self.parts.len();
-        for found in [a, b] {
-            if found != expected {
-                return Err(ShardError::TensorCount { expected, found });
-            }
-        }
-        Ok(())
     }
 
     /// The largest payload a rank sends after `phase`: every rank's block is padded to it.
-    fn block_len(&self, phase: Phase) -> usize {
+    fn block_len<G>(&self, phase: Phase, grads: &[Option<&[G]>]) -> usize {
         (0..self.map.ranks())
             .map(|r| {
                 self.parts
                     .iter()
-                    .map(|p| p.payload_len(phase, r))
+                    .zip(grads)
+                    .filter(|(_, g)| g.is_some())
+                    .map(|(p, _)| p.payload_len(phase, r))
                     .sum::<usize>()
             })
             .max()
@@ -341,13 +498,20 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
     }
 
     /// Where each rank's payload for tensor `tensor` lies in the gathered buffer.
-    fn offsets(&self, phase: Phase, tensor: usize) -> Vec<core::ops::Range<usize>> {
-        let block = self.block_len(phase);
+    fn offsets<G>(
+        &self,
+        phase: Phase,
+        tensor: usize,
+        grads: &[Option<&[G]>],
+    ) -> Vec<core::ops::Range<usize>> {
+        let block = self.block_len(phase, grads);
         (0..self.map.ranks())
             .map(|r| {
                 let before: usize = self.parts[..tensor]
                     .iter()
-                    .map(|p| p.payload_len(phase, r))
+                    .zip(grads)
+                    .filter(|(_, g)| g.is_some())
+                    .map(|(p, _)| p.payload_len(phase, r))
                     .sum();
                 let start = r * block + before;
                 start..start + self.parts[tensor].payload_len(phase, r)
@@ -356,12 +520,13 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
     }
 
     /// Gathers every rank's payload of `phase` (in `self.send`) into `self.recv`.
-    fn exchange(&mut self, phase: Phase) -> Result<(), ShardError> {
-        let block = self.block_len(phase);
+    fn exchange<G>(&mut self, phase: Phase, grads: &[Option<&[G]>]) -> Result<(), ShardError> {
+        let block = self.block_len(phase, grads);
         debug_assert!(self.send.len() <= block);
         self.send.resize(block, 0);
         self.recv.resize(block * self.map.ranks(), 0);
         self.comm.all_gather(&self.send, &mut self.recv)?;
+        self.sent += block;
         Ok(())
     }
 
@@ -382,6 +547,7 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
         send.extend_from_slice(&index.to_le_bytes());
         let mut recv = vec![0u8; 16 * self.map.ranks()];
         self.comm.all_gather(&send, &mut recv)?;
+        self.sent += send.len();
         let seen: Vec<(u64, u64)> = recv
             .chunks_exact(16)
             .map(|c| {
