@@ -209,7 +209,20 @@ fn bench(group: MpiGroup, steps: usize) {
     }
     let sent = gather(opt.collective(), opt.sent_bytes() as f64);
     let state = gather(opt.collective(), opt.local_state_bytes() as f64);
-    drop((local, grads));
+    // the parameter all-gather that follows a step in ZeRO stage 1 and 2
+    let mut full: Vec<Vec<f32>> = shapes.iter().map(|s| vec![0.0; s.numel()]).collect();
+    let mut gathers = Vec::new();
+    for _ in 0..steps {
+        gather(opt.collective(), 0.0);
+        let t0 = Instant::now();
+        let l: Vec<&[f32]> = local.iter().map(Vec::as_slice).collect();
+        let mut f: Vec<&mut [f32]> = full.iter_mut().map(Vec::as_mut_slice).collect();
+        opt.all_gather_params(&l, &mut f).expect("the parameters gathered");
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        gathers.push(gather(opt.collective(), ms).into_iter().fold(0.0, f64::max));
+    }
+    let gather_bytes = gather(opt.collective(), opt.sent_bytes() as f64);
+    drop((local, grads, full));
     // one process on rank 0, the other ranks waiting
     let mut single = Vec::new();
     let mut single_state = 0;
@@ -253,10 +266,13 @@ fn bench(group: MpiGroup, steps: usize) {
         println!(
             "dist_bench model=gpt2-small params={params} ranks={ranks} steps={steps} \
              sharded_ms={sharded:.1} single_ms={single:.1} speedup={:.2} \
-             sent_bytes_per_rank={:.0} state_bytes_per_rank={:.0} single_state_bytes={single_state}",
+             sent_bytes_per_rank={:.0} state_bytes_per_rank={:.0} single_state_bytes={single_state} \
+             param_gather_ms={:.1} param_gather_bytes_per_rank={:.0}",
             single / sharded,
             sent.iter().copied().fold(0.0, f64::max),
             state.iter().copied().fold(0.0, f64::max),
+            median(gathers),
+            gather_bytes.iter().copied().fold(0.0, f64::max),
         );
     }
 }

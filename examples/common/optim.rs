@@ -65,14 +65,15 @@ pub fn adamw(config: &Config) -> AdamW<f32> {
     registered(AdamW::new(AdamWConfig::default()), config)
 }
 
-fn came_config(beta3: f64, instability: Instability) -> CameConfig {
+/// The main job's CAME config: the reference's defaults but `beta3` and the instability start.
+pub fn came_config(beta3: f64, instability: Instability) -> CameConfig {
     CameConfig::default()
         .with_betas(0.9, 0.999, beta3)
         .with_instability(instability)
 }
 
 /// The optimizer with the model's tensors registered, in the order of the parameter buffer.
-fn registered<O: Optimizer>(opt: Result<O, O::Error>, config: &Config) -> O {
+pub fn registered<O: Optimizer>(opt: Result<O, O::Error>, config: &Config) -> O {
     let mut opt = opt.expect("a valid config");
     for (name, dims) in config.tensors() {
         opt.register(name, &dims).expect("small shapes");

@@ -11,6 +11,7 @@
 use std::any::TypeId;
 use std::time::Instant;
 
+use came::shard::Collective;
 use came::{Element, Optimizer};
 
 use super::data::Split;
@@ -81,6 +82,9 @@ pub struct Trainer {
     positions: Vec<usize>,
     /// The `f32` working copy of parameters stored in a 16-bit type (empty for `f32` ones).
     widened: Vec<f32>,
+    /// Data parallel: the ranks that compute the shards of a batch, one each (`None`: this
+    /// process's threads do).
+    group: Option<Box<dyn Collective>>,
 }
 
 /// The parameters as forward and backward read them: `f32` parameters as they are, any other
@@ -106,6 +110,20 @@ impl Trainer {
             grads: (0..threads).map(|_| vec![0.0; config.numel()]).collect(),
             positions: Vec::with_capacity(batch),
             widened: Vec::new(),
+            group: None,
+        }
+    }
+
+    /// A trainer of one rank of a data-parallel `group`: each rank computes one shard of every
+    /// batch (on one thread), and the shards' gradients and losses are all-gathered and added
+    /// up in rank order, which is the order the threads' are added in: `N` ranks compute what
+    /// one process with `N` threads computes, bit for bit.
+    #[allow(dead_code)] // the data-parallel example's, not the main job's
+    pub fn data_parallel(config: Config, batch: usize, group: Box<dyn Collective>) -> Self {
+        let ranks = group.size();
+        Self {
+            group: Some(group),
+            ..Self::new(config, 1, batch.div_ceil(ranks.max(1)))
         }
     }
 
@@ -127,6 +145,9 @@ impl Trainer {
     /// [`Trainer::run`] on `f32` parameters. Each thread takes a contiguous shard of the
     /// positions.
     fn run_f32(&mut self, params: &[f32], data: &[u8], positions: &[usize], grad: bool) -> f64 {
+        if self.group.is_some() {
+            return self.run_ranks(params, data, positions, grad);
+        }
         let threads = self.workspaces.len();
         let shard = positions.len().div_ceil(threads).max(1);
         let scale = 1.0 / positions.len() as f32;
@@ -161,6 +182,60 @@ impl Trainer {
             let (first, rest) = self.grads.split_at_mut(1);
             for g in &rest[..used - 1] {
                 first[0].iter_mut().zip(g).for_each(|(a, &b)| *a += b);
+            }
+        }
+        total / positions.len() as f64
+    }
+
+    /// [`Trainer::run_f32`] over the ranks of the data-parallel group: this rank's shard, then
+    /// every rank's loss and gradient, added up as the threads' are.
+    fn run_ranks(&mut self, params: &[f32], data: &[u8], positions: &[usize], grad: bool) -> f64 {
+        let group = self.group.as_deref().expect("a data-parallel trainer");
+        let (rank, ranks) = (group.rank(), group.size());
+        let shard = positions.len().div_ceil(ranks).max(1);
+        let used = positions.len().div_ceil(shard);
+        let chunk = positions.chunks(shard).nth(rank).unwrap_or(&[]);
+        let g = &mut self.grads[0];
+        let scale = 1.0 / positions.len() as f32;
+        let g = grad.then(|| {
+            g.fill(0.0);
+            (g.as_mut_slice(), scale)
+        });
+        let mine = model::loss(
+            &self.config,
+            params,
+            data,
+            chunk,
+            &mut self.workspaces[0],
+            g,
+        );
+        let mut recv = vec![0u8; 8 * ranks];
+        group
+            .all_gather(&mine.to_le_bytes(), &mut recv)
+            .expect("the losses all-gathered");
+        let losses: Vec<f64> = recv
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("eight bytes")))
+            .collect();
+        let total = losses[0] + losses[1..used.max(1)].iter().sum::<f64>();
+        if grad {
+            let n = self.grads[0].len();
+            let mut recv = vec![0u8; 4 * n * ranks];
+            let send: &[u8] = bytemuck::cast_slice(&self.grads[0]);
+            group
+                .all_gather(send, &mut recv)
+                .expect("the gradients all-gathered");
+            let mut ranks_grads = recv.chunks_exact(4 * n).take(used).map(|b| {
+                b.chunks_exact(4)
+                    .map(|x| f32::from_le_bytes(x.try_into().expect("four bytes")))
+            });
+            let first = ranks_grads.next().expect("a shard");
+            self.grads[0]
+                .iter_mut()
+                .zip(first)
+                .for_each(|(a, b)| *a = b);
+            for g in ranks_grads {
+                self.grads[0].iter_mut().zip(g).for_each(|(a, b)| *a += b);
             }
         }
         total / positions.len() as f64

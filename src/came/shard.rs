@@ -260,6 +260,11 @@ impl<T: Float> Part<T> {
         self.state.len()
     }
 
+    /// Elements of the rank's workspace (new statistics, factors, every lane's column sums).
+    pub(crate) fn work_len(&self) -> usize {
+        self.work.len()
+    }
+
     /// Bytes rank `rank` sends for this tensor after `phase` (every rank can tell).
     pub(crate) fn payload_len(&self, phase: Phase, rank: usize) -> usize {
         let lanes = self.owners[rank].len();

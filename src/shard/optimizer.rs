@@ -76,10 +76,9 @@ impl<T: Float, C: Collective> Optimizer for ShardedCame<T, C> {
         self.step_whole(&mut some)
     }
 
-    /// This rank's state and workspace (the column statistics of every matrix and the
-    /// exchange buffers included).
+    /// This rank's state, its workspace and the exchange buffers.
     fn state_bytes(&self) -> usize {
-        self.local_state_bytes()
+        self.held_bytes()
     }
 
     /// `path` is a directory: this rank writes its file there ([`ShardedCame::save_dir`]).

@@ -195,17 +195,24 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
         &self.comm
     }
 
-    /// Bytes this rank sent to the collectives in its last step (each all-gather counted once,
-    /// with the padding of every rank's block to the longest), the parameter all-gather of
+    /// Bytes this rank sent to the collectives in its last step or
+    /// [`ShardedCame::all_gather_params`] (each all-gather counted once, with the padding of
+    /// every rank's block to the longest), the parameter all-gather of
     /// [`crate::Optimizer::step`] included.
     pub fn sent_bytes(&self) -> usize {
         self.sent
     }
 
     /// Bytes of optimizer state this rank keeps (its momentum rows, its row statistics and a
-    /// copy of the column statistics), without the workspace.
+    /// copy of the column statistics), without the workspace: what its checkpoint holds.
     pub fn local_state_bytes(&self) -> usize {
         self.parts.iter().map(Part::state_len).sum::<usize>() * size_of::<T>()
+    }
+
+    /// [`ShardedCame::local_state_bytes`] plus the workspace and the exchange buffers.
+    pub(crate) fn held_bytes(&self) -> usize {
+        let work = self.parts.iter().map(Part::work_len).sum::<usize>() * size_of::<T>();
+        self.local_state_bytes() + work + self.send.capacity() + self.recv.capacity()
     }
 
     /// One step of this rank's elements: `params[t]` and `grads[t]` hold this rank's elements
@@ -383,6 +390,7 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
                 .map_err(|e| self.registry.error(t, e))?;
         }
         let all = vec![true; self.parts.len()];
+        self.sent = 0;
         self.gather_params(&all, |t| local[t], full, true)
     }
 
