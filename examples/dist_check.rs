@@ -11,6 +11,9 @@
 //! whole tensors and prints `dist_check ranks=N tensors=K steps=S identical=true|false`, then
 //! every rank exits with 1 when they differ.
 //!
+//! `--nccl` (built with `--features mpi,nccl`) runs the same check with the collectives over
+//! NCCL, one GPU per rank, MPI only starting the ranks and sharing NCCL's id.
+//!
 //! `--bench` times a sharded GPT-2 small step instead (medians of `--steps` steps, a step
 //! taking as long as its slowest rank) against one process stepping the whole model on one
 //! thread, and prints the bytes each rank sends per step:
@@ -70,6 +73,50 @@ fn main() {
     if std::env::args().any(|a| a == "--bench") {
         return bench(group, steps);
     }
+    if std::env::args().any(|a| a == "--nccl") {
+        #[cfg(feature = "nccl")]
+        return check(nccl::group(&group), steps);
+        #[cfg(not(feature = "nccl"))]
+        panic!("--nccl needs the nccl feature: cargo build --features mpi,nccl");
+    }
+    check(group, steps);
+}
+
+/// The collectives over NCCL, one GPU per rank (rank modulo the GPUs of the machine), the
+/// NCCL id made on rank 0 and shared over MPI.
+#[cfg(feature = "nccl")]
+mod nccl {
+    use came::shard::{Collective, MpiGroup, NcclGroup};
+    use cudarc::driver::CudaContext;
+    use cudarc::nccl::safe::{Comm, Id};
+
+    pub fn group(mpi: &MpiGroup) -> NcclGroup {
+        let id = if mpi.rank() == 0 {
+            Some(came::shard::new_id().expect("NCCL loaded"))
+        } else {
+            None
+        };
+        let mine: Vec<u8> = id.map_or(vec![0; 128], |id| {
+            id.internal().iter().map(|&c| c as u8).collect()
+        });
+        let mut all = vec![0u8; 128 * mpi.size()];
+        mpi.all_gather(&mine, &mut all).expect("the NCCL id shared");
+        let mut internal = [0 as core::ffi::c_char; 128];
+        for (c, &b) in internal.iter_mut().zip(&all[..128]) {
+            *c = b as core::ffi::c_char;
+        }
+        let gpus = CudaContext::device_count().expect("the CUDA driver") as usize;
+        let stream = CudaContext::new(mpi.rank() % gpus)
+            .expect("a GPU")
+            .default_stream();
+        let comm = Comm::from_rank(stream, mpi.rank(), mpi.size(), Id::uninit(internal))
+            .expect("an NCCL communicator");
+        NcclGroup::new(comm)
+    }
+}
+
+/// The sharded steps over `group` against one process.
+fn check<C: Collective>(group: C, steps: usize) {
     let (rank, ranks) = (group.rank(), group.size());
     let shapes: Vec<Shape> = DIMS.iter().map(|d| Shape::new(d).unwrap()).collect();
     let config = CameConfig::new(1e-2).with_weight_decay(0.01);
@@ -217,7 +264,8 @@ fn bench(group: MpiGroup, steps: usize) {
         let t0 = Instant::now();
         let l: Vec<&[f32]> = local.iter().map(Vec::as_slice).collect();
         let mut f: Vec<&mut [f32]> = full.iter_mut().map(Vec::as_mut_slice).collect();
-        opt.all_gather_params(&l, &mut f).expect("the parameters gathered");
+        opt.all_gather_params(&l, &mut f)
+            .expect("the parameters gathered");
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         gathers.push(gather(opt.collective(), ms).into_iter().fold(0.0, f64::max));
     }

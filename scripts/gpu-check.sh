@@ -46,6 +46,25 @@ done
 "$BENCH" --device cuda --shape 4096x4096 --steps 21 --dtype bf16
 "$BENCH" --device cuda --model gpt2-small --steps 11
 
+echo "=== NCCL: sharded steps with the collectives over NCCL, one rank per GPU, against one process"
+if [ -n "${CAME_GPU_BIN:-}" ]; then
+    DIST="$CAME_GPU_BIN/dist_check"
+elif command -v mpicc >/dev/null 2>&1; then
+    cargo build --release --features mpi,nccl --example dist_check
+    DIST=target/release/examples/dist_check
+else
+    DIST=""
+fi
+if [ -n "$DIST" ] && [ -x "$DIST" ] && command -v mpirun >/dev/null 2>&1; then
+    gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+    as_root=()
+    [ "$(id -u)" = 0 ] && as_root=(--allow-run-as-root)
+    mpirun "${as_root[@]}" --oversubscribe -n "${gpus:-1}" "$DIST" --nccl --steps 3 \
+        || echo "NCCL check failed (is libnccl on LD_LIBRARY_PATH? pip's nvidia-nccl-cu12 has one)"
+else
+    echo "skipped: needs mpirun and dist_check built with --features mpi,nccl"
+fi
+
 echo "=== PyTorch on the same GPU"
 if python3 -c "import torch, came_pytorch; assert torch.cuda.is_available()" 2>/dev/null; then
     for shape in 4096x4096 8192x8192; do

@@ -58,9 +58,13 @@ mod map;
 #[cfg(feature = "mpi")]
 #[path = "mpi.rs"]
 mod mpi_group;
+#[cfg(feature = "nccl")]
+mod nccl;
 mod optimizer;
 mod step;
 
+#[cfg(feature = "nccl")]
+pub use self::nccl::{NcclGroup, new_id};
 pub use collective::{Collective, CollectiveError, LocalGroup};
 pub use map::ShardMap;
 /// The `mpi` crate (rsmpi) this module is built with: `mpi::initialize()` starts MPI.
