@@ -15,6 +15,8 @@
 //! many tensors can check all of them before changing any.
 
 mod batch;
+#[cfg(feature = "std")]
+pub(crate) mod columns;
 mod factored;
 pub(crate) mod formula;
 pub(crate) mod multi;

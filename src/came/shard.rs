@@ -20,6 +20,7 @@ use core::ops::Range;
 use std::vec;
 use std::vec::Vec;
 
+use super::columns::ColumnPart;
 use super::formula::Clip;
 use super::packed::Moments;
 use super::parts::{Dims, Parts, Stats, Work};
@@ -47,6 +48,8 @@ enum Kind {
 pub(crate) enum Phase {
     /// After sweep 1: the squared-gradient statistics and the norm.
     Norm,
+    /// After sweep 1 of the matrices split by columns: their norm's parts.
+    ColumnNorm,
     /// After sweep 2: the instability statistics.
     Momentum,
 }
@@ -70,6 +73,9 @@ pub(crate) enum Extent {
     /// This many values, the same on every rank that owns a unit of the tensor (a matrix's
     /// column statistics).
     Shared(usize),
+    /// This many rows of the units the rank owns, row-major (the momentum of a matrix split by
+    /// columns: `rows x` its columns).
+    Block(usize),
 }
 
 /// The units (rows, matrices or elements) each lane of a tensor covers start at
@@ -82,9 +88,9 @@ fn unit_start(units: usize, lanes: usize, lane: usize) -> usize {
     }
 }
 
-/// One rank's part of one tensor: the lanes and units it owns, every rank's lanes (to read the
+/// One rank's part of one tensor cut into lanes: the lanes and units it owns, every rank's lanes (to read the
 /// exchanged data), its state and its workspace.
-pub(crate) struct Part<T> {
+pub(crate) struct LanePart<T> {
     kind: Kind,
     /// the whole tensor (a vector: `rows` elements of one column)
     full: Dims,
@@ -99,7 +105,7 @@ pub(crate) struct Part<T> {
     work: Vec<T>,
 }
 
-impl<T: Float> Part<T> {
+impl<T: Float> LanePart<T> {
     /// Rank `rank`'s part of a tensor of `shape` whose lanes the ranks own as `owners` says.
     pub(crate) fn new(shape: &Shape, owners: Vec<Range<usize>>, rank: usize) -> Self {
         let lanes = shape.lanes();
@@ -246,7 +252,7 @@ impl<T: Float> Part<T> {
             .into_iter()
             .map(|(key, extent)| {
                 let len = match extent {
-                    Extent::PerUnit(w) => own * w,
+                    Extent::PerUnit(w) | Extent::Block(w) => own * w,
                     Extent::Shared(n) => n,
                 };
                 start += len;
@@ -280,7 +286,8 @@ impl<T: Float> Part<T> {
             (Kind::Batch, Phase::Norm) => 1 + lanes * 8,
             (Kind::Batch, Phase::Momentum) => 1,
             (Kind::Vector, Phase::Norm) => 1 + lanes * 16,
-            (Kind::Vector, Phase::Momentum) => 0,
+            (Kind::Vector | Kind::Batch | Kind::Matrix, Phase::ColumnNorm)
+            | (Kind::Vector, Phase::Momentum) => 0,
         }
     }
 
@@ -618,7 +625,7 @@ impl<T: Float> Part<T> {
 }
 
 /// A gradient error of a rank's elements with the index in the whole tensor.
-fn globally(error: Error, start: usize) -> Error {
+pub(super) fn globally(error: Error, start: usize) -> Error {
     match error {
         Error::NonFiniteGradient { index } => Error::NonFiniteGradient {
             index: start + index,
@@ -628,12 +635,12 @@ fn globally(error: Error, start: usize) -> Error {
 }
 
 /// Appends values to a payload.
-fn push<T: Float>(out: &mut Vec<u8>, values: &[T]) {
+pub(super) fn push<T: Float>(out: &mut Vec<u8>, values: &[T]) {
     out.extend_from_slice(bytemuck::cast_slice(values));
 }
 
 /// Reads `into.len()` values from the front of a payload.
-fn take<T: Float>(data: &mut &[u8], into: &mut [T]) {
+pub(super) fn take<T: Float>(data: &mut &[u8], into: &mut [T]) {
     let (head, tail) = data.split_at(size_of_val(into));
     for (x, b) in into.iter_mut().zip(head.chunks_exact(size_of::<T>())) {
         *x = bytemuck::pod_read_unaligned(b);
@@ -642,8 +649,207 @@ fn take<T: Float>(data: &mut &[u8], into: &mut [T]) {
 }
 
 /// Reads an `f64` from the front of a payload.
-fn take_f64(data: &mut &[u8]) -> f64 {
+pub(super) fn take_f64(data: &mut &[u8]) -> f64 {
     let (head, tail) = data.split_at(8);
     *data = tail;
     f64::from_le_bytes(head.try_into().expect("eight bytes"))
+}
+
+/// One rank's part of one tensor: cut into lanes (rows, matrices or elements; bit for bit one
+/// process's step) or, for a matrix of a tensor-parallel layer, into columns (`columns.rs`).
+pub(crate) enum Part<T> {
+    /// Lanes of rows, matrices or elements.
+    Lanes(LanePart<T>),
+    /// Columns of a matrix.
+    Columns(ColumnPart<T>),
+}
+
+impl<T: Float> Part<T> {
+    /// Elements of the whole tensor.
+    pub(crate) fn numel(&self) -> usize {
+        match self {
+            Self::Lanes(p) => p.numel(),
+            Self::Columns(p) => p.numel(),
+        }
+    }
+
+    /// The units rank `rank` owns: rows, matrices, elements or columns.
+    pub(crate) fn units_of(&self, rank: usize) -> Range<usize> {
+        match self {
+            Self::Lanes(p) => p.units_of(rank),
+            Self::Columns(p) => p.units_of(rank),
+        }
+    }
+
+    /// Elements rank `rank` holds and steps.
+    pub(crate) fn local_len(&self, rank: usize) -> usize {
+        match self {
+            Self::Lanes(p) => p.elements_of(rank).len(),
+            Self::Columns(p) => p.local_len(rank),
+        }
+    }
+
+    /// The elements rank `rank` holds, copied out of the whole tensor.
+    pub(crate) fn local_of(&self, rank: usize, whole: &[T]) -> Vec<T> {
+        match self {
+            Self::Lanes(p) => whole[p.elements_of(rank)].to_vec(),
+            Self::Columns(p) => p.rows_of(rank, whole).flatten().copied().collect(),
+        }
+    }
+
+    /// The elements rank `rank` holds as a run of the whole tensor, where they are one.
+    pub(crate) fn run_of(&self, rank: usize) -> Option<Range<usize>> {
+        match self {
+            Self::Lanes(p) => Some(p.elements_of(rank)),
+            Self::Columns(_) => None,
+        }
+    }
+
+    /// Writes rank `rank`'s elements into the whole tensor.
+    pub(crate) fn scatter(&self, rank: usize, local: &[T], whole: &mut [T]) {
+        match self {
+            Self::Lanes(p) => whole[p.elements_of(rank)].copy_from_slice(local),
+            Self::Columns(p) => p.scatter(rank, local, whole),
+        }
+    }
+
+    /// The state's named pieces.
+    pub(crate) fn state(&self) -> &[T] {
+        match self {
+            Self::Lanes(p) => &p.state,
+            Self::Columns(p) => &p.state,
+        }
+    }
+
+    /// The state's named pieces, to load into.
+    pub(crate) fn state_mut(&mut self) -> &mut Vec<T> {
+        match self {
+            Self::Lanes(p) => &mut p.state,
+            Self::Columns(p) => &mut p.state,
+        }
+    }
+
+    /// See [`LanePart::pieces`].
+    pub(crate) fn pieces(&self) -> Vec<(&'static str, Extent, Range<usize>)> {
+        match self {
+            Self::Lanes(p) => p.pieces(),
+            Self::Columns(p) => p.pieces(),
+        }
+    }
+
+    pub(crate) fn state_len(&self) -> usize {
+        match self {
+            Self::Lanes(p) => p.state_len(),
+            Self::Columns(p) => p.state_len(),
+        }
+    }
+
+    pub(crate) fn work_len(&self) -> usize {
+        match self {
+            Self::Lanes(p) => p.work_len(),
+            Self::Columns(p) => p.work_len(),
+        }
+    }
+
+    pub(crate) fn payload_len(&self, phase: Phase, rank: usize) -> usize {
+        match self {
+            Self::Lanes(p) => p.payload_len(phase, rank),
+            Self::Columns(p) => p.payload_len(phase, rank),
+        }
+    }
+
+    pub(crate) fn sweep_norm<G: Element<Compute = T>>(
+        &mut self,
+        k: &Coefficients<T>,
+        (param, grad): (&mut [T], &[G]),
+        out: &mut Vec<u8>,
+    ) {
+        match self {
+            Self::Lanes(p) => p.sweep_norm(k, (param, grad), out),
+            Self::Columns(p) => p.sweep_norm(k, grad, out),
+        }
+    }
+
+    /// The clip, or `None` where the column-norm exchange must come first.
+    pub(crate) fn finish_norm<'p>(
+        &mut self,
+        k: &Coefficients<T>,
+        payload: impl Fn(usize) -> &'p [u8],
+    ) -> Result<Option<Clip<T>>, Failure> {
+        match self {
+            Self::Lanes(p) => p.finish_norm(k, payload).map(Some),
+            Self::Columns(p) => p.finish_norm(k, payload).map(|()| None),
+        }
+    }
+
+    pub(crate) fn sweep_column_norm<G: Element<Compute = T>>(
+        &mut self,
+        grad: &[G],
+        out: &mut Vec<u8>,
+    ) {
+        if let Self::Columns(p) = self {
+            p.sweep_column_norm(grad, out);
+        }
+    }
+
+    pub(crate) fn finish_column_norm<'p>(
+        &mut self,
+        k: &Coefficients<T>,
+        payload: impl Fn(usize) -> &'p [u8],
+    ) -> Result<Option<Clip<T>>, Failure> {
+        match self {
+            Self::Lanes(_) => Ok(None),
+            Self::Columns(p) => p.finish_column_norm(k, payload).map(Some),
+        }
+    }
+
+    pub(crate) fn local_error<G: Element<Compute = T>>(&mut self, grad: &[G]) -> Error {
+        match self {
+            Self::Lanes(p) => p.local_error(grad),
+            Self::Columns(p) => p.local_error(grad),
+        }
+    }
+
+    pub(crate) fn commit_norm(&mut self) {
+        match self {
+            Self::Lanes(p) => p.commit_norm(),
+            Self::Columns(p) => p.commit_norm(),
+        }
+    }
+
+    pub(crate) fn sweep_momentum<G: Element<Compute = T>>(
+        &mut self,
+        k: &Coefficients<T>,
+        clip: Clip<T>,
+        (param, grad): (&mut [T], &[G]),
+        out: &mut Vec<u8>,
+    ) {
+        match self {
+            Self::Lanes(p) => p.sweep_momentum(k, clip, (param, grad), out),
+            Self::Columns(p) => p.sweep_momentum(k, clip, grad, out),
+        }
+    }
+
+    pub(crate) fn finish_momentum<'p>(
+        &mut self,
+        k: &Coefficients<T>,
+        payload: impl Fn(usize) -> &'p [u8],
+    ) -> Result<(), Failure> {
+        match self {
+            Self::Lanes(p) => p.finish_momentum(k, payload),
+            Self::Columns(p) => p.finish_momentum(k, payload),
+        }
+    }
+
+    pub(crate) fn sweep_apply<G: Element<Compute = T>>(
+        &mut self,
+        k: &Coefficients<T>,
+        clip: Clip<T>,
+        (param, grad): (&mut [T], &[G]),
+    ) {
+        match self {
+            Self::Lanes(p) => p.sweep_apply(k, clip, (param, grad)),
+            Self::Columns(p) => p.sweep_apply(k, param),
+        }
+    }
 }

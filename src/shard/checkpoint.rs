@@ -18,6 +18,7 @@ use std::vec::Vec;
 use std::{format, vec};
 
 use super::collective::Collective;
+use super::map::Split;
 use super::step::ShardedCame;
 use crate::came::shard::Extent;
 use crate::optim::RuleImpl;
@@ -33,13 +34,17 @@ fn file_name(rank: usize, ranks: usize) -> String {
     format!("came-shard-{rank}-of-{ranks}.safetensors")
 }
 
-/// A tensor's layout as the metadata spells it.
-fn layout_json(shape: &Shape) -> String {
+/// A tensor's layout and how it is split, as the metadata spells them.
+fn layout_json(shape: &Shape, split: Split) -> String {
+    let split = match split {
+        Split::Columns => ",\"split\":\"columns\"",
+        _ => "",
+    };
     match shape.layout() {
         Layout::Factored { batch, rows, cols } => {
-            format!("{{\"batch\":{batch},\"rows\":{rows},\"cols\":{cols}}}")
+            format!("{{\"batch\":{batch},\"rows\":{rows},\"cols\":{cols}{split}}}")
         }
-        Layout::Vector { len } => format!("{{\"len\":{len}}}"),
+        Layout::Vector { len } => format!("{{\"len\":{len}{split}}}"),
     }
 }
 
@@ -85,7 +90,10 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
             let mut tensors = Vec::new();
             for (t, part) in self.parts().iter().enumerate() {
                 let shape = &self.map().shapes()[t];
-                meta.insert(format!("layout.{t}"), layout_json(shape));
+                meta.insert(
+                    format!("layout.{t}"),
+                    layout_json(shape, self.map().split(t)),
+                );
                 let registered = &self.registry().tensors()[t];
                 meta.insert(format!("name.{t}"), registered.name.clone());
                 meta.insert(format!("step.{t}"), registered.step.to_string());
@@ -98,7 +106,7 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
                     continue;
                 }
                 for (key, _, range) in part.pieces() {
-                    let values = &part.state[range.clone()];
+                    let values = &part.state()[range.clone()];
                     tensors.push((format!("state.{t}.{key}"), vec![range.len()], values));
                 }
             }
@@ -125,7 +133,7 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
         let dir = dir.as_ref();
         let ranks = saved_ranks(dir)?;
         let rank = self.rank();
-        let mut staged: Vec<Vec<T>> = self.parts().iter().map(|p| p.state.clone()).collect();
+        let mut staged: Vec<Vec<T>> = self.parts().iter().map(|p| p.state().to_vec()).collect();
         let mut covered: Vec<Vec<bool>> = self
             .parts()
             .iter()
@@ -171,7 +179,7 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
             return Err(CheckpointError::MissingKey(dir.display().to_string()));
         };
         for (part, state) in self.parts_mut().iter_mut().zip(staged) {
-            part.state = state;
+            *part.state_mut() = state;
         }
         let registry = self.registry_mut();
         for (tensor, step) in registry.tensors_mut().iter_mut().zip(run.steps) {
@@ -264,10 +272,11 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
         let shape = &self.map().shapes()[t];
         let key = format!("layout.{t}");
         let layout = get(&key)?;
-        if layout != layout_json(shape) {
+        let ours = layout_json(shape, self.map().split(t));
+        if layout != ours {
             return Err(bad(
                 &key,
-                format!("{layout}, where the optimizer has {}", layout_json(shape)),
+                format!("{layout}, where the optimizer has {ours}"),
             ));
         }
         let key = format!("name.{t}");
@@ -299,7 +308,7 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
                 .map_err(|_| CheckpointError::MissingKey(key.clone()))?;
             let values: Vec<T> = values(&key, &view)?;
             let expected = match extent {
-                Extent::PerUnit(w) => (b - a) * w,
+                Extent::PerUnit(w) | Extent::Block(w) => (b - a) * w,
                 Extent::Shared(n) => n,
             };
             if values.len() != expected {
@@ -324,6 +333,14 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
                     into[(lo - mine.start) * w..(hi - mine.start) * w].copy_from_slice(from);
                 }
                 Extent::Shared(_) if !shared_set[t] => into.copy_from_slice(&values),
+                Extent::Block(rows) if lo < hi => {
+                    let (theirs, ours) = (b - a, mine.len());
+                    for i in 0..rows {
+                        let from = &values[i * theirs + lo - a..i * theirs + hi - a];
+                        let to = i * ours + lo - mine.start..i * ours + hi - mine.start;
+                        into[to].copy_from_slice(from);
+                    }
+                }
                 _ => {}
             }
         }

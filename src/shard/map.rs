@@ -24,8 +24,22 @@ use crate::{Layout, Shape};
 pub struct ShardMap {
     ranks: usize,
     shapes: Vec<Shape>,
-    /// per tensor, per rank: the lanes it owns
+    /// per tensor, per rank: the lanes it owns (the columns, for a tensor split by columns)
     lanes: Vec<Vec<Range<usize>>>,
+    split: Vec<Split>,
+}
+
+/// How a tensor is cut over the ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Split {
+    /// Runs of its lanes: rows of a matrix, matrices of a batch, elements of a vector
+    /// ([`ShardMap::elements`]); bit for bit one process's step.
+    Rows,
+    /// Columns of a matrix (a tensor-parallel layer's weight, [`ShardMap::columns`]); the row
+    /// statistics and the norm are combined, equal to one process's up to the rounding of
+    /// the row sums split at the ranks' columns.
+    Columns,
 }
 
 impl ShardMap {
@@ -48,6 +62,7 @@ impl ShardMap {
             ranks,
             shapes: Vec::new(),
             lanes: Vec::new(),
+            split: Vec::new(),
         };
         for &shape in shapes {
             map.push(shape);
@@ -69,7 +84,44 @@ impl ShardMap {
                 .collect(),
         );
         self.shapes.push(shape);
+        self.split.push(Split::Rows);
         t
+    }
+
+    /// Adds a matrix split by columns: rank `r` owns the `r`-th of `ranks` runs of columns
+    /// whose lengths differ by at most one (the longer first), as a tensor-parallel layer
+    /// splits its weight; returns its position.
+    pub(crate) fn push_columns(&mut self, shape: Shape, cols: usize) -> usize {
+        let (t, ranks) = (self.shapes.len(), self.ranks);
+        self.lanes.push(
+            (0..ranks)
+                .map(|rank| {
+                    let (start, end) = lane_range(cols, ranks, rank);
+                    start..end
+                })
+                .collect(),
+        );
+        self.shapes.push(shape);
+        self.split.push(Split::Columns);
+        t
+    }
+
+    /// How tensor `tensor` is cut.
+    ///
+    /// # Panics
+    /// If `tensor` is out of range.
+    pub fn split(&self, tensor: usize) -> Split {
+        self.split[tensor]
+    }
+
+    /// The columns of tensor `tensor` that rank `rank` owns, for a matrix split by columns
+    /// (the rank holds every row of them, `rows x columns.len()` row-major); `None` for a
+    /// tensor split by rows.
+    ///
+    /// # Panics
+    /// If `tensor` or `rank` is out of range.
+    pub fn columns(&self, tensor: usize, rank: usize) -> Option<Range<usize>> {
+        (self.split[tensor] == Split::Columns).then(|| self.lanes[tensor][rank].clone())
     }
 
     /// The number of ranks.
@@ -82,12 +134,16 @@ impl ShardMap {
         &self.shapes
     }
 
-    /// The lanes of tensor `tensor` that rank `rank` owns.
+    /// The lanes of tensor `tensor` that rank `rank` owns (none of a matrix split by
+    /// columns).
     ///
     /// # Panics
     /// If `tensor` or `rank` is out of range.
     pub fn lanes(&self, tensor: usize, rank: usize) -> Range<usize> {
-        self.lanes[tensor][rank].clone()
+        match self.split[tensor] {
+            Split::Rows => self.lanes[tensor][rank].clone(),
+            Split::Columns => 0..0,
+        }
     }
 
     /// Every rank's lanes of tensor `tensor`, in rank order.
@@ -96,14 +152,15 @@ impl ShardMap {
     }
 
     /// The flat (row-major) elements of tensor `tensor` that rank `rank` owns and steps: whole
-    /// rows of a matrix, whole matrices of a batch, a run of a vector's elements.
+    /// rows of a matrix, whole matrices of a batch, a run of a vector's elements. Empty for a
+    /// matrix split by columns, whose elements are no run ([`ShardMap::columns`]).
     ///
     /// # Panics
     /// If `tensor` or `rank` is out of range.
     pub fn elements(&self, tensor: usize, rank: usize) -> Range<usize> {
         let shape = &self.shapes[tensor];
         let lanes = &self.lanes[tensor][rank];
-        if lanes.is_empty() {
+        if lanes.is_empty() || self.split[tensor] == Split::Columns {
             return 0..0;
         }
         let (units, unit) = match shape.layout() {

@@ -66,7 +66,7 @@ mod step;
 #[cfg(feature = "nccl")]
 pub use self::nccl::{NcclGroup, new_id};
 pub use collective::{Collective, CollectiveError, LocalGroup};
-pub use map::ShardMap;
+pub use map::{ShardMap, Split};
 /// The `mpi` crate (rsmpi) this module is built with: `mpi::initialize()` starts MPI.
 #[cfg(feature = "mpi")]
 pub use mpi;

@@ -1,13 +1,15 @@
 //! One rank's sharded optimizer.
 
-use std::string::ToString;
+use std::string::{String, ToString};
 use std::vec;
 use std::vec::Vec;
 
 use super::CollectiveError;
 use super::collective::Collective;
 use super::map::ShardMap;
-use crate::came::shard::{Failure, Part, Phase};
+use crate::came::columns::ColumnPart;
+use crate::came::formula::Clip;
+use crate::came::shard::{Failure, LanePart, Part, Phase};
 use crate::config::Coefficients;
 use crate::optim::registry::Registry;
 use crate::optim::{GroupId, OptimizerError, StepReport, TensorId};
@@ -40,6 +42,13 @@ pub enum ShardError {
     Optimizer(OptimizerError),
     /// A collective failed; the ranks' states may now differ (start again from a checkpoint).
     Collective(CollectiveError),
+    /// Only a matrix (two dims) can be split by columns.
+    NotAMatrix {
+        /// The tensor's name.
+        name: String,
+        /// Its dims.
+        dims: Vec<usize>,
+    },
 }
 
 impl core::fmt::Display for ShardError {
@@ -56,6 +65,10 @@ impl core::fmt::Display for ShardError {
             ),
             Self::Optimizer(e) => write!(f, "{e}"),
             Self::Collective(e) => write!(f, "collective: {e}"),
+            Self::NotAMatrix { name, dims } => write!(
+                f,
+                "tensor {name} has dims {dims:?}: only a matrix (two dims) can be split by columns"
+            ),
         }
     }
 }
@@ -165,8 +178,36 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
         let shape = self.registry.tensors()[id.0].shape;
         debug_assert_eq!(shape.state_layout().momentum(), Momentum::Full);
         let t = self.map.push(shape);
-        self.parts
-            .push(Part::new(&shape, self.map.owners(t), self.comm.rank()));
+        let part = LanePart::new(&shape, self.map.owners(t), self.comm.rank());
+        self.parts.push(Part::Lanes(part));
+        Ok(id)
+    }
+
+    /// Registers the weight of a tensor-parallel layer, a `rows x cols` matrix split by columns
+    /// ([`crate::shard::Split::Columns`]): this rank holds every row of its columns
+    /// ([`ShardMap::columns`]), as `rows x width` row-major slices in [`Self::step_shards`];
+    /// [`crate::Optimizer::step`] takes and gives back the whole matrix as for any tensor.
+    ///
+    /// # Errors
+    /// [`ShardError::NotAMatrix`] unless `dims` has two dims; then as
+    /// [`crate::Optimizer::register_in`].
+    pub fn register_columns(
+        &mut self,
+        group: GroupId,
+        name: &str,
+        dims: &[usize],
+    ) -> Result<TensorId, ShardError> {
+        let &[_, cols] = dims else {
+            return Err(ShardError::NotAMatrix {
+                name: name.to_string(),
+                dims: dims.to_vec(),
+            });
+        };
+        let id = self.registry.register(group, name, dims)?;
+        let shape = self.registry.tensors()[id.0].shape;
+        let t = self.map.push_columns(shape, cols);
+        let part = ColumnPart::new(&shape, self.map.owners(t), self.comm.rank());
+        self.parts.push(Part::Columns(part));
         Ok(id)
     }
 
@@ -245,7 +286,7 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
             .into());
         }
         for (t, ((p, g), part)) in params.iter().zip(grads).zip(&self.parts).enumerate() {
-            let own = part.elements_of(rank).len();
+            let own = part.local_len(rank);
             crate::came::check_tensor_lens(own, p.len(), g.map_or(own, <[G]>::len))
                 .map_err(|e| self.registry.error(t, e))?;
         }
@@ -273,13 +314,14 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
             let recv = &self.recv;
             let payload = |r: usize| &recv[offsets[r].clone()];
             match self.parts[t].finish_norm(k, payload) {
-                Ok(clip) => clips[t] = Some(clip),
+                Ok(clip) => clips[t] = clip,
                 Err(Failure::Norm | Failure::State) => {
                     let error = self.agree_on_error(t, grad)?;
                     return Err(self.registry.error(t, error).into());
                 }
             }
         }
+        self.column_norms(&ks, grads, &mut clips)?;
         for (part, clip) in self.parts.iter_mut().zip(&clips) {
             if clip.is_some() {
                 part.commit_norm();
@@ -334,6 +376,47 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
         Ok(report)
     }
 
+    /// The clips of the stepped matrices split by columns: their norm's parts, exchanged.
+    fn column_norms<G: Element<Compute = T>>(
+        &mut self,
+        ks: &[Option<Coefficients<T>>],
+        grads: &[Option<&[G]>],
+        clips: &mut [Option<Clip<T>>],
+    ) -> Result<(), ShardError> {
+        let columns = self
+            .parts
+            .iter()
+            .zip(grads)
+            .any(|(p, g)| g.is_some() && matches!(p, Part::Columns(_)));
+        if !columns {
+            return Ok(());
+        }
+        self.send.clear();
+        for (part, g) in self.parts.iter_mut().zip(grads) {
+            if let Some(g) = g {
+                part.sweep_column_norm(g, &mut self.send);
+            }
+        }
+        self.exchange(Phase::ColumnNorm, grads)?;
+        for (t, k) in ks.iter().enumerate() {
+            let (Some(k), Some(grad)) = (k, grads[t]) else {
+                continue;
+            };
+            let offsets = self.offsets(Phase::ColumnNorm, t, grads);
+            let recv = &self.recv;
+            let payload = |r: usize| &recv[offsets[r].clone()];
+            match self.parts[t].finish_column_norm(k, payload) {
+                Ok(Some(clip)) => clips[t] = Some(clip),
+                Ok(None) => {}
+                Err(_) => {
+                    let error = self.agree_on_error(t, grad)?;
+                    return Err(self.registry.error(t, error).into());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Each stepped tensor's coefficients, checked.
     fn coefficients<G>(
         &self,
@@ -384,7 +467,7 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
             .into());
         }
         for (t, (l, f)) in local.iter().zip(full.iter()).enumerate() {
-            let (own, whole) = (self.parts[t].elements_of(rank).len(), self.parts[t].numel());
+            let (own, whole) = (self.parts[t].local_len(rank), self.parts[t].numel());
             crate::came::check_tensor_lens(own, l.len(), own)
                 .and_then(|()| crate::came::check_tensor_lens(whole, f.len(), whole))
                 .map_err(|e| self.registry.error(t, e))?;
@@ -408,7 +491,7 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
             .map(|r| {
                 (0..self.parts.len())
                     .filter(|&t| which[t])
-                    .map(|t| self.parts[t].elements_of(r).len())
+                    .map(|t| self.parts[t].local_len(r))
                     .sum::<usize>()
             })
             .max()
@@ -423,18 +506,22 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
         self.comm.all_gather(&self.send, &mut self.recv)?;
         self.sent += block;
         let me = self.rank();
+        let mut values: Vec<T> = Vec::new();
         for r in 0..ranks {
             let mut data = &self.recv[r * block..(r + 1) * block];
             for (t, f) in full.iter_mut().enumerate().filter(|(t, _)| which[*t]) {
-                let range = self.parts[t].elements_of(r);
-                let (head, tail) = data.split_at(range.len() * size_of::<T>());
+                let len = self.parts[t].local_len(r);
+                let (head, tail) = data.split_at(len * size_of::<T>());
                 data = tail;
                 if r == me && !copy_own {
                     continue;
                 }
-                for (x, b) in f[range].iter_mut().zip(head.chunks_exact(size_of::<T>())) {
-                    *x = bytemuck::pod_read_unaligned(b);
-                }
+                values.clear();
+                values.extend(
+                    head.chunks_exact(size_of::<T>())
+                        .map(bytemuck::pod_read_unaligned::<T>),
+                );
+                self.parts[t].scatter(r, &values, f);
             }
         }
         Ok(())
@@ -449,27 +536,68 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
         self.registry
             .check_step(tensors.iter().map(|(p, g)| (p.len(), g.map(<[T]>::len))))?;
         let rank = self.rank();
-        let ranges: Vec<_> = self.parts.iter().map(|p| p.elements_of(rank)).collect();
+        // a rank's elements are a run of the whole tensor, or (split by columns) copied out
+        let runs: Vec<Option<core::ops::Range<usize>>> =
+            self.parts.iter().map(|p| p.run_of(rank)).collect();
+        let grad_copies: Vec<Option<Vec<T>>> = tensors
+            .iter()
+            .zip(&self.parts)
+            .zip(&runs)
+            .map(|(((_, g), part), run)| match (g, run) {
+                (Some(g), None) => Some(part.local_of(rank, g)),
+                _ => None,
+            })
+            .collect();
         let grads: Vec<Option<&[T]>> = tensors
             .iter()
-            .zip(&ranges)
-            .map(|((_, g), r)| g.map(|g| &g[r.clone()]))
+            .zip(&runs)
+            .zip(&grad_copies)
+            .map(|(((_, g), run), copy)| match (g, run) {
+                (Some(g), Some(r)) => Some(&g[r.clone()]),
+                (Some(_), None) => copy.as_deref(),
+                (None, _) => None,
+            })
             .collect();
         let which: Vec<bool> = grads.iter().map(Option::is_some).collect();
+        let mut copies: Vec<Vec<T>> = tensors
+            .iter()
+            .zip(&self.parts)
+            .zip(&runs)
+            .map(|(((p, _), part), run)| {
+                if run.is_none() {
+                    part.local_of(rank, p)
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
         let report = {
             let mut local: Vec<&mut [T]> = tensors
                 .iter_mut()
-                .zip(&ranges)
-                .map(|((p, _), r)| &mut p[r.clone()])
+                .zip(&runs)
+                .zip(&mut copies)
+                .map(|(((p, _), run), copy)| match run {
+                    Some(r) => &mut p[r.clone()],
+                    None => copy.as_mut_slice(),
+                })
                 .collect();
             self.step_shards(&mut local, &grads)?
         };
         let sent = self.sent;
-        // this rank's updated elements are in place in the whole tensors: send copies of them
+        // this rank's updated elements: in place in the whole tensors, or copied back there
         let own: Vec<Vec<T>> = tensors
-            .iter()
-            .zip(&ranges)
-            .map(|((p, _), r)| p[r.clone()].to_vec())
+            .iter_mut()
+            .zip(&self.parts)
+            .zip(&runs)
+            .zip(copies)
+            .map(|((((p, _), part), run), copy)| {
+                if let Some(r) = run {
+                    p[r.clone()].to_vec()
+                } else {
+                    part.scatter(rank, &copy, p);
+                    copy
+                }
+            })
             .collect();
         let mut full: Vec<&mut [T]> = tensors.iter_mut().map(|(p, _)| &mut **p).collect();
         self.gather_params(&which, |t| &own[t], &mut full, false)?;
