@@ -25,31 +25,32 @@
 //!
 //! ```
 //! use came::shard::{LocalGroup, ShardedCame};
-//! use came::{CameConfig, Shape};
+//! use came::CameConfig;
 //!
-//! let shapes = [Shape::new(&[300, 256])?, Shape::new(&[256])?];
-//! let ranks = LocalGroup::new(2);
+//! // two ranks as threads, each stepping only its elements of each tensor
+//! let dims: [&[usize]; 2] = [&[300, 256], &[256]];
 //! let results: Vec<Vec<Vec<f32>>> = std::thread::scope(|s| {
-//!     let handles: Vec<_> = ranks
+//!     let handles: Vec<_> = LocalGroup::new(2)
 //!         .into_iter()
 //!         .map(|comm| s.spawn(move || {
-//!             let mut opt = ShardedCame::<f32, _>::new(CameConfig::new(1e-3), &shapes, comm)?;
+//!             let mut opt = ShardedCame::<f32, _>::with_dims(CameConfig::new(1e-3), &dims, comm)?;
 //!             let rank = opt.rank();
-//!             // this rank's elements of each tensor, and their gradients
-//!             let mut params: Vec<Vec<f32>> = (0..shapes.len())
+//!             let mut params: Vec<Vec<f32>> = (0..dims.len())
 //!                 .map(|t| opt.map().elements(t, rank).map(|i| i as f32 * 1e-4).collect())
 //!                 .collect();
-//!             let grads: Vec<Vec<f32>> = params.iter().map(|p| p.iter().map(|x| x.sin()).collect()).collect();
+//!             let grads: Vec<Vec<f32>> =
+//!                 params.iter().map(|p| p.iter().map(|x| x.sin()).collect()).collect();
 //!             let mut p: Vec<&mut [f32]> = params.iter_mut().map(|p| p.as_mut_slice()).collect();
-//!             let g: Vec<&[f32]> = grads.iter().map(|g| g.as_slice()).collect();
-//!             opt.step(&mut p, &g)?;
+//!             let g: Vec<Option<&[f32]>> = grads.iter().map(|g| Some(g.as_slice())).collect();
+//!             opt.step_shards(&mut p, &g)?;
 //!             Ok::<_, came::shard::ShardError>(params)
 //!         }))
 //!         .collect();
 //!     handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
 //! });
-//! assert_eq!(results.len(), 2);
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! // the matrix's lanes are split between the ranks; the vector is one lane, rank 1's
+//! assert!(!results[0][0].is_empty() && !results[1][0].is_empty());
+//! assert!(results[0][1].is_empty() && results[1][1].len() == 256);
 //! ```
 
 mod checkpoint;
