@@ -29,38 +29,20 @@ use came::{CameConfig, CameState, Shape, TensorStep};
 
 #[path = "common/gpt2.rs"]
 mod gpt2;
+#[path = "../tests/support/shard.rs"]
+mod shard_support;
 
-#[path = "common/rng.rs"]
-#[allow(dead_code)]
-mod rng;
+use shard_support::{AWKWARD, OneProcess, gradient, start};
 
-const DIMS: &[&[usize]] = &[
-    &[7, 5],
-    &[1, 70_001],
-    &[70_001, 1],
-    &[301, 700],
-    &[1000, 517],
-    &[8, 3, 130, 70],
-    &[256, 256, 3, 3],
-    &[100],
-    &[150_001],
-    &[],
-];
+const DIMS: &[&[usize]] = AWKWARD;
 
 /// The gradient of tensor `t` at step `s`, the same on every rank.
 fn grad(t: usize, s: usize, n: usize) -> Vec<f32> {
-    let mut rng = rng::Rng::new((t as u64) << 32 | s as u64);
-    (0..n)
-        .map(|i| {
-            let u = rng.normal();
-            // a few large entries, so that the update is clipped
-            if i % 997 == 0 { u * 40.0 } else { u }
-        })
-        .collect()
+    gradient(t, s, n).map(|x| x as f32).collect()
 }
 
 fn init(n: usize) -> Vec<f32> {
-    (0..n).map(|i| ((i as f32) * 0.37).cos() * 0.1).collect()
+    start(n).map(|x| x as f32).collect()
 }
 
 fn main() {
@@ -156,29 +138,16 @@ fn check<C: Collective>(group: C, steps: usize) {
     );
 
     // one process, on every rank (each compares; rank 0 prints)
-    let mut params: Vec<Vec<f32>> = shapes.iter().map(|s| init(s.numel())).collect();
-    let mut bufs: Vec<Vec<f32>> = shapes.iter().map(|s| vec![0.0; s.state_len()]).collect();
-    let mut states: Vec<CameState<'_, f32>> = bufs.iter_mut().map(|b| CameState::new(b)).collect();
+    let mut one = OneProcess::new(&shapes, shapes.iter().map(|s| init(s.numel())).collect());
     for s in 0..steps {
         let grads: Vec<Vec<f32>> = shapes
             .iter()
             .enumerate()
             .map(|(t, sh)| grad(t, s, sh.numel()))
             .collect();
-        let mut tensors: Vec<TensorStep<'_, '_, f32>> = params
-            .iter_mut()
-            .zip(&grads)
-            .zip(states.iter_mut())
-            .zip(&shapes)
-            .map(|(((param, grad), state), shape)| TensorStep {
-                shape: *shape,
-                param,
-                grad,
-                state,
-            })
-            .collect();
-        came::step_all(&config, &mut tensors).expect("one process's step");
+        one.step(&config, &grads).expect("one process's step");
     }
+    let params = one.params;
     let identical = full
         .iter()
         .zip(&params)

@@ -1,46 +1,22 @@
 //! Sharded CAME against one process: bit for bit, for 1 to 4 ranks (ranks as threads).
 #![cfg(feature = "std")]
 
+mod support;
+
 use came::optim::{OptimizerError, TensorId};
 use came::shard::{LocalGroup, ShardError, ShardMap, ShardedCame};
-use came::{CameConfig, CameState, Error, Optimizer, Shape, TensorStep};
+use came::{CameConfig, Error, Optimizer, Shape};
+use support::shard::{AWKWARD, OneProcess, gradient, start};
 
-/// Shapes whose lanes do not divide evenly over the ranks: one-lane matrices, a single row, a
-/// single column, rows not divisible by the lanes, batches of matrices (3x3 kernels among
-/// them), vectors long and short, a scalar.
-const DIMS: &[&[usize]] = &[
-    &[7, 5],
-    &[1, 70_001],
-    &[70_001, 1],
-    &[301, 700],
-    &[1000, 517],
-    &[8, 3, 130, 70],
-    &[256, 256, 3, 3],
-    &[5, 2, 3],
-    &[100],
-    &[150_001],
-    &[],
-];
+const DIMS: &[&[usize]] = AWKWARD;
 
-/// A reproducible gradient of tensor `t` at step `s` (SplitMix64 to floats around 0).
+/// The gradient of tensor `t` at step `s`.
 fn grad(t: usize, s: usize, n: usize) -> Vec<f32> {
-    let mut x = (t as u64) << 32 | s as u64;
-    (0..n)
-        .map(|i| {
-            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            let u = (z >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-            // a few large entries so that the clip is taken
-            if i % 997 == 0 { u * 40.0 } else { u }
-        })
-        .collect()
+    gradient(t, s, n).map(|x| x as f32).collect()
 }
 
 fn init(n: usize) -> Vec<f32> {
-    (0..n).map(|i| ((i as f32) * 0.37).cos() * 0.1).collect()
+    start(n).map(|x| x as f32).collect()
 }
 
 fn shapes() -> Vec<Shape> {
@@ -54,32 +30,19 @@ fn config() -> CameConfig {
 /// One process: `steps` steps of every tensor with `step_all`; the parameters after each step.
 fn single(steps: usize) -> Vec<Vec<Vec<f32>>> {
     let shapes = shapes();
-    let mut params: Vec<Vec<f32>> = shapes.iter().map(|s| init(s.numel())).collect();
-    let mut bufs: Vec<Vec<f32>> = shapes.iter().map(|s| vec![0.0; s.state_len()]).collect();
-    let mut states: Vec<CameState<'_, f32>> = bufs.iter_mut().map(|b| CameState::new(b)).collect();
-    let mut out = Vec::new();
-    for s in 0..steps {
-        let grads: Vec<Vec<f32>> = shapes
-            .iter()
-            .enumerate()
-            .map(|(t, sh)| grad(t, s, sh.numel()))
-            .collect();
-        let mut tensors: Vec<TensorStep<'_, '_, f32>> = params
-            .iter_mut()
-            .zip(&grads)
-            .zip(states.iter_mut())
-            .zip(&shapes)
-            .map(|(((param, grad), state), shape)| TensorStep {
-                shape: *shape,
-                param,
-                grad,
-                state,
-            })
-            .collect();
-        came::step_all(&config(), &mut tensors).unwrap();
-        out.push(params.clone());
-    }
-    out
+    let params = shapes.iter().map(|s| init(s.numel())).collect();
+    let mut one = OneProcess::new(&shapes, params);
+    (0..steps)
+        .map(|s| {
+            let grads: Vec<Vec<f32>> = shapes
+                .iter()
+                .enumerate()
+                .map(|(t, sh)| grad(t, s, sh.numel()))
+                .collect();
+            one.step(&config(), &grads).unwrap();
+            one.params.clone()
+        })
+        .collect()
 }
 
 /// `ranks` ranks as threads: `steps` sharded steps; the gathered parameters after each step,
@@ -199,28 +162,15 @@ fn a_nan_on_one_rank_fails_the_step_on_every_rank_and_changes_nothing() {
     let shapes = shapes();
     let (tensor, index) = (4, 900 * 517 + 3); // in the last rank's rows for 3 ranks
     // one process
-    let mut bufs: Vec<Vec<f32>> = shapes.iter().map(|s| vec![0.0; s.state_len()]).collect();
-    let mut states: Vec<CameState<'_, f32>> = bufs.iter_mut().map(|b| CameState::new(b)).collect();
-    let mut params: Vec<Vec<f32>> = shapes.iter().map(|s| init(s.numel())).collect();
+    let params = shapes.iter().map(|s| init(s.numel())).collect();
+    let mut one = OneProcess::new(&shapes, params);
     let mut grads: Vec<Vec<f32>> = shapes
         .iter()
         .enumerate()
         .map(|(t, sh)| grad(t, 0, sh.numel()))
         .collect();
     grads[tensor][index] = f32::NAN;
-    let mut tensors: Vec<TensorStep<'_, '_, f32>> = params
-        .iter_mut()
-        .zip(&grads)
-        .zip(states.iter_mut())
-        .zip(&shapes)
-        .map(|(((param, grad), state), shape)| TensorStep {
-            shape: *shape,
-            param,
-            grad,
-            state,
-        })
-        .collect();
-    let single = came::step_all(&config(), &mut tensors).unwrap_err();
+    let single = one.step(&config(), &grads).unwrap_err();
     assert_eq!(single.tensor, tensor);
     assert_eq!(single.error, Error::NonFiniteGradient { index });
 

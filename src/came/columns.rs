@@ -5,12 +5,12 @@
 //! norm's per-rank parts likewise (`came::shard` exchanges them).
 //!
 //! The formulas are the reference's, element by element ([`super::formula`]); the loops are
-//! plain. A row's sum is split at the ranks' column boundaries, so the result equals one
-//! process's up to the rounding of those sums (a few units in the last place of a statistic),
-//! the same for every run with the same split, not bit for bit.
+//! plain. The sums (a row's over the ranks' columns, a column's over the rows, the norm's) are
+//! taken in `f64` and rounded once, so the statistics are as a correctly rounded sum gives them:
+//! within rounding of one process's (which sums in the parameters' type, in its own order),
+//! not bit for bit, and the same for every run with the same number of ranks.
 
-use super::formula::{scalar, sq_term, square, weighted_term};
-use super::small::momentum_row;
+use super::formula::{self, scalar, sq_term, square, weighted_term};
 use crate::Element;
 use crate::Float;
 use crate::config::Coefficients;
@@ -21,16 +21,16 @@ pub(super) fn sq_sums<T: Float, G: Element<Compute = T>>(
     g: &[G],
     cols: usize,
     k: &Coefficients<T>,
-    (row_sums, col_sums): (&mut [T], &mut [T]),
+    (row_sums, col_sums): (&mut [f64], &mut [f64]),
 ) {
     let (o, c) = scalar(k);
-    col_sums.fill(T::zero());
+    col_sums.fill(0.0);
     for (row, s) in g.chunks_exact(cols).zip(row_sums.iter_mut()) {
-        let mut sum = T::zero();
+        let mut sum = 0.0;
         for (&x, col) in row.iter().zip(col_sums.iter_mut()) {
-            let term = sq_term(o, square(o, x.to_compute()), c.eps1);
-            sum = sum + term;
-            *col = *col + term;
+            let term = sq_term(o, square(o, x.to_compute()), c.eps1).as_f64();
+            sum += term;
+            *col += term;
         }
         *s = sum;
     }
@@ -44,20 +44,20 @@ pub(super) fn norm_part<T: Float, G: Element<Compute = T>>(
     g: &[G],
     cols: usize,
     (row, col): (&[T], &[T]),
-    weighted: &mut [T],
+    weighted: &mut [f64],
 ) -> f64 {
     let o = crate::exec::simd::Ops::<pulp::Scalar, T>::new(pulp::Scalar);
-    weighted.fill(T::zero());
+    weighted.fill(0.0);
     for (g, &r) in g.chunks_exact(cols).zip(row) {
         let w = T::one() / r;
         for (&x, v) in g.iter().zip(weighted.iter_mut()) {
-            *v = *v + weighted_term(o, square(o, x.to_compute()), w);
+            *v += weighted_term(o, square(o, x.to_compute()), w).as_f64();
         }
     }
     weighted
         .iter()
         .zip(col)
-        .map(|(&v, &c)| (v / c).as_f64())
+        .map(|(&v, &c)| v / c.as_f64())
         .sum()
 }
 
@@ -69,12 +69,20 @@ pub(super) fn momentum_sums<T: Float, G: Element<Compute = T>>(
     cols: usize,
     (rf_d, cf): (&[T], &[T]),
     k: &Coefficients<T>,
-    (row_sums, col_sums): (&mut [T], &mut [T]),
+    (row_sums, col_sums): (&mut [f64], &mut [f64]),
 ) {
-    col_sums.fill(T::zero());
+    let (o, c) = scalar(k);
+    col_sums.fill(0.0);
     let rows = g.chunks_exact(cols).zip(m.chunks_exact_mut(cols));
     for ((g, m), (&r, s)) in rows.zip(rf_d.iter().zip(row_sums.iter_mut())) {
-        *s = momentum_row((g, m), r, cf, col_sums, k);
+        let mut sum = 0.0;
+        for (((&x, mj), &f), col) in g.iter().zip(m).zip(cf).zip(col_sums.iter_mut()) {
+            let (m_new, term) = formula::momentum(o, &c, (x.to_compute(), *mj), (r, f));
+            *mj = m_new;
+            sum += term.as_f64();
+            *col += term.as_f64();
+        }
+        *s = sum;
     }
 }
 
@@ -99,9 +107,10 @@ pub(crate) struct ColumnPart<T> {
     /// `exp_avg` (`rows x width`), `exp_avg_sq_row` (every row), `exp_avg_sq_col` (its
     /// columns), `exp_avg_res_row`, `exp_avg_res_col`
     pub(crate) state: Vec<T>,
-    /// new rows, new columns, row factors, column factors, row sums, row scratch, column
-    /// scratch
+    /// new rows, new columns, row factors, column factors, row factors over the clip divisor
     work: Vec<T>,
+    /// the rows' sums, another rank's, the columns' sums
+    sums: Vec<f64>,
 }
 
 /// The named pieces of a rank's state, cut.
@@ -119,9 +128,10 @@ struct Scratch<'a, T> {
     next_col: &'a mut [T],
     rf: &'a mut [T],
     cf: &'a mut [T],
-    row_sums: &'a mut [T],
-    rows: &'a mut [T],
-    cols: &'a mut [T],
+    rf_d: &'a mut [T],
+    row_sums: &'a mut [f64],
+    recv: &'a mut [f64],
+    cols: &'a mut [f64],
 }
 
 impl<T: Float> ColumnPart<T> {
@@ -139,7 +149,8 @@ impl<T: Float> ColumnPart<T> {
             owners,
             rank,
             state: vec![T::zero(); rows * width + 2 * rows + 2 * width],
-            work: vec![T::zero(); 5 * rows + 3 * width],
+            work: vec![T::zero(); 3 * rows + 2 * width],
+            sums: vec![0.0; 2 * rows + width],
         }
     }
 
@@ -165,8 +176,9 @@ impl<T: Float> ColumnPart<T> {
         self.state.len()
     }
 
-    pub(crate) fn work_len(&self) -> usize {
-        self.work.len()
+    /// Bytes of the workspace.
+    pub(crate) fn work_bytes(&self) -> usize {
+        self.work.len() * size_of::<T>() + self.sums.len() * 8
     }
 
     /// Rank `rank`'s elements (`rows x` its columns) from the whole matrix, or into it.
@@ -219,7 +231,7 @@ impl<T: Float> ColumnPart<T> {
             return 0;
         }
         match phase {
-            Phase::Norm | Phase::Momentum => 1 + self.rows * size_of::<T>(),
+            Phase::Norm | Phase::Momentum => 1 + self.rows * 8,
             Phase::ColumnNorm => 1 + 8,
         }
     }
@@ -233,9 +245,9 @@ impl<T: Float> ColumnPart<T> {
         let (next_row, rest) = self.work.split_at_mut(rows);
         let (next_col, rest) = rest.split_at_mut(w);
         let (rf, rest) = rest.split_at_mut(rows);
-        let (cf, rest) = rest.split_at_mut(w);
-        let (row_sums, rest) = rest.split_at_mut(rows);
-        let (rows_scratch, cols_scratch) = rest.split_at_mut(rows);
+        let (cf, rf_d) = rest.split_at_mut(w);
+        let (row_sums, rest) = self.sums.split_at_mut(rows);
+        let (recv, cols) = rest.split_at_mut(rows);
         let state = State {
             m,
             sq_row,
@@ -248,9 +260,10 @@ impl<T: Float> ColumnPart<T> {
             next_col,
             rf,
             cf,
+            rf_d,
             row_sums,
-            rows: rows_scratch,
-            cols: &mut cols_scratch[..w],
+            recv,
+            cols,
         };
         (state, scratch)
     }
@@ -274,7 +287,7 @@ impl<T: Float> ColumnPart<T> {
         sq_sums(grad, w, k, (x.row_sums, x.cols));
         let n = T::from_f64(rows as f64);
         for ((nc, &old), &sum) in x.next_col.iter_mut().zip(&*s.sq_col).zip(&*x.cols) {
-            *nc = average(old, sum, n, k.beta2, k.one_minus_beta2);
+            *nc = average(old, T::from_f64(sum), n, k.beta2, k.one_minus_beta2);
         }
         push(out, x.row_sums);
     }
@@ -289,25 +302,10 @@ impl<T: Float> ColumnPart<T> {
         let ranks = self.owners.len();
         let cols = T::from_f64(self.cols as f64);
         let (s, x) = self.cut();
-        let mut corrupt = false;
-        let mut first = true;
-        for rank in 0..ranks {
-            let Some((&status, mut data)) = payload(rank).split_first() else {
-                continue;
-            };
-            corrupt |= status != 0;
-            take(&mut data, x.rows);
-            if first {
-                x.next_row.copy_from_slice(x.rows);
-                first = false;
-            } else {
-                for (a, &b) in x.next_row.iter_mut().zip(&*x.rows) {
-                    *a = *a + b;
-                }
-            }
-        }
-        for (r, &old) in x.next_row.iter_mut().zip(&*s.sq_row) {
-            *r = average(old, *r, cols, k.beta2, k.one_minus_beta2);
+        let corrupt = !add_up_rows(ranks, payload, (x.row_sums, x.recv));
+        let rows = x.next_row.iter_mut().zip(&*s.sq_row).zip(&*x.row_sums);
+        for ((r, &old), &sum) in rows {
+            *r = average(old, T::from_f64(sum), cols, k.beta2, k.one_minus_beta2);
         }
         if corrupt || !all_finite(x.next_row) {
             return Err(Failure::Norm);
@@ -401,13 +399,13 @@ impl<T: Float> ColumnPart<T> {
             return;
         }
         let (s, x) = self.cut();
-        for (d, &f) in x.rows.iter_mut().zip(&*x.rf) {
+        for (d, &f) in x.rf_d.iter_mut().zip(&*x.rf) {
             *d = f / clip.d;
         }
-        momentum_sums((grad, s.m), w, (x.rows, x.cf), k, (x.row_sums, x.cols));
+        momentum_sums((grad, s.m), w, (x.rf_d, x.cf), k, (x.row_sums, x.cols));
         let n = T::from_f64(rows as f64);
         for ((nc, &old), &sum) in x.next_col.iter_mut().zip(&*s.res_col).zip(&*x.cols) {
-            *nc = average(old, sum, n, k.beta3, k.one_minus_beta3);
+            *nc = average(old, T::from_f64(sum), n, k.beta3, k.one_minus_beta3);
         }
         out.push(u8::from(!all_finite(x.next_col)));
         push(out, x.row_sums);
@@ -424,25 +422,10 @@ impl<T: Float> ColumnPart<T> {
         let has_columns = self.width() > 0;
         let cols = T::from_f64(self.cols as f64);
         let (s, x) = self.cut();
-        let mut failed = false;
-        let mut first = true;
-        for rank in 0..ranks {
-            let Some((&status, mut data)) = payload(rank).split_first() else {
-                continue;
-            };
-            failed |= status != 0;
-            take(&mut data, x.rows);
-            if first {
-                x.next_row.copy_from_slice(x.rows);
-                first = false;
-            } else {
-                for (a, &b) in x.next_row.iter_mut().zip(&*x.rows) {
-                    *a = *a + b;
-                }
-            }
-        }
-        for (r, &old) in x.next_row.iter_mut().zip(&*s.res_row) {
-            *r = average(old, *r, cols, k.beta3, k.one_minus_beta3);
+        let failed = !add_up_rows(ranks, payload, (x.row_sums, x.recv));
+        let rows = x.next_row.iter_mut().zip(&*s.res_row).zip(&*x.row_sums);
+        for ((r, &old), &sum) in rows {
+            *r = average(old, T::from_f64(sum), cols, k.beta3, k.one_minus_beta3);
         }
         if failed || !all_finite(x.next_row) {
             return Err(Failure::State);
@@ -466,4 +449,32 @@ impl<T: Float> ColumnPart<T> {
         let (s, x) = self.cut();
         small::apply((param, &*s.m), w, (&*x.rf, &*x.cf), 0, k);
     }
+}
+
+/// Every rank's row sums (what `payload(rank)` holds after its status byte; a rank without
+/// columns sends nothing) added up in rank order into `total` (`scratch`: one rank's);
+/// whether every status byte is 0.
+fn add_up_rows<'p>(
+    ranks: usize,
+    payload: impl Fn(usize) -> &'p [u8],
+    (total, scratch): (&mut [f64], &mut [f64]),
+) -> bool {
+    let mut ok = true;
+    let mut first = true;
+    for rank in 0..ranks {
+        let Some((&status, mut data)) = payload(rank).split_first() else {
+            continue;
+        };
+        ok &= status == 0;
+        take(&mut data, scratch);
+        if first {
+            total.copy_from_slice(scratch);
+            first = false;
+        } else {
+            for (a, &b) in total.iter_mut().zip(&*scratch) {
+                *a += b;
+            }
+        }
+    }
+    ok
 }

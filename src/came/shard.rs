@@ -480,7 +480,8 @@ impl<T: Float> LanePart<T> {
 
     /// Commits the new squared-gradient statistics (after every tensor's [`Self::finish_norm`]).
     pub(crate) fn commit_norm(&mut self) {
-        if self.kind == Kind::Vector || self.local.lanes == 0 {
+        // a rank that owns none of a matrix keeps its column statistics all the same
+        if self.kind == Kind::Vector {
             return;
         }
         let units = self.units_of(self.rank);
@@ -744,14 +745,18 @@ impl<T: Float> Part<T> {
         }
     }
 
-    pub(crate) fn work_len(&self) -> usize {
+    /// Bytes of the workspace.
+    pub(crate) fn work_bytes(&self) -> usize {
         match self {
-            Self::Lanes(p) => p.work_len(),
-            Self::Columns(p) => p.work_len(),
+            Self::Lanes(p) => p.work_len() * size_of::<T>(),
+            Self::Columns(p) => p.work_bytes(),
         }
     }
 
     pub(crate) fn payload_len(&self, phase: Phase, rank: usize) -> usize {
+        if self.numel() == 0 {
+            return 0;
+        }
         match self {
             Self::Lanes(p) => p.payload_len(phase, rank),
             Self::Columns(p) => p.payload_len(phase, rank),
@@ -764,18 +769,25 @@ impl<T: Float> Part<T> {
         (param, grad): (&mut [T], &[G]),
         out: &mut Vec<u8>,
     ) {
+        if self.numel() == 0 {
+            return;
+        }
         match self {
             Self::Lanes(p) => p.sweep_norm(k, (param, grad), out),
             Self::Columns(p) => p.sweep_norm(k, grad, out),
         }
     }
 
-    /// The clip, or `None` where the column-norm exchange must come first.
+    /// The clip, or `None` where the column-norm exchange must come first. A tensor without
+    /// elements takes a step that changes nothing, as in one process.
     pub(crate) fn finish_norm<'p>(
         &mut self,
         k: &Coefficients<T>,
         payload: impl Fn(usize) -> &'p [u8],
     ) -> Result<Option<Clip<T>>, Failure> {
+        if self.numel() == 0 {
+            return Ok(Some(Clip::none()));
+        }
         match self {
             Self::Lanes(p) => p.finish_norm(k, payload).map(Some),
             Self::Columns(p) => p.finish_norm(k, payload).map(|()| None),
@@ -797,6 +809,9 @@ impl<T: Float> Part<T> {
         k: &Coefficients<T>,
         payload: impl Fn(usize) -> &'p [u8],
     ) -> Result<Option<Clip<T>>, Failure> {
+        if self.numel() == 0 {
+            return Ok(None);
+        }
         match self {
             Self::Lanes(_) => Ok(None),
             Self::Columns(p) => p.finish_column_norm(k, payload).map(Some),
@@ -811,6 +826,9 @@ impl<T: Float> Part<T> {
     }
 
     pub(crate) fn commit_norm(&mut self) {
+        if self.numel() == 0 {
+            return;
+        }
         match self {
             Self::Lanes(p) => p.commit_norm(),
             Self::Columns(p) => p.commit_norm(),
@@ -824,6 +842,9 @@ impl<T: Float> Part<T> {
         (param, grad): (&mut [T], &[G]),
         out: &mut Vec<u8>,
     ) {
+        if self.numel() == 0 {
+            return;
+        }
         match self {
             Self::Lanes(p) => p.sweep_momentum(k, clip, (param, grad), out),
             Self::Columns(p) => p.sweep_momentum(k, clip, grad, out),
@@ -835,6 +856,9 @@ impl<T: Float> Part<T> {
         k: &Coefficients<T>,
         payload: impl Fn(usize) -> &'p [u8],
     ) -> Result<(), Failure> {
+        if self.numel() == 0 {
+            return Ok(());
+        }
         match self {
             Self::Lanes(p) => p.finish_momentum(k, payload),
             Self::Columns(p) => p.finish_momentum(k, payload),
@@ -847,6 +871,9 @@ impl<T: Float> Part<T> {
         clip: Clip<T>,
         (param, grad): (&mut [T], &[G]),
     ) {
+        if self.numel() == 0 {
+            return;
+        }
         match self {
             Self::Lanes(p) => p.sweep_apply(k, clip, (param, grad)),
             Self::Columns(p) => p.sweep_apply(k, param),

@@ -66,7 +66,7 @@ pub(super) fn momentum<T: Float, G: Element<Compute = T>>(
 /// The momentum of one row with the clipped update `u = (r * cf_j) * g_j`; returns the row's
 /// `sum_j ((u_j - m_j)^2 + eps2)` and adds the column terms to `sums`.
 #[inline(always)]
-pub(super) fn momentum_row<T: Float, G: Element<Compute = T>>(
+fn momentum_row<T: Float, G: Element<Compute = T>>(
     (g, m): (&[G], &mut [T]),
     r: T,
     cf: &[T],

@@ -28,6 +28,12 @@ pub enum CollectiveError {
     },
     /// Another rank of an in-process group panicked or was dropped mid-collective.
     PeerLost,
+    /// Rank `rank` could not take its part in this collective (its own error says why); the
+    /// collective did not happen on any rank.
+    PeerFailed {
+        /// The rank that failed.
+        rank: usize,
+    },
     /// The engine (MPI, NCCL) reported an error; its own description.
     Engine(String),
 }
@@ -48,6 +54,9 @@ impl core::fmt::Display for CollectiveError {
                 "the receive buffer holds {found} bytes, the collective gathers {expected}"
             ),
             Self::PeerLost => f.write_str("a rank of the in-process group was lost"),
+            Self::PeerFailed { rank } => {
+                write!(f, "rank {rank} could not take its part in the collective")
+            }
             Self::Engine(e) => write!(f, "the collective engine failed: {e}"),
         }
     }
@@ -116,7 +125,8 @@ pub struct LocalGroup {
 #[derive(Debug)]
 struct Shared {
     barrier: Barrier,
-    slots: Mutex<Vec<Vec<u8>>>,
+    /// every rank's send buffer, `None` where the rank could not take part
+    slots: Mutex<Vec<Option<Vec<u8>>>>,
 }
 
 impl LocalGroup {
@@ -129,7 +139,7 @@ impl LocalGroup {
         assert!(size > 0, "a group needs at least one rank");
         let shared = Arc::new(Shared {
             barrier: Barrier::new(size),
-            slots: Mutex::new(vec![Vec::new(); size]),
+            slots: Mutex::new(vec![None; size]),
         });
         (0..size)
             .map(|rank| Self {
@@ -155,41 +165,43 @@ impl Collective for LocalGroup {
 
     fn all_gather(&self, send: &[u8], recv: &mut [u8]) -> Result<(), CollectiveError> {
         let size = self.size();
-        check_receive(size, send.len(), recv.len())?;
+        // a rank with a wrong receive buffer still takes part, so that the others do not wait
+        // for it forever; they learn that it failed
+        let receive = check_receive(size, send.len(), recv.len());
         {
             let mut slots = self
                 .shared
                 .slots
                 .lock()
                 .map_err(|_| CollectiveError::PeerLost)?;
-            slots[self.rank].clear();
-            slots[self.rank].extend_from_slice(send);
+            slots[self.rank] = receive.is_ok().then(|| send.to_vec());
         }
         self.shared.barrier.wait();
-        let result = {
+        let result = receive.and_then(|()| {
             let slots = self
                 .shared
                 .slots
                 .lock()
                 .map_err(|_| CollectiveError::PeerLost)?;
-            slots
-                .iter()
-                .enumerate()
-                .find(|(_, s)| s.len() != send.len())
-                .map_or(Ok(()), |(rank, s)| {
-                    Err(CollectiveError::LengthMismatch {
-                        rank,
-                        expected: send.len(),
-                        found: s.len(),
-                    })
-                })
-                .map(|()| {
-                    for (chunk, slot) in recv.chunks_exact_mut(send.len().max(1)).zip(slots.iter())
-                    {
-                        chunk.copy_from_slice(slot);
+            for (rank, slot) in slots.iter().enumerate() {
+                match slot {
+                    None => return Err(CollectiveError::PeerFailed { rank }),
+                    Some(s) if s.len() != send.len() => {
+                        return Err(CollectiveError::LengthMismatch {
+                            rank,
+                            expected: send.len(),
+                            found: s.len(),
+                        });
                     }
-                })
-        };
+                    Some(_) => {}
+                }
+            }
+            let all = slots.iter().flatten();
+            for (chunk, slot) in recv.chunks_exact_mut(send.len().max(1)).zip(all) {
+                chunk.copy_from_slice(slot);
+            }
+            Ok(())
+        });
         // nobody writes its slot for the next collective before everyone has read this one
         self.shared.barrier.wait();
         result

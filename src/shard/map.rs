@@ -37,8 +37,8 @@ pub enum Split {
     /// ([`ShardMap::elements`]); bit for bit one process's step.
     Rows,
     /// Columns of a matrix (a tensor-parallel layer's weight, [`ShardMap::columns`]); the row
-    /// statistics and the norm are combined, equal to one process's up to the rounding of
-    /// the row sums split at the ranks' columns.
+    /// statistics and the norm are combined from `f64` sums, equal to one process's within
+    /// rounding.
     Columns,
 }
 

@@ -252,7 +252,7 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
 
     /// [`ShardedCame::local_state_bytes`] plus the workspace and the exchange buffers.
     pub(crate) fn held_bytes(&self) -> usize {
-        let work = self.parts.iter().map(Part::work_len).sum::<usize>() * size_of::<T>();
+        let work = self.parts.iter().map(Part::work_bytes).sum::<usize>();
         self.local_state_bytes() + work + self.send.capacity() + self.recv.capacity()
     }
 

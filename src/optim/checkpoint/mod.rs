@@ -48,17 +48,25 @@ fn dtype_name(d: Dtype) -> String {
 /// format: checksums added, the header's keys in order.
 pub(crate) fn encode<E: Element>(
     tensors: &[(String, Vec<usize>, &[E])],
+    meta: BTreeMap<String, String>,
+) -> Result<Vec<u8>, CheckpointError> {
+    let tensors: Vec<(String, Bytes)> = tensors
+        .iter()
+        .map(|(k, shape, values)| (k.clone(), Bytes::new(shape.clone(), values)))
+        .collect();
+    sealed(&tensors, meta)
+}
+
+/// The bytes of a file of `tensors` and `meta`: checksums added, the header's keys in order.
+fn sealed(
+    tensors: &[(String, Bytes)],
     mut meta: BTreeMap<String, String>,
 ) -> Result<Vec<u8>, CheckpointError> {
-    let tensors: Vec<(&str, Bytes)> = tensors
-        .iter()
-        .map(|(k, shape, values)| (k.as_str(), Bytes::new(shape.clone(), values)))
-        .collect();
     checksum::sign(
         &mut meta,
-        tensors.iter().map(|(k, b)| (*k, b.data.as_slice())),
+        tensors.iter().map(|(k, b)| (k.as_str(), b.data.as_slice())),
     );
-    let views = tensors.iter().map(|(k, b)| (*k, b));
+    let views = tensors.iter().map(|(k, b)| (k.as_str(), b));
     let meta: HashMap<String, String> = meta.into_iter().collect();
     let bytes = safetensors::serialize(views, Some(meta))
         .map_err(|e| CheckpointError::Format(e.to_string()))?;
@@ -196,15 +204,7 @@ impl<P: Element, C: Steps<P, G>, G: Element> CpuOptimizer<P, C, G> {
                 tensors.push((format!("param.{i}"), Bytes::new(t.dims.clone(), params[i])));
             }
         }
-        checksum::sign(
-            &mut meta,
-            tensors.iter().map(|(k, b)| (k.as_str(), b.data.as_slice())),
-        );
-        let views = tensors.iter().map(|(k, b)| (k.as_str(), b));
-        let meta: HashMap<String, String> = meta.into_iter().collect();
-        let bytes = safetensors::serialize(views, Some(meta))
-            .map_err(|e| CheckpointError::Format(e.to_string()))?;
-        canonical(&bytes)
+        sealed(&tensors, meta)
     }
 
     /// Loads a checkpoint written by [`save`](super::Optimizer::save) or in the reference's
@@ -251,18 +251,7 @@ impl<P: Element, C: Steps<P, G>, G: Element> CpuOptimizer<P, C, G> {
         if let Some(p) = &params {
             self.check_params(p.iter().map(|p| p.len()))?;
         }
-        check_complete(bytes)?;
-        let file =
-            SafeTensors::deserialize(bytes).map_err(|e| CheckpointError::Format(e.to_string()))?;
-        let (_, header) = SafeTensors::read_metadata(bytes)
-            .map_err(|e| CheckpointError::Format(e.to_string()))?;
-        let meta: BTreeMap<String, String> = header
-            .metadata()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        checksum::verify(&meta, &file)?;
+        let (file, meta) = open(bytes)?;
         let (groups, base_lrs) = self.read_groups(&meta)?;
         let want_params = params.is_some();
         let mut known_meta: BTreeSet<String> = ["optimizer", "source", "config", "groups"]
