@@ -15,8 +15,6 @@
 //! many tensors can check all of them before changing any.
 
 mod batch;
-#[cfg(feature = "std")]
-pub(crate) mod columns;
 mod factored;
 pub(crate) mod formula;
 pub(crate) mod multi;

@@ -10,9 +10,9 @@
 //! within rounding of one process's (which sums in the parameters' type, in its own order),
 //! not bit for bit, and the same for every run with the same number of ranks.
 
-use super::formula::{self, scalar, sq_term, square, weighted_term};
 use crate::Element;
 use crate::Float;
+use crate::came::formula::{self, scalar, sq_term, square, weighted_term};
 use crate::config::Coefficients;
 
 /// Sweep 1 of a rank's block (`rows x cols`, row-major): each row's sum of `g^2 + eps1` over
@@ -90,10 +90,10 @@ use core::ops::Range;
 use std::vec;
 use std::vec::Vec;
 
-use super::formula::{Clip, average, row_mean};
-use super::rows::factors;
-use super::shard::{Extent, Failure, Phase, globally, push, take, take_f64};
-use super::{factored, small};
+use super::exchange::{Extent, Failure, Phase, globally, push, take, take_f64};
+use crate::came::formula::{Clip, average, row_mean};
+use crate::came::rows::factors;
+use crate::came::{factored, small};
 use crate::check::{all_finite, gradient_error, valid_statistics};
 use crate::{Error, Shape};
 
