@@ -32,7 +32,7 @@ mod gpt2;
 #[path = "../tests/support/shard.rs"]
 mod shard_support;
 
-use shard_support::{AWKWARD, OneProcess, gradient, start};
+use shard_support::{AWKWARD, OneProcess, gradient, rank_part, start};
 
 const DIMS: &[&[usize]] = AWKWARD;
 
@@ -105,14 +105,7 @@ fn check<C: Collective>(group: C, steps: usize) {
 
     let mut opt =
         ShardedCame::<f32, _>::with_dims(config, DIMS, group).expect("a sharded optimizer");
-    let owned: Vec<_> = (0..shapes.len())
-        .map(|t| opt.map().elements(t, rank))
-        .collect();
-    let mut local: Vec<Vec<f32>> = shapes
-        .iter()
-        .zip(&owned)
-        .map(|(s, r)| init(s.numel())[r.clone()].to_vec())
-        .collect();
+    let (owned, mut local) = rank_part(opt.map(), rank, |t| init(shapes[t].numel()));
     for s in 0..steps {
         let grads: Vec<Vec<f32>> = shapes
             .iter()

@@ -6,7 +6,7 @@ mod support;
 use came::optim::{OptimizerError, TensorId};
 use came::shard::{LocalGroup, ShardError, ShardMap, ShardedCame};
 use came::{CameConfig, Error, Optimizer, Shape};
-use support::shard::{AWKWARD, OneProcess, gradient, start};
+use support::shard::{AWKWARD, OneProcess, gradient, rank_part, start};
 
 const DIMS: &[&[usize]] = AWKWARD;
 
@@ -57,14 +57,8 @@ fn sharded(ranks: usize, steps: usize) -> Vec<Vec<Vec<f32>>> {
                 sc.spawn(move || {
                     let mut opt = ShardedCame::<f32, _>::with_dims(config(), DIMS, comm).unwrap();
                     let rank = opt.rank();
-                    let owned: Vec<_> = (0..shapes.len())
-                        .map(|t| opt.map().elements(t, rank))
-                        .collect();
-                    let mut local: Vec<Vec<f32>> = shapes
-                        .iter()
-                        .zip(&owned)
-                        .map(|(s, r)| init(s.numel())[r.clone()].to_vec())
-                        .collect();
+                    let (owned, mut local) =
+                        rank_part(opt.map(), rank, |t| init(shapes[t].numel()));
                     let mut full: Vec<Vec<f32>> =
                         shapes.iter().map(|s| vec![0.0; s.numel()]).collect();
                     let mut out = Vec::new();
@@ -182,14 +176,8 @@ fn a_nan_on_one_rank_fails_the_step_on_every_rank_and_changes_nothing() {
                 sc.spawn(move || {
                     let mut opt = ShardedCame::<f32, _>::with_dims(config(), DIMS, comm).unwrap();
                     let rank = opt.rank();
-                    let owned: Vec<_> = (0..shapes.len())
-                        .map(|t| opt.map().elements(t, rank))
-                        .collect();
-                    let mut local: Vec<Vec<f32>> = shapes
-                        .iter()
-                        .zip(&owned)
-                        .map(|(s, r)| init(s.numel())[r.clone()].to_vec())
-                        .collect();
+                    let (owned, mut local) =
+                        rank_part(opt.map(), rank, |t| init(shapes[t].numel()));
                     let before = local.clone();
                     let g: Vec<Option<&[f32]>> = grads
                         .iter()

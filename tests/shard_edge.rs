@@ -12,7 +12,7 @@ use std::time::Duration;
 use came::optim::{GroupId, OptimizerError, StepReport, TensorId};
 use came::shard::{Collective, CollectiveError, LocalGroup, ShardError, ShardMap, ShardedCame};
 use came::{CameConfig, CheckpointError, Error, Optimizer, Shape};
-use support::shard::{OneProcess, gradient, start};
+use support::shard::{OneProcess, gradient, rank_part, start};
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -135,14 +135,7 @@ fn sharded_steps<T: Num>(
         let shapes = shapes(&dims);
         let mut opt = ShardedCame::<T, _>::with_dims(config(), &dim_refs(&dims), comm).unwrap();
         let rank = opt.rank();
-        let owned: Vec<_> = (0..shapes.len())
-            .map(|t| opt.map().elements(t, rank))
-            .collect();
-        let mut local: Vec<Vec<T>> = shapes
-            .iter()
-            .zip(&owned)
-            .map(|(s, r)| init::<T>(s.numel())[r.clone()].to_vec())
-            .collect();
+        let (owned, mut local) = rank_part(opt.map(), rank, |t| init::<T>(shapes[t].numel()));
         let mut full: Vec<Vec<T>> = shapes.iter().map(|s| vec![T::zero(); s.numel()]).collect();
         let mut out = Vec::new();
         for step in grads.iter() {
@@ -291,14 +284,7 @@ fn bf16_gradients_equal_step_all_bit_for_bit() {
             let shapes = came_shapes(&d);
             let mut opt = ShardedCame::<f32, _>::with_dims(config(), &dim_refs(&d), comm).unwrap();
             let rank = opt.rank();
-            let owned: Vec<_> = (0..shapes.len())
-                .map(|t| opt.map().elements(t, rank))
-                .collect();
-            let mut local: Vec<Vec<f32>> = shapes
-                .iter()
-                .zip(&owned)
-                .map(|(s, r)| init::<f32>(s.numel())[r.clone()].to_vec())
-                .collect();
+            let (owned, mut local) = rank_part(opt.map(), rank, |t| init::<f32>(shapes[t].numel()));
             for g in grads.iter() {
                 let g: Vec<Option<&[bf16]>> = g
                     .iter()
@@ -526,14 +512,7 @@ fn spoiled_step<T: Num>(ranks: usize, dims: &[Vec<usize>], spoil: &[(usize, usiz
         let shapes = came_shapes(&dims);
         let mut opt = ShardedCame::<T, _>::with_dims(config(), &dim_refs(&dims), comm).unwrap();
         let rank = opt.rank();
-        let owned: Vec<_> = (0..shapes.len())
-            .map(|t| opt.map().elements(t, rank))
-            .collect();
-        let mut local: Vec<Vec<T>> = shapes
-            .iter()
-            .zip(&owned)
-            .map(|(s, r)| init::<T>(s.numel())[r.clone()].to_vec())
-            .collect();
+        let (owned, mut local) = rank_part(opt.map(), rank, |t| init::<T>(shapes[t].numel()));
         let before: Vec<Vec<u64>> = local.iter().map(|l| bits(l)).collect();
         let g: Vec<Option<&[T]>> = bad
             .iter()

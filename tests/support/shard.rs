@@ -2,6 +2,9 @@
 //! examples/dist_check.rs): tensors of awkward shapes, their gradients and starting values, and
 //! one process stepping the whole tensors with `came::step_all`.
 
+use core::ops::Range;
+
+use came::shard::ShardMap;
 use came::{CameConfig, CameState, Element, Shape, TensorError, TensorStep};
 
 /// Shapes whose lanes do not divide evenly over the ranks: one-lane matrices, a single row, a
@@ -97,4 +100,23 @@ impl<P: Element> OneProcess<P> {
         self.steps = states.iter().map(CameState::step_count).collect();
         result
     }
+}
+
+/// Each tensor's elements that rank `rank` owns ([`ShardMap::elements`]), and their values cut
+/// from the whole tensor `whole(t)`.
+#[allow(dead_code)]
+pub fn rank_part<T: Copy>(
+    map: &ShardMap,
+    rank: usize,
+    whole: impl Fn(usize) -> Vec<T>,
+) -> (Vec<Range<usize>>, Vec<Vec<T>>) {
+    let ranges: Vec<_> = (0..map.shapes().len())
+        .map(|t| map.elements(t, rank))
+        .collect();
+    let local = ranges
+        .iter()
+        .enumerate()
+        .map(|(t, r)| whole(t)[r.clone()].to_vec())
+        .collect();
+    (ranges, local)
 }

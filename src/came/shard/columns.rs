@@ -285,10 +285,12 @@ impl<T: Float> ColumnPart<T> {
             .all(valid_statistics);
         out.push(u8::from(!valid));
         sq_sums(grad, w, k, (x.row_sums, x.cols));
-        let n = T::from_f64(rows as f64);
-        for ((nc, &old), &sum) in x.next_col.iter_mut().zip(&*s.sq_col).zip(&*x.cols) {
-            *nc = average(old, T::from_f64(sum), n, k.beta2, k.one_minus_beta2);
-        }
+        averages(
+            x.next_col,
+            (s.sq_col, x.cols),
+            rows,
+            (k.beta2, k.one_minus_beta2),
+        );
         push(out, x.row_sums);
     }
 
@@ -300,13 +302,11 @@ impl<T: Float> ColumnPart<T> {
         payload: impl Fn(usize) -> &'p [u8],
     ) -> Result<(), Failure> {
         let ranks = self.owners.len();
-        let cols = T::from_f64(self.cols as f64);
+        let cols = self.cols;
         let (s, x) = self.cut();
         let corrupt = !add_up_rows(ranks, payload, (x.row_sums, x.recv));
-        let rows = x.next_row.iter_mut().zip(&*s.sq_row).zip(&*x.row_sums);
-        for ((r, &old), &sum) in rows {
-            *r = average(old, T::from_f64(sum), cols, k.beta2, k.one_minus_beta2);
-        }
+        let betas = (k.beta2, k.one_minus_beta2);
+        averages(x.next_row, (s.sq_row, x.row_sums), cols, betas);
         if corrupt || !all_finite(x.next_row) {
             return Err(Failure::Norm);
         }
@@ -403,10 +403,12 @@ impl<T: Float> ColumnPart<T> {
             *d = f / clip.d;
         }
         momentum_sums((grad, s.m), w, (x.rf_d, x.cf), k, (x.row_sums, x.cols));
-        let n = T::from_f64(rows as f64);
-        for ((nc, &old), &sum) in x.next_col.iter_mut().zip(&*s.res_col).zip(&*x.cols) {
-            *nc = average(old, T::from_f64(sum), n, k.beta3, k.one_minus_beta3);
-        }
+        averages(
+            x.next_col,
+            (s.res_col, x.cols),
+            rows,
+            (k.beta3, k.one_minus_beta3),
+        );
         out.push(u8::from(!all_finite(x.next_col)));
         push(out, x.row_sums);
     }
@@ -420,13 +422,11 @@ impl<T: Float> ColumnPart<T> {
     ) -> Result<(), Failure> {
         let ranks = self.owners.len();
         let has_columns = self.width() > 0;
-        let cols = T::from_f64(self.cols as f64);
+        let cols = self.cols;
         let (s, x) = self.cut();
         let failed = !add_up_rows(ranks, payload, (x.row_sums, x.recv));
-        let rows = x.next_row.iter_mut().zip(&*s.res_row).zip(&*x.row_sums);
-        for ((r, &old), &sum) in rows {
-            *r = average(old, T::from_f64(sum), cols, k.beta3, k.one_minus_beta3);
-        }
+        let betas = (k.beta3, k.one_minus_beta3);
+        averages(x.next_row, (s.res_row, x.row_sums), cols, betas);
         if failed || !all_finite(x.next_row) {
             return Err(Failure::State);
         }
@@ -477,4 +477,13 @@ fn add_up_rows<'p>(
         }
     }
     ok
+}
+
+/// New statistics from the old ones and sums over `n` values each, rounded once from `f64`
+/// ([`average`]).
+fn averages<T: Float>(next: &mut [T], (old, sums): (&[T], &[f64]), n: usize, (beta, omb): (T, T)) {
+    let n = T::from_f64(n as f64);
+    for ((x, &old), &sum) in next.iter_mut().zip(old).zip(sums) {
+        *x = average(old, T::from_f64(sum), n, beta, omb);
+    }
 }
