@@ -1,5 +1,6 @@
 pub mod golden;
 pub mod reference;
+#[cfg(feature = "std")]
 pub mod shard;
 
 /// `(parameters, gradient)` slice pairs, as the owned optimizer's `step` takes them.
