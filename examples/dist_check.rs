@@ -25,7 +25,7 @@
 use std::time::Instant;
 
 use came::shard::{Collective, MpiGroup, ShardedCame};
-use came::{CameConfig, CameState, Shape, TensorStep};
+use came::{CameConfig, Shape};
 
 #[path = "common/gpt2.rs"]
 mod gpt2;
@@ -238,33 +238,19 @@ fn bench(group: MpiGroup, steps: usize) {
     let mut single_state = 0;
     if rank == 0 {
         let mut params: Vec<Vec<f32>> = shapes.iter().map(|s| vec![0.0; s.numel()]).collect();
-        let mut grads: Vec<Vec<f32>> = params.clone();
+        let mut grads = params.clone();
         for (t, (p, g)) in params.iter_mut().zip(&mut grads).enumerate() {
             fill(p, t as u64, 0.02);
             fill(g, 1000 + t as u64, 1e-3);
         }
-        let mut bufs: Vec<Vec<f32>> = shapes.iter().map(|s| vec![0.0; s.state_len()]).collect();
         single_state = shapes
             .iter()
             .map(|s| s.state_layout().named_len() * 4)
             .sum::<usize>();
-        let mut states: Vec<CameState<'_, f32>> =
-            bufs.iter_mut().map(|b| CameState::new(b)).collect();
+        let mut one = OneProcess::new(&shapes, params);
         for s in 0..=steps {
             let t0 = Instant::now();
-            let mut tensors: Vec<TensorStep<'_, '_, f32>> = params
-                .iter_mut()
-                .zip(&grads)
-                .zip(states.iter_mut())
-                .zip(&shapes)
-                .map(|(((param, grad), state), shape)| TensorStep {
-                    shape: *shape,
-                    param,
-                    grad,
-                    state,
-                })
-                .collect();
-            came::step_all(&config, &mut tensors).expect("one process's step");
+            one.step(&config, &grads).expect("one process's step");
             if s > 0 {
                 single.push(t0.elapsed().as_secs_f64() * 1e3);
             }

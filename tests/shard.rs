@@ -63,16 +63,7 @@ fn sharded(ranks: usize, steps: usize) -> Vec<Vec<Vec<f32>>> {
                         shapes.iter().map(|s| vec![0.0; s.numel()]).collect();
                     let mut out = Vec::new();
                     for s in 0..steps {
-                        let grads: Vec<Vec<f32>> = shapes
-                            .iter()
-                            .enumerate()
-                            .map(|(t, sh)| grad(t, s, sh.numel())[owned[t].clone()].to_vec())
-                            .collect();
-                        let mut p: Vec<&mut [f32]> =
-                            local.iter_mut().map(Vec::as_mut_slice).collect();
-                        let g: Vec<Option<&[f32]>> =
-                            grads.iter().map(|g| Some(g.as_slice())).collect();
-                        opt.step_shards(&mut p, &g).unwrap();
+                        step_shards(&mut opt, (&owned, &mut local), s);
                         let l: Vec<&[f32]> = local.iter().map(Vec::as_slice).collect();
                         let mut f: Vec<&mut [f32]> =
                             full.iter_mut().map(Vec::as_mut_slice).collect();
@@ -89,6 +80,23 @@ fn sharded(ranks: usize, steps: usize) -> Vec<Vec<Vec<f32>>> {
         assert!(bits(other) == bits(&per_rank[0]), "ranks disagree");
     }
     per_rank.into_iter().next().unwrap()
+}
+
+/// One `step_shards` of this rank's elements `local` (`owned` of each tensor) with step `s`'s
+/// gradients.
+fn step_shards(
+    opt: &mut ShardedCame<f32, LocalGroup>,
+    (owned, local): (&[std::ops::Range<usize>], &mut [Vec<f32>]),
+    s: usize,
+) {
+    let grads: Vec<Vec<f32>> = shapes()
+        .iter()
+        .enumerate()
+        .map(|(t, sh)| grad(t, s, sh.numel())[owned[t].clone()].to_vec())
+        .collect();
+    let mut p: Vec<&mut [f32]> = local.iter_mut().map(Vec::as_mut_slice).collect();
+    let g: Vec<Option<&[f32]>> = grads.iter().map(|g| Some(g.as_slice())).collect();
+    opt.step_shards(&mut p, &g).unwrap();
 }
 
 fn bits(x: &[Vec<Vec<f32>>]) -> Vec<Vec<Vec<u32>>> {
@@ -302,16 +310,7 @@ fn resume(
                         .map(|(p, r)| p[r.clone()].to_vec())
                         .collect();
                     for s in steps {
-                        let grads: Vec<Vec<f32>> = shapes
-                            .iter()
-                            .enumerate()
-                            .map(|(t, sh)| grad(t, s, sh.numel())[owned[t].clone()].to_vec())
-                            .collect();
-                        let mut p: Vec<&mut [f32]> =
-                            local.iter_mut().map(Vec::as_mut_slice).collect();
-                        let g: Vec<Option<&[f32]>> =
-                            grads.iter().map(|g| Some(g.as_slice())).collect();
-                        opt.step_shards(&mut p, &g).unwrap();
+                        step_shards(&mut opt, (&owned, &mut local), s);
                     }
                     if let Some(dir) = save {
                         opt.save_dir(dir).unwrap();

@@ -66,7 +66,7 @@ fn cut<'s, T: Float>(layout: &StateLayout, state: &'s mut [T]) -> Parts<'s, T> {
     let numel = layout.numel();
     let (m, rest) = state.split_at_mut(layout.exp_avg().end);
     let scale_len = layout.piece(SCALE_KEY).map_or(0, |p| p.range.len());
-    let (scales, mut rest) = rest.split_at_mut(scale_len);
+    let (scales, rest) = rest.split_at_mut(scale_len);
     let stats = layout
         .pieces()
         .into_iter()
@@ -91,11 +91,7 @@ fn cut<'s, T: Float>(layout: &StateLayout, state: &'s mut [T]) -> Parts<'s, T> {
     for (len, range) in lens[4..].iter_mut().zip(workspace) {
         *len = range.len();
     }
-    let [sq_row, sq_col, res_row, res_col, a, b, c, d, e, f] = lens.map(|len| {
-        let (piece, tail) = core::mem::take(&mut rest).split_at_mut(len);
-        rest = tail;
-        piece
-    });
+    let [sq_row, sq_col, res_row, res_col, a, b, c, d, e, f] = cut_lens(rest, lens);
     let m = match layout.momentum() {
         Momentum::Bf16 => Moments::Bf16(&mut bytemuck::cast_slice_mut(m)[..numel]),
         Momentum::Int8 { code, block } => Moments::Int8 {
@@ -106,23 +102,17 @@ fn cut<'s, T: Float>(layout: &StateLayout, state: &'s mut [T]) -> Parts<'s, T> {
         },
         _ => Moments::Full(m),
     };
-    Parts {
-        m,
-        stats: Stats {
-            sq_row,
-            sq_col,
-            res_row,
-            res_col,
-        },
-        work: Work {
-            next_row: a,
-            next_col: b,
-            row_factors: c,
-            col_factors: d,
-            col_sums: e,
-            weighted_sums: f,
-        },
-    }
+    Parts::assemble(m, [sq_row, sq_col, res_row, res_col], [a, b, c, d, e, f])
+}
+
+/// The first `lens[i]` elements after the ones before, for each `i`: a buffer cut into pieces.
+pub(super) fn cut_lens<T, const N: usize>(buf: &mut [T], lens: [usize; N]) -> [&mut [T]; N] {
+    let mut rest = buf;
+    lens.map(|len| {
+        let (piece, tail) = core::mem::take(&mut rest).split_at_mut(len);
+        rest = tail;
+        piece
+    })
 }
 
 impl<T: Float> Stats<'_, T> {
@@ -134,7 +124,40 @@ impl<T: Float> Stats<'_, T> {
     }
 }
 
-impl<T: Float> Parts<'_, T> {
+impl<'s, T: Float> Parts<'s, T> {
+    /// The momentum, the four statistics (rows and columns of the squared gradient, then of
+    /// the instability) and the six pieces of the workspace, in [`Work`]'s order.
+    pub(super) fn assemble(
+        m: Moments<'s, T>,
+        [sq_row, sq_col, res_row, res_col]: [&'s mut [T]; 4],
+        [
+            next_row,
+            next_col,
+            row_factors,
+            col_factors,
+            col_sums,
+            weighted_sums,
+        ]: [&'s mut [T]; 6],
+    ) -> Self {
+        Parts {
+            m,
+            stats: Stats {
+                sq_row,
+                sq_col,
+                res_row,
+                res_col,
+            },
+            work: Work {
+                next_row,
+                next_col,
+                row_factors,
+                col_factors,
+                col_sums,
+                weighted_sums,
+            },
+        }
+    }
+
     /// Commits the new squared-gradient statistics left in the workspace by sweep 1.
     pub(super) fn commit_sq(&mut self) {
         self.stats.sq_row.copy_from_slice(self.work.next_row);

@@ -55,6 +55,8 @@
 
 mod checkpoint;
 mod collective;
+mod error;
+mod gather;
 mod map;
 #[cfg(feature = "mpi")]
 #[path = "mpi.rs"]
@@ -67,10 +69,11 @@ mod step;
 #[cfg(feature = "nccl")]
 pub use self::nccl::{NcclGroup, new_id};
 pub use collective::{Collective, CollectiveError, LocalGroup};
+pub use error::ShardError;
 pub use map::{ShardMap, Split};
 /// The `mpi` crate (rsmpi) this module is built with: `mpi::initialize()` starts MPI.
 #[cfg(feature = "mpi")]
 pub use mpi;
 #[cfg(feature = "mpi")]
 pub use mpi_group::MpiGroup;
-pub use step::{ShardError, ShardedCame};
+pub use step::ShardedCame;

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use super::collective::Collective;
-use super::step::{ShardError, ShardedCame};
+use super::error::ShardError;
+use super::step::ShardedCame;
 use crate::optim::{CheckpointError, GroupId, Optimizer, StepReport, TensorId, TensorInfo};
 use crate::{CameConfig, Float};
 

@@ -1,98 +1,19 @@
 //! One rank's sharded optimizer.
 
-use std::string::{String, ToString};
+use core::ops::Range;
+use std::string::ToString;
 use std::vec;
 use std::vec::Vec;
 
-use super::CollectiveError;
 use super::collective::Collective;
+use super::error::ShardError;
 use super::map::ShardMap;
 use crate::came::formula::Clip;
-use crate::came::shard::{ColumnPart, Failure, LanePart, Part, Phase};
+use crate::came::shard::{ColumnPart, LanePart, Part, Phase};
 use crate::config::Coefficients;
 use crate::optim::registry::Registry;
 use crate::optim::{GroupId, OptimizerError, StepReport, TensorId};
 use crate::{CameConfig, Element, Error, Float, Momentum};
-
-/// A sharded step failed.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub enum ShardError {
-    /// A shard map over no ranks.
-    NoRanks,
-    /// Tensor `tensor` stores its momentum in bf16 or 8 bits, which sharding does not take.
-    PackedMomentum {
-        /// The tensor's position.
-        tensor: usize,
-    },
-    /// The collective's group is not the map's: `map` ranks in the map, `group` in the group.
-    GroupSize {
-        /// Ranks of the shard map.
-        map: usize,
-        /// Ranks of the collective's group.
-        group: usize,
-    },
-    /// A registration, a group, a learning rate, or a step's count or lengths of slices is
-    /// wrong (as for [`crate::Came`]); for a step, found before anything is exchanged, with
-    /// nothing changed. A step's failure names the tensor with
-    /// [`OptimizerError::Tensor`]: its error is the same on every rank (the index of a
-    /// [`Error::NonFiniteGradient`] is in the whole tensor), and nothing changed on any rank,
-    /// except as [`Error::NonFiniteState`] says.
-    Optimizer(OptimizerError),
-    /// A collective failed; the ranks' states may now differ (start again from a checkpoint).
-    Collective(CollectiveError),
-    /// Only a matrix (two dims) can be split by columns.
-    NotAMatrix {
-        /// The tensor's name.
-        name: String,
-        /// Its dims.
-        dims: Vec<usize>,
-    },
-}
-
-impl core::fmt::Display for ShardError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::NoRanks => f.write_str("a shard map needs at least one rank"),
-            Self::PackedMomentum { tensor } => write!(
-                f,
-                "tensor {tensor} stores its momentum in bf16 or 8 bits; a sharded step takes full-precision momentum"
-            ),
-            Self::GroupSize { map, group } => write!(
-                f,
-                "the shard map has {map} ranks but the collective's group has {group}"
-            ),
-            Self::Optimizer(e) => write!(f, "{e}"),
-            Self::Collective(e) => write!(f, "collective: {e}"),
-            Self::NotAMatrix { name, dims } => write!(
-                f,
-                "tensor {name} has dims {dims:?}: only a matrix (two dims) can be split by columns"
-            ),
-        }
-    }
-}
-
-impl core::error::Error for ShardError {
-    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
-        match self {
-            Self::Optimizer(e) => Some(e),
-            Self::Collective(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-impl From<CollectiveError> for ShardError {
-    fn from(e: CollectiveError) -> Self {
-        Self::Collective(e)
-    }
-}
-
-impl From<OptimizerError> for ShardError {
-    fn from(e: OptimizerError) -> Self {
-        Self::Optimizer(e)
-    }
-}
 
 /// One rank's CAME over its shards of the registered tensors: the same update as
 /// [`crate::Came`] on the whole tensors, bit for bit, with this rank's share of the state
@@ -113,14 +34,15 @@ impl From<OptimizerError> for ShardError {
 /// rank with the same error, and no rank changes anything. Every rank must make the same calls
 /// in the same order (registrations, steps, the tensors a step leaves out).
 pub struct ShardedCame<T: Float, C: Collective> {
-    registry: Registry<CameConfig>,
-    comm: C,
-    map: ShardMap,
-    parts: Vec<Part<T>>,
-    send: Vec<u8>,
-    recv: Vec<u8>,
+    pub(super) registry: Registry<CameConfig>,
+    pub(super) comm: C,
+    pub(super) map: ShardMap,
+    pub(super) parts: Vec<Part<T>>,
+    /// this rank's payload of an exchange, and every rank's
+    pub(super) send: Vec<u8>,
+    pub(super) recv: Vec<u8>,
     /// bytes this rank sent in the collectives of the last step
-    sent: usize,
+    pub(super) sent: usize,
 }
 
 impl<T: Float, C: Collective> ShardedCame<T, C> {
@@ -271,19 +193,8 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
         grads: &[Option<&[G]>],
     ) -> Result<StepReport, ShardError> {
         self.check_group()?;
+        self.check_count(params.len(), grads.len())?;
         let rank = self.rank();
-        if params.len() != self.parts.len() || grads.len() != self.parts.len() {
-            let actual = if params.len() == self.parts.len() {
-                grads.len()
-            } else {
-                params.len()
-            };
-            return Err(OptimizerError::TensorCount {
-                expected: self.parts.len(),
-                actual,
-            }
-            .into());
-        }
         for (t, ((p, g), part)) in params.iter().zip(grads).zip(&self.parts).enumerate() {
             let own = part.local_len(rank);
             crate::came::check_tensor_lens(own, p.len(), g.map_or(own, <[G]>::len))
@@ -291,80 +202,70 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
         }
         self.sent = 0;
         let ks = self.coefficients(grads)?;
+        // a stepped tensor without elements is a step that changes nothing, as in one process:
+        // it takes no sweep and sends nothing
+        let active: Vec<bool> = ks
+            .iter()
+            .zip(&self.parts)
+            .map(|(k, p)| k.is_some() && p.numel() > 0)
+            .collect();
+        let mut clips: Vec<Option<Clip<T>>> = ks
+            .iter()
+            .zip(&active)
+            .map(|(k, &a)| (k.is_some() && !a).then(Clip::none))
+            .collect();
         // sweep 1, exchange, the clips
         self.send.clear();
-        for ((part, p), (g, k)) in self
-            .parts
-            .iter_mut()
-            .zip(params.iter_mut())
-            .zip(grads.iter().zip(&ks))
-        {
-            if let (Some(g), Some(k)) = (g, k) {
-                part.sweep_norm(k, (p, g), &mut self.send);
+        for (t, part) in self.parts.iter_mut().enumerate() {
+            if let (true, Some(k), Some(g)) = (active[t], &ks[t], grads[t]) {
+                part.sweep_norm(k, (&mut params[t], g), &mut self.send);
             }
         }
-        self.exchange(Phase::Norm, grads)?;
-        let mut clips = vec![None; self.parts.len()];
-        for (t, k) in ks.iter().enumerate() {
-            let (Some(k), Some(grad)) = (k, grads[t]) else {
+        let layout = self.exchange(Phase::Norm, &active)?;
+        for t in (0..self.parts.len()).filter(|&t| active[t]) {
+            let (Some(k), Some(grad)) = (&ks[t], grads[t]) else {
                 continue;
             };
-            let offsets = self.offsets(Phase::Norm, t, grads);
             let recv = &self.recv;
-            let payload = |r: usize| &recv[offsets[r].clone()];
+            let payload = |r: usize| &recv[layout[t][r].clone()];
             match self.parts[t].finish_norm(k, payload) {
                 Ok(clip) => clips[t] = clip,
-                Err(Failure::Norm | Failure::State) => {
-                    let error = self.agree_on_error(t, grad)?;
-                    return Err(self.registry.error(t, error).into());
-                }
+                Err(_) => return Err(self.agreed_error(t, grad)?),
             }
         }
-        self.column_norms(&ks, grads, &mut clips)?;
-        for (part, clip) in self.parts.iter_mut().zip(&clips) {
-            if clip.is_some() {
+        self.column_norms(&ks, grads, &active, &mut clips)?;
+        for (part, &a) in self.parts.iter_mut().zip(&active) {
+            if a {
                 part.commit_norm();
             }
         }
         // sweep 2, exchange, the instability statistics
         self.send.clear();
-        for (((part, p), (g, k)), clip) in self
-            .parts
-            .iter_mut()
-            .zip(params.iter_mut())
-            .zip(grads.iter().zip(&ks))
-            .zip(&clips)
-        {
-            if let (Some(g), Some(k), Some(clip)) = (g, k, clip) {
-                part.sweep_momentum(k, *clip, (p, g), &mut self.send);
+        for (t, part) in self.parts.iter_mut().enumerate() {
+            if let (true, Some(k), Some(g), Some(clip)) = (active[t], &ks[t], grads[t], clips[t]) {
+                part.sweep_momentum(k, clip, (&mut params[t], g), &mut self.send);
             }
         }
-        self.exchange(Phase::Momentum, grads)?;
-        for (t, k) in ks.iter().enumerate() {
-            let Some(k) = k else { continue };
-            let offsets = self.offsets(Phase::Momentum, t, grads);
+        let layout = self.exchange(Phase::Momentum, &active)?;
+        for t in (0..self.parts.len()).filter(|&t| active[t]) {
+            let Some(k) = &ks[t] else { continue };
             let recv = &self.recv;
-            let payload = |r: usize| &recv[offsets[r].clone()];
+            let payload = |r: usize| &recv[layout[t][r].clone()];
             if self.parts[t].finish_momentum(k, payload).is_err() {
                 return Err(self.registry.error(t, Error::NonFiniteState).into());
             }
         }
         // sweep 3
-        let apply: Vec<Option<Coefficients<T>>> = {
-            let (groups, tensors) = (self.registry.groups(), self.registry.tensors());
-            ks.iter()
-                .zip(tensors)
-                .enumerate()
-                .map(|(t, (k, r))| k.map(|k| k.for_tensor(&groups[r.group], r.step, t)))
-                .collect()
-        };
         let mut report = StepReport::default();
-        let stepped = self.parts.iter_mut().zip(params.iter_mut()).zip(grads);
-        for (((part, p), g), (k, clip)) in stepped.zip(apply.iter().zip(&clips)) {
-            let (Some(g), Some(k), Some(clip)) = (g, k, clip) else {
+        for (t, part) in self.parts.iter_mut().enumerate() {
+            let (Some(k), Some(g), Some(clip)) = (&ks[t], grads[t], clips[t]) else {
                 continue;
             };
-            part.sweep_apply(k, *clip, (p, g));
+            if active[t] {
+                let r = &self.registry.tensors()[t];
+                let k = k.for_tensor(&self.registry.groups()[r.group], r.step, t);
+                part.sweep_apply(&k, clip, (&mut params[t], g));
+            }
             report.add(Some((clip.rms, clip.d > T::one())));
         }
         for (t, g) in grads.iter().enumerate() {
@@ -380,37 +281,34 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
         &mut self,
         ks: &[Option<Coefficients<T>>],
         grads: &[Option<&[G]>],
+        active: &[bool],
         clips: &mut [Option<Clip<T>>],
     ) -> Result<(), ShardError> {
         let columns = self
             .parts
             .iter()
-            .zip(grads)
-            .any(|(p, g)| g.is_some() && matches!(p, Part::Columns(_)));
+            .zip(active)
+            .any(|(p, &a)| a && matches!(p, Part::Columns(_)));
         if !columns {
             return Ok(());
         }
         self.send.clear();
-        for (part, g) in self.parts.iter_mut().zip(grads) {
-            if let Some(g) = g {
+        for (t, part) in self.parts.iter_mut().enumerate() {
+            if let (true, Some(g)) = (active[t], grads[t]) {
                 part.sweep_column_norm(g, &mut self.send);
             }
         }
-        self.exchange(Phase::ColumnNorm, grads)?;
-        for (t, k) in ks.iter().enumerate() {
-            let (Some(k), Some(grad)) = (k, grads[t]) else {
+        let layout = self.exchange(Phase::ColumnNorm, active)?;
+        for t in (0..self.parts.len()).filter(|&t| active[t]) {
+            let (Some(k), Some(grad)) = (&ks[t], grads[t]) else {
                 continue;
             };
-            let offsets = self.offsets(Phase::ColumnNorm, t, grads);
             let recv = &self.recv;
-            let payload = |r: usize| &recv[offsets[r].clone()];
+            let payload = |r: usize| &recv[layout[t][r].clone()];
             match self.parts[t].finish_column_norm(k, payload) {
                 Ok(Some(clip)) => clips[t] = Some(clip),
                 Ok(None) => {}
-                Err(_) => {
-                    let error = self.agree_on_error(t, grad)?;
-                    return Err(self.registry.error(t, error).into());
-                }
+                Err(_) => return Err(self.agreed_error(t, grad)?),
             }
         }
         Ok(())
@@ -439,173 +337,17 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
             .collect()
     }
 
-    /// Gathers the whole tensors from every rank's elements (`local[t]`: this rank's elements of
-    /// tensor `t`) into `full[t]` (`shape.numel()` elements), on every rank: the parameter
-    /// all-gather after [`ShardedCame::step_shards`].
-    ///
-    /// # Errors
-    /// [`OptimizerError::TensorCount`] or [`OptimizerError::Tensor`] with a length error
-    /// (inside [`ShardError::Optimizer`]); [`ShardError::GroupSize`];
-    /// [`ShardError::Collective`].
-    pub fn all_gather_params(
-        &mut self,
-        local: &[&[T]],
-        full: &mut [&mut [T]],
-    ) -> Result<(), ShardError> {
-        self.check_group()?;
-        let rank = self.rank();
-        if local.len() != self.parts.len() || full.len() != self.parts.len() {
-            return Err(OptimizerError::TensorCount {
-                expected: self.parts.len(),
-                actual: if local.len() == self.parts.len() {
-                    full.len()
-                } else {
-                    local.len()
-                },
-            }
-            .into());
+    /// [`OptimizerError::TensorCount`] unless both slices hold one entry per tensor.
+    pub(super) fn check_count(&self, a: usize, b: usize) -> Result<(), ShardError> {
+        let expected = self.parts.len();
+        match [a, b].into_iter().find(|&n| n != expected) {
+            Some(actual) => Err(OptimizerError::TensorCount { expected, actual }.into()),
+            None => Ok(()),
         }
-        for (t, (l, f)) in local.iter().zip(full.iter()).enumerate() {
-            let (own, whole) = (self.parts[t].local_len(rank), self.parts[t].numel());
-            crate::came::check_tensor_lens(own, l.len(), own)
-                .and_then(|()| crate::came::check_tensor_lens(whole, f.len(), whole))
-                .map_err(|e| self.registry.error(t, e))?;
-        }
-        let all = vec![true; self.parts.len()];
-        self.sent = 0;
-        self.gather_params(&all, |t| local[t], full, true)
-    }
-
-    /// All-gathers the tensors marked in `which`: this rank's elements come from `own(t)`,
-    /// everyone's go to `full[t]` (this rank's too with `copy_own`; else they are there).
-    fn gather_params<'a>(
-        &mut self,
-        which: &[bool],
-        own: impl Fn(usize) -> &'a [T],
-        full: &mut [&mut [T]],
-        copy_own: bool,
-    ) -> Result<(), ShardError> {
-        let ranks = self.map.ranks();
-        let block = (0..ranks)
-            .map(|r| {
-                (0..self.parts.len())
-                    .filter(|&t| which[t])
-                    .map(|t| self.parts[t].local_len(r))
-                    .sum::<usize>()
-            })
-            .max()
-            .unwrap_or(0)
-            * size_of::<T>();
-        self.send.clear();
-        for t in (0..self.parts.len()).filter(|&t| which[t]) {
-            self.send.extend_from_slice(bytemuck::cast_slice(own(t)));
-        }
-        self.send.resize(block, 0);
-        self.recv.resize(block * ranks, 0);
-        self.comm.all_gather(&self.send, &mut self.recv)?;
-        self.sent += block;
-        let me = self.rank();
-        let mut values: Vec<T> = Vec::new();
-        for r in 0..ranks {
-            let mut data = &self.recv[r * block..(r + 1) * block];
-            for (t, f) in full.iter_mut().enumerate().filter(|(t, _)| which[*t]) {
-                let len = self.parts[t].local_len(r);
-                let (head, tail) = data.split_at(len * size_of::<T>());
-                data = tail;
-                if r == me && !copy_own {
-                    continue;
-                }
-                values.clear();
-                values.extend(
-                    head.chunks_exact(size_of::<T>())
-                        .map(bytemuck::pod_read_unaligned::<T>),
-                );
-                self.parts[t].scatter(r, &values, f);
-            }
-        }
-        Ok(())
-    }
-
-    /// The trait's step: this rank's elements of the whole `params`, then the all-gather.
-    pub(crate) fn step_whole(
-        &mut self,
-        tensors: &mut [(&mut [T], Option<&[T]>)],
-    ) -> Result<StepReport, ShardError> {
-        self.check_group()?;
-        self.registry
-            .check_step(tensors.iter().map(|(p, g)| (p.len(), g.map(<[T]>::len))))?;
-        let rank = self.rank();
-        // a rank's elements are a run of the whole tensor, or (split by columns) copied out
-        let runs: Vec<Option<core::ops::Range<usize>>> =
-            self.parts.iter().map(|p| p.run_of(rank)).collect();
-        let grad_copies: Vec<Option<Vec<T>>> = tensors
-            .iter()
-            .zip(&self.parts)
-            .zip(&runs)
-            .map(|(((_, g), part), run)| match (g, run) {
-                (Some(g), None) => Some(part.local_of(rank, g)),
-                _ => None,
-            })
-            .collect();
-        let grads: Vec<Option<&[T]>> = tensors
-            .iter()
-            .zip(&runs)
-            .zip(&grad_copies)
-            .map(|(((_, g), run), copy)| match (g, run) {
-                (Some(g), Some(r)) => Some(&g[r.clone()]),
-                (Some(_), None) => copy.as_deref(),
-                (None, _) => None,
-            })
-            .collect();
-        let which: Vec<bool> = grads.iter().map(Option::is_some).collect();
-        let mut copies: Vec<Vec<T>> = tensors
-            .iter()
-            .zip(&self.parts)
-            .zip(&runs)
-            .map(|(((p, _), part), run)| {
-                if run.is_none() {
-                    part.local_of(rank, p)
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect();
-        let report = {
-            let mut local: Vec<&mut [T]> = tensors
-                .iter_mut()
-                .zip(&runs)
-                .zip(&mut copies)
-                .map(|(((p, _), run), copy)| match run {
-                    Some(r) => &mut p[r.clone()],
-                    None => copy.as_mut_slice(),
-                })
-                .collect();
-            self.step_shards(&mut local, &grads)?
-        };
-        let sent = self.sent;
-        // this rank's updated elements: in place in the whole tensors, or copied back there
-        let own: Vec<Vec<T>> = tensors
-            .iter_mut()
-            .zip(&self.parts)
-            .zip(&runs)
-            .zip(copies)
-            .map(|((((p, _), part), run), copy)| {
-                if let Some(r) = run {
-                    p[r.clone()].to_vec()
-                } else {
-                    part.scatter(rank, &copy, p);
-                    copy
-                }
-            })
-            .collect();
-        let mut full: Vec<&mut [T]> = tensors.iter_mut().map(|(p, _)| &mut **p).collect();
-        self.gather_params(&which, |t| &own[t], &mut full, false)?;
-        self.sent += sent;
-        Ok(report)
     }
 
     /// [`ShardError::GroupSize`] when the collective's group is not the map's.
-    fn check_group(&self) -> Result<(), ShardError> {
+    pub(super) fn check_group(&self) -> Result<(), ShardError> {
         let group = self.comm.size();
         if group == self.map.ranks() {
             Ok(())
@@ -617,61 +359,52 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
         }
     }
 
-    /// The largest payload a rank sends after `phase`: every rank's block is padded to it.
-    fn block_len<G>(&self, phase: Phase, grads: &[Option<&[G]>]) -> usize {
-        (0..self.map.ranks())
-            .map(|r| {
-                self.parts
-                    .iter()
-                    .zip(grads)
-                    .filter(|(_, g)| g.is_some())
-                    .map(|(p, _)| p.payload_len(phase, r))
-                    .sum::<usize>()
-            })
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// Where each rank's payload for tensor `tensor` lies in the gathered buffer.
-    fn offsets<G>(
-        &self,
+    /// Gathers every rank's payload of `phase` for the `active` tensors (this rank's in
+    /// `self.send`, each rank's padded to the longest) into `self.recv`; returns where each
+    /// tensor's payload of each rank lies there (`[tensor][rank]`).
+    fn exchange(
+        &mut self,
         phase: Phase,
-        tensor: usize,
-        grads: &[Option<&[G]>],
-    ) -> Vec<core::ops::Range<usize>> {
-        let block = self.block_len(phase, grads);
-        (0..self.map.ranks())
-            .map(|r| {
-                let before: usize = self.parts[..tensor]
-                    .iter()
-                    .zip(grads)
-                    .filter(|(_, g)| g.is_some())
-                    .map(|(p, _)| p.payload_len(phase, r))
-                    .sum();
-                let start = r * block + before;
-                start..start + self.parts[tensor].payload_len(phase, r)
-            })
-            .collect()
-    }
-
-    /// Gathers every rank's payload of `phase` (in `self.send`) into `self.recv`.
-    fn exchange<G>(&mut self, phase: Phase, grads: &[Option<&[G]>]) -> Result<(), ShardError> {
-        let block = self.block_len(phase, grads);
+        active: &[bool],
+    ) -> Result<Vec<Vec<Range<usize>>>, ShardError> {
+        let ranks = self.map.ranks();
+        let mut layout = vec![Vec::with_capacity(ranks); self.parts.len()];
+        let mut block = 0;
+        for r in 0..ranks {
+            let mut at = 0;
+            for ((part, ranges), _) in self
+                .parts
+                .iter()
+                .zip(&mut layout)
+                .zip(active)
+                .filter(|x| *x.1)
+            {
+                let len = part.payload_len(phase, r);
+                ranges.push(at..at + len);
+                at += len;
+            }
+            block = block.max(at);
+        }
+        for ranges in &mut layout {
+            for (r, range) in ranges.iter_mut().enumerate() {
+                *range = r * block + range.start..r * block + range.end;
+            }
+        }
         debug_assert!(self.send.len() <= block);
         self.send.resize(block, 0);
-        self.recv.resize(block * self.map.ranks(), 0);
+        self.recv.resize(block * ranks, 0);
         self.comm.all_gather(&self.send, &mut self.recv)?;
         self.sent += block;
-        Ok(())
+        Ok(layout)
     }
 
     /// After a failed sweep 1 of `tensor`: every rank's view of its own data, gathered, gives
-    /// the error one process would report.
-    fn agree_on_error<G: Element<Compute = T>>(
+    /// the error one process would report, as the step's.
+    fn agreed_error<G: Element<Compute = T>>(
         &mut self,
         tensor: usize,
         grad: &[G],
-    ) -> Result<Error, ShardError> {
+    ) -> Result<ShardError, ShardError> {
         let local = self.parts[tensor].local_error(grad);
         let (code, index) = match local {
             Error::NonFiniteState => (1u64, 0u64),
@@ -699,7 +432,7 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
             self.map.shapes()[tensor].layout(),
             crate::Layout::Vector { .. }
         );
-        Ok(match (gradient, state) {
+        let error = match (gradient, state) {
             (Some(index), false) => Error::NonFiniteGradient {
                 index: index as usize,
             },
@@ -708,6 +441,7 @@ impl<T: Float, C: Collective> ShardedCame<T, C> {
             },
             (_, true) => Error::NonFiniteState,
             (None, false) => Error::NonFiniteUpdate,
-        })
+        };
+        Ok(self.registry.error(tensor, error).into())
     }
 }

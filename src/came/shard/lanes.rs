@@ -23,7 +23,7 @@ use std::vec::Vec;
 use super::exchange::{Extent, Failure, Phase, globally, push, take, take_f64};
 use crate::came::formula::Clip;
 use crate::came::packed::Moments;
-use crate::came::parts::{Dims, Parts, Stats, Work};
+use crate::came::parts::{Dims, Parts, Work, cut_lens};
 use crate::came::sum::ColSums;
 use crate::came::{batch, factored, vector};
 use crate::check::{all_finite, gradient_error, valid_statistics};
@@ -257,43 +257,24 @@ impl<T: Float> LanePart<T> {
     }
 
     /// The named pieces of a factored state and the workspace.
-    fn split(&mut self) -> (Parts<'_, T>, usize) {
+    fn split(&mut self) -> Parts<'_, T> {
         let own = self.local;
-        let (rows, cols) = match self.kind {
-            Kind::Matrix => (own.rows, self.full.cols),
-            _ => (own.batch * self.full.rows, own.batch * self.full.cols),
+        // the rank's rows (and each matrix's columns) of the state; every row of a matrix in
+        // the workspace, whose column sums are every lane's
+        let (rows, cols, next_rows) = if self.kind == Kind::Matrix {
+            (own.rows, self.full.cols, self.full.rows)
+        } else {
+            let rows = own.batch * self.full.rows;
+            (rows, own.batch * self.full.cols, rows)
         };
         let (m, rest) = self.state.split_at_mut(own.rows * own.cols * own.batch);
-        let (sq_row, rest) = rest.split_at_mut(rows);
-        let (sq_col, rest) = rest.split_at_mut(cols);
-        let (res_row, res_col) = rest.split_at_mut(rows);
-        let (next_rows, next_cols) = match self.kind {
-            Kind::Matrix => (self.full.rows, cols),
-            _ => (rows, cols),
-        };
-        let (next_row, rest) = self.work.split_at_mut(next_rows);
-        let (next_col, rest) = rest.split_at_mut(next_cols);
-        let (row_factors, rest) = rest.split_at_mut(next_rows);
-        let (col_factors, rest) = rest.split_at_mut(next_cols);
-        let (col_sums, weighted_sums) = rest.split_at_mut(rest.len() / 2);
-        let parts = Parts {
-            m: Moments::Full(m),
-            stats: Stats {
-                sq_row,
-                sq_col,
-                res_row,
-                res_col,
-            },
-            work: Work {
-                next_row,
-                next_col,
-                row_factors,
-                col_factors,
-                col_sums,
-                weighted_sums,
-            },
-        };
-        (parts, own.rows)
+        let stats = cut_lens(rest, [rows, cols, rows, cols]);
+        let sums = (self.work.len() - 2 * (next_rows + cols)) / 2;
+        let work = cut_lens(
+            &mut self.work,
+            [next_rows, cols, next_rows, cols, sums, sums],
+        );
+        Parts::assemble(Moments::Full(m), stats, work)
     }
 
     /// Sweep 1 over the rank's lanes; appends what the other ranks need to `out`.
@@ -319,7 +300,7 @@ impl<T: Float> LanePart<T> {
             }
             return;
         }
-        let (mut parts, _) = self.split();
+        let mut parts = self.split();
         out.push(u8::from(!parts.stats.valid()));
         if kind == Kind::Batch {
             let (finite, sums) = batch::sq_lanes(&Serial, k, local, param, grad, &mut parts);
@@ -366,13 +347,7 @@ impl<T: Float> LanePart<T> {
         let units: Vec<_> = (0..ranks).map(|r| self.units_of(r)).collect();
         let owners = self.owners.clone();
         let stride = ColSums::<T>::PARTS * full.cols;
-        let (parts, _) = if kind == Kind::Vector {
-            (None, 0)
-        } else {
-            let (p, n) = self.split();
-            (Some(p), n)
-        };
-        let mut parts = parts;
+        let mut parts = (kind != Kind::Vector).then(|| self.split());
         for rank in 0..ranks {
             let data = payload(rank);
             let Some((&status, mut data)) = data.split_first() else {
@@ -429,7 +404,7 @@ impl<T: Float> LanePart<T> {
         let start = self.elements_of(self.rank).start;
         // the order of one process: a factored state is checked first, a vector's last
         if self.kind != Kind::Vector {
-            if !self.split().0.stats.valid() {
+            if !self.split().stats.valid() {
                 return Error::NonFiniteState;
             }
             return globally(gradient_error(grad), start);
@@ -451,7 +426,7 @@ impl<T: Float> LanePart<T> {
         }
         let units = self.units_of(self.rank);
         let kind = self.kind;
-        let (parts, _) = self.split();
+        let parts = self.split();
         let (stats, work) = (parts.stats, parts.work);
         match kind {
             Kind::Matrix => stats.sq_row.copy_from_slice(&work.next_row[units]),
@@ -474,7 +449,7 @@ impl<T: Float> LanePart<T> {
         let (kind, local, rank) = (self.kind, self.local, self.rank);
         let units = self.units_of(rank);
         let lanes = self.owners[rank].clone();
-        let (mut parts, _) = self.split();
+        let mut parts = self.split();
         if kind == Kind::Batch {
             let finite = batch::momentum_lanes(&Serial, k, local, clip.d, param, grad, &mut parts);
             out.push(u8::from(!finite));
@@ -516,7 +491,7 @@ impl<T: Float> LanePart<T> {
         let owners = self.owners.clone();
         let own_units = units[me].clone();
         let stride = ColSums::<T>::PARTS * full.cols;
-        let (parts, _) = self.split();
+        let parts = self.split();
         let (stats, mut work) = (parts.stats, parts.work);
         let mut failed = false;
         for rank in 0..ranks {
@@ -579,7 +554,7 @@ impl<T: Float> LanePart<T> {
             );
             return;
         }
-        let (mut parts, _) = self.split();
+        let mut parts = self.split();
         if kind == Kind::Batch {
             batch::apply_lanes(&Serial, k, local, param, grad, &mut parts, offset);
             return;

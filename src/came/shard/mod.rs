@@ -115,9 +115,6 @@ impl<T: Float> Part<T> {
     }
 
     pub(crate) fn payload_len(&self, phase: Phase, rank: usize) -> usize {
-        if self.numel() == 0 {
-            return 0;
-        }
         match self {
             Self::Lanes(p) => p.payload_len(phase, rank),
             Self::Columns(p) => p.payload_len(phase, rank),
@@ -130,25 +127,18 @@ impl<T: Float> Part<T> {
         (param, grad): (&mut [T], &[G]),
         out: &mut Vec<u8>,
     ) {
-        if self.numel() == 0 {
-            return;
-        }
         match self {
             Self::Lanes(p) => p.sweep_norm(k, (param, grad), out),
             Self::Columns(p) => p.sweep_norm(k, grad, out),
         }
     }
 
-    /// The clip, or `None` where the column-norm exchange must come first. A tensor without
-    /// elements takes a step that changes nothing, as in one process.
+    /// The clip, or `None` where the column-norm exchange must come first.
     pub(crate) fn finish_norm<'p>(
         &mut self,
         k: &Coefficients<T>,
         payload: impl Fn(usize) -> &'p [u8],
     ) -> Result<Option<Clip<T>>, Failure> {
-        if self.numel() == 0 {
-            return Ok(Some(Clip::none()));
-        }
         match self {
             Self::Lanes(p) => p.finish_norm(k, payload).map(Some),
             Self::Columns(p) => p.finish_norm(k, payload).map(|()| None),
@@ -170,9 +160,6 @@ impl<T: Float> Part<T> {
         k: &Coefficients<T>,
         payload: impl Fn(usize) -> &'p [u8],
     ) -> Result<Option<Clip<T>>, Failure> {
-        if self.numel() == 0 {
-            return Ok(None);
-        }
         match self {
             Self::Lanes(_) => Ok(None),
             Self::Columns(p) => p.finish_column_norm(k, payload).map(Some),
@@ -187,9 +174,6 @@ impl<T: Float> Part<T> {
     }
 
     pub(crate) fn commit_norm(&mut self) {
-        if self.numel() == 0 {
-            return;
-        }
         match self {
             Self::Lanes(p) => p.commit_norm(),
             Self::Columns(p) => p.commit_norm(),
@@ -203,9 +187,6 @@ impl<T: Float> Part<T> {
         (param, grad): (&mut [T], &[G]),
         out: &mut Vec<u8>,
     ) {
-        if self.numel() == 0 {
-            return;
-        }
         match self {
             Self::Lanes(p) => p.sweep_momentum(k, clip, (param, grad), out),
             Self::Columns(p) => p.sweep_momentum(k, clip, grad, out),
@@ -217,9 +198,6 @@ impl<T: Float> Part<T> {
         k: &Coefficients<T>,
         payload: impl Fn(usize) -> &'p [u8],
     ) -> Result<(), Failure> {
-        if self.numel() == 0 {
-            return Ok(());
-        }
         match self {
             Self::Lanes(p) => p.finish_momentum(k, payload),
             Self::Columns(p) => p.finish_momentum(k, payload),
@@ -232,9 +210,6 @@ impl<T: Float> Part<T> {
         clip: Clip<T>,
         (param, grad): (&mut [T], &[G]),
     ) {
-        if self.numel() == 0 {
-            return;
-        }
         match self {
             Self::Lanes(p) => p.sweep_apply(k, clip, (param, grad)),
             Self::Columns(p) => p.sweep_apply(k, param),
