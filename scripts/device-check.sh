@@ -128,6 +128,9 @@ if ! have_target thumbv7em-none-eabihf; then
 elif ! command -v qemu-system-arm >/dev/null 2>&1; then
     skip "cortex-m: no system emulator (Debian package qemu-system-arm)"
 else
+    # the firmware crate is not in the workspace: its format and lints are checked here
+    check "cortex-m: cargo fmt and clippy of the firmware crate" \
+        bash -c "cd examples/cortex-m && cargo fmt --check && cargo clippy --release -- -D warnings"
     (cd examples/cortex-m && cargo build --release --bins)
     elf=examples/cortex-m/target/thumbv7em-none-eabihf/release
     # the runner of examples/cortex-m/.cargo/config.toml, with a time limit
