@@ -6,7 +6,9 @@
 //!
 //! Each FILE is a reference case in the format of `tests/data/golden/FORMAT.md` (CAME or AdamW,
 //! chosen by its `source` and `config`). One line per file: the worst error as a fraction of the
-//! tolerance (at most 1 passes) and `ok` or `FAIL`; the exit status is 1 if any file fails.
+//! tolerance (at most 1 passes) and `ok` or `FAIL`; then the count of files passed and the
+//! instruction set of the kernels (`came::instruction_set`). The exit status is 1 if any file
+//! fails.
 //! With `--out DIR`, writes `DIR/NAME.json` with the parameters after each step and the final
 //! state under the reference's names.
 //!
@@ -92,7 +94,12 @@ fn main() -> ExitCode {
             }
         }
     }
-    println!("{} of {} files passed", files.len() - failed, files.len());
+    println!(
+        "{} of {} files passed (kernels: {})",
+        files.len() - failed,
+        files.len(),
+        came::instruction_set()
+    );
     if failed == 0 {
         ExitCode::SUCCESS
     } else {

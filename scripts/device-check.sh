@@ -16,18 +16,30 @@
 #      wasm32-unknown-unknown.
 #
 #   scripts/device-check.sh            # installs what it needs (apt-get, rustup) where it can
+#   CAME_DEVICES_REQUIRED="aarch64 cortex-m" scripts/device-check.sh
+#                                      # a skipped check of these groups counts as failed (CI)
 #
 # Debian packages: gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user qemu-system-arm.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+firmware_dir=${CARGO_TARGET_DIR:-$root/examples/cortex-m/target}
 
 passed=0
 failed=0
 skipped=0
 pass() { echo "PASS $*"; passed=$((passed + 1)); }
 fail() { echo "FAIL $*"; failed=$((failed + 1)); }
-skip() { echo "SKIP $*"; skipped=$((skipped + 1)); }
+# skip GROUP MESSAGE: a check that cannot run here; failed if GROUP is required
+skip() {
+    if [[ " ${CAME_DEVICES_REQUIRED:-} " == *" $1 "* ]]; then
+        fail "$1: $2 (required: CAME_DEVICES_REQUIRED)"
+    else
+        echo "SKIP $1: $2"
+        skipped=$((skipped + 1))
+    fi
+}
 section() { printf '\n=== %s\n' "$*"; }
 # runs a check: check NAME COMMAND...; its output is shown
 check() {
@@ -38,7 +50,7 @@ check() {
 
 section "installing: cross linker, emulators, Rust targets"
 sudo=()
-[ "$(id -u)" = 0 ] || sudo=(sudo)
+[ "$(id -u)" = 0 ] || sudo=(sudo -n)
 need=()
 command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 command -v qemu-aarch64 >/dev/null 2>&1 || need+=(qemu-user)
@@ -46,7 +58,7 @@ command -v qemu-system-arm >/dev/null 2>&1 || need+=(qemu-system-arm)
 if [ ${#need[@]} -gt 0 ]; then
     echo "apt-get install ${need[*]}"
     { "${sudo[@]}" apt-get update -qq &&
-        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq \
             "${need[@]}"; } >/dev/null 2>&1 || echo "apt-get could not install ${need[*]}"
 fi
 have_target() { rustup target add "$1" >/dev/null 2>&1; }
@@ -57,11 +69,11 @@ llvm_bin="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //
 section "aarch64-unknown-linux-gnu under qemu-aarch64"
 a64=aarch64-unknown-linux-gnu
 if ! have_target $a64; then
-    skip "aarch64: the Rust target $a64 cannot be installed here"
+    skip aarch64 "the Rust target $a64 cannot be installed here"
 elif ! command -v aarch64-linux-gnu-gcc >/dev/null 2>&1; then
-    skip "aarch64: no cross linker (Debian package gcc-aarch64-linux-gnu)"
+    skip aarch64 "no cross linker (Debian package gcc-aarch64-linux-gnu)"
 elif ! command -v qemu-aarch64 >/dev/null 2>&1; then
-    skip "aarch64: no user-mode emulator (Debian package qemu-user)"
+    skip aarch64 "no user-mode emulator (Debian package qemu-user)"
 else
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
@@ -72,15 +84,16 @@ else
 
     refs=(tests/data/golden/*.json tests/data/golden/lowp/*.json tests/data/golden/adamw/*.json
         tests/data/golden/resume/*.json)
-    cargo build --release --features std --example replay
-    cargo build --release --target $a64 --features std --example replay
+    check "x86-64 and aarch64: build replay" bash -c \
+        "cargo build --release --features std --example replay &&
+         cargo build --release --target $a64 --features std --example replay"
     x86_out=$(mktemp -d)
     a64_out=$(mktemp -d)
     for arch in x86-64 aarch64; do
         if [ $arch = x86-64 ]; then
-            target/release/examples/replay --out "$x86_out" "${refs[@]}" >"$x86_out/report"
+            "$target_dir/release/examples/replay" --out "$x86_out" "${refs[@]}" >"$x86_out/report"
         else
-            qemu-aarch64 -L /usr/aarch64-linux-gnu target/$a64/release/examples/replay \
+            qemu-aarch64 -L /usr/aarch64-linux-gnu "$target_dir/$a64/release/examples/replay" \
                 --out "$a64_out" "${refs[@]}" >"$a64_out/report"
         fi
         if [ $? = 0 ]; then
@@ -93,46 +106,68 @@ else
     paste <(awk '/worst/ {print $1, $3}' "$x86_out/report") \
         <(awk '/worst/ {print $3}' "$a64_out/report") |
         awk '{printf "  %-40s %8s %8s\n", $1, $2, $3}'
+    # bit for bit: every file but those whose sums along a row (or over a vector, for the
+    # clip) run through vector registers, whose order follows the vector width (8 lanes of
+    # AVX2, 4 of NEON)
+    width_dependent=" f32_default_7 f32_default_16x33 f32_default_32x48 f32_drift_20x24
+        f32_lr_2e-4_long_24x40 f32_scaled_rows_32x16 f32_sparse_3x17x19 bf16_lr1e-3_32x48
+        bf16_vec_7 came_resume_vec_20 "
     same=0
     differ=()
+    unexpected=()
     for f in "$x86_out"/*.json; do
-        name=$(basename "$f")
-        if cmp -s "$f" "$a64_out/$name"; then same=$((same + 1)); else differ+=("${name%.json}"); fi
+        name=$(basename "$f" .json)
+        if cmp -s "$f" "$a64_out/$name.json"; then
+            same=$((same + 1))
+        else
+            differ+=("$name")
+            [[ " $(echo $width_dependent) " == *" $name "* ]] || unexpected+=("$name")
+        fi
     done
     echo "parameters after every step, bit for bit equal on both: $same files;" \
         "different in the last bits: ${#differ[@]}${differ[*]:+ (${differ[*]})}"
+    if [ ${#unexpected[@]} = 0 ] && [ $same -gt 0 ]; then
+        pass "aarch64: bit for bit equal to x86-64 wherever no sum depends on the vector width"
+    else
+        fail "aarch64: differs from x86-64 where it should not: ${unexpected[*]:-no file compared}"
+    fi
     rm -rf "$x86_out" "$a64_out"
 
-    # the instructions QEMU translated while replaying a 32 x 48 matrix, by function: the
-    # vector float instructions (NEON, 4 x f32) all sit in the crate's kernels
+    # the instruction set pulp picks on this CPU, and the instructions QEMU translated while
+    # replaying a 32 x 48 matrix, by function: the crate's kernels run 4-lane float
+    # instructions (the replay harness's own code, compiled by LLVM for a CPU that always has
+    # NEON, may too)
     log=$(mktemp)
-    qemu-aarch64 -L /usr/aarch64-linux-gnu -d in_asm -D "$log" \
-        target/$a64/release/examples/replay tests/data/golden/f32_default_32x48.json >/dev/null
+    isa=$(qemu-aarch64 -L /usr/aarch64-linux-gnu -d in_asm -D "$log" \
+        "$target_dir/$a64/release/examples/replay" tests/data/golden/f32_default_32x48.json |
+        sed -n 's/.*(kernels: \(.*\))$/\1/p')
     neon=$(awk '/^IN:/ {fn = $2}
-        /[ \t](fadd|fsub|fmul|fdiv|fsqrt|fmla|fmax|fmin)[ \t]+v[0-9]+\.4s/ {n[fn]++}
+        /[ \t]f[a-z0-9]+[ \t]+v[0-9]+\.4s/ {n[fn]++}
         END {for (f in n) print n[f], f}' "$log" | sort -rn | c++filt)
     rm -f "$log"
-    echo "NEON float instructions (v.4s) run, by function:"
+    echo "kernels: $isa"
+    echo "4-lane float instructions (f... v.4s) run, by function:"
     echo "$neon"
-    if [ -n "$neon" ] && ! echo "$neon" | grep -qv ' came::'; then
-        pass "aarch64: the NEON kernels run (every v.4s float instruction run is in came::)"
+    if [[ "$isa" == pulp::aarch64::Neon* ]] && grep -Eq '^[0-9]+ <?came::' <<<"$neon"; then
+        pass "aarch64: the NEON kernels run ($isa; 4-lane float instructions in came::)"
     else
-        fail "aarch64: no NEON float instruction ran in the crate's kernels"
+        fail "aarch64: the kernels did not run on NEON (kernels: ${isa:-unknown})"
     fi
 fi
 
 # --- 2. Cortex-M4F --------------------------------------------------------------------------
 section "thumbv7em-none-eabihf (Cortex-M4F) under qemu-system-arm, mps2-an386"
 if ! have_target thumbv7em-none-eabihf; then
-    skip "cortex-m: the Rust target thumbv7em-none-eabihf cannot be installed here"
+    skip cortex-m "the Rust target thumbv7em-none-eabihf cannot be installed here"
 elif ! command -v qemu-system-arm >/dev/null 2>&1; then
-    skip "cortex-m: no system emulator (Debian package qemu-system-arm)"
+    skip cortex-m "no system emulator (Debian package qemu-system-arm)"
 else
     # the firmware crate is not in the workspace: its format and lints are checked here
     check "cortex-m: cargo fmt and clippy of the firmware crate" \
         bash -c "cd examples/cortex-m && cargo fmt --check && cargo clippy --release -- -D warnings"
-    (cd examples/cortex-m && cargo build --release --bins)
-    elf=examples/cortex-m/target/thumbv7em-none-eabihf/release
+    check "cortex-m: build and link the firmware for a 1 MiB flash, 256 KiB RAM part" \
+        bash -c "cd examples/cortex-m && cargo build --release --bins"
+    elf=$firmware_dir/thumbv7em-none-eabihf/release
     # the runner of examples/cortex-m/.cargo/config.toml, with a time limit
     run_fw() {
         timeout 300 qemu-system-arm -machine mps2-an386 -cpu cortex-m4 -nographic -monitor none \
@@ -141,7 +176,7 @@ else
     out=$(run_fw $elf/came-cortex-m)
     status=$?
     echo "$out"
-    if [ $status = 0 ] && echo "$out" | grep -Eq '^result loss=[0-9.]+ accuracy=[0-9.]+ target=[0-9.]+ PASS$'; then
+    if [ $status = 0 ] && grep -Eq '^result loss=[0-9.]+ accuracy=[0-9.]+ target=[0-9.]+ PASS$' <<<"$out"; then
         pass "cortex-m: the firmware fine-tunes its classifier below the target loss"
     else
         fail "cortex-m: the firmware did not reach its target (exit status $status)"
@@ -149,7 +184,7 @@ else
     out=$(run_fw $elf/cost)
     status=$?
     echo "$out"
-    if [ $status = 0 ] && [ "$(echo "$out" | grep -c '^cost ')" = 4 ]; then
+    if [ $status = 0 ] && [ "$(grep -c '^cost ' <<<"$out")" = 4 ]; then
         pass "cortex-m: instructions per parameter per step counted"
     else
         fail "cortex-m: the cost firmware failed (exit status $status)"
@@ -166,7 +201,7 @@ if have_target riscv32imac-unknown-none-elf; then
     check "riscv32imac: a no_std static library that steps" \
         bash -c "cd .ci/nostd-check && cargo build --release --target riscv32imac-unknown-none-elf"
 else
-    skip "riscv32imac: the Rust target riscv32imac-unknown-none-elf cannot be installed here"
+    skip riscv32imac "the Rust target riscv32imac-unknown-none-elf cannot be installed here"
 fi
 if have_target wasm32-unknown-unknown; then
     check "wasm32: the crate without std" \
@@ -174,7 +209,7 @@ if have_target wasm32-unknown-unknown; then
     check "wasm32: the crate with std (Came, checkpoints; one thread)" \
         cargo build --release --features std --target wasm32-unknown-unknown
 else
-    skip "wasm32: the Rust target wasm32-unknown-unknown cannot be installed here"
+    skip wasm32 "the Rust target wasm32-unknown-unknown cannot be installed here"
 fi
 
 cd "$root"

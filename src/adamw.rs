@@ -230,7 +230,7 @@ impl<'a, T: Float> AdamWState<'a, T> {
 ///
 /// On every error nothing is changed. The state itself is not scanned (that would be a full
 /// extra read of `2 n` values per step): a NaN written into it by hand reaches the parameters,
-/// as in the reference. [`crate::optim`] checkpoints refuse such a state on load.
+/// as in the reference. The checkpoints of `optim` (feature `std`) refuse such a state on load.
 pub fn step<T: Float>(
     config: &AdamWConfig,
     param: &mut [T],

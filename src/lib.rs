@@ -98,6 +98,7 @@ pub use element::round_stochastic;
 pub use error::{Buffer, Error, TensorError};
 #[cfg(feature = "std")]
 pub use exec::pool::Pool;
+pub use exec::simd::instruction_set;
 pub use float::Element;
 pub use float::Float;
 pub use layout::{

@@ -43,6 +43,31 @@ pub(crate) fn run<K: LaneKernel>(kernel: &K, item: &mut K::Item) {
     pulp::Arch::new().dispatch(Lane { kernel, item });
 }
 
+/// The vector instruction set the kernels run with on this CPU, as `pulp` names it: for
+/// example `pulp::x86::v3::V3` (AVX2), `pulp::aarch64::Neon` (NEON) or `pulp::Scalar` (one
+/// element at a time, as on a Cortex-M). Every step asks the CPU the same way, so this is the
+/// instruction set steps run with.
+///
+/// ```
+/// let isa = came::instruction_set();
+/// assert!(isa.starts_with("pulp::"));
+/// ```
+#[must_use]
+pub fn instruction_set() -> &'static str {
+    struct Name;
+
+    impl pulp::WithSimd for Name {
+        type Output = &'static str;
+
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, _: S) -> &'static str {
+            core::any::type_name::<S>()
+        }
+    }
+
+    pulp::Arch::new().dispatch(Name)
+}
+
 struct Lane<'a, K: LaneKernel> {
     kernel: &'a K,
     item: &'a mut K::Item,

@@ -3,7 +3,8 @@
 //! SysTick counts down at the core clock (25 MHz on the MPS2 board) from a 24-bit reload value;
 //! its exception counts the wraps. Under QEMU with `-icount shift=0` each instruction takes one
 //! nanosecond of the board's time, so one tick is [`INSTRUCTIONS_PER_TICK`] instructions. On a
-//! real part the same counter gives cycles instead (multiply ticks by nothing).
+//! real part a tick is one cycle instead, and [`Clock::instructions`] would report 40 times
+//! the cycles: read [`Clock::ticks`] there.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -38,6 +39,8 @@ impl Clock {
         syst.clear_current();
         syst.enable_interrupt();
         syst.enable_counter();
+        // the counter reads 0 until it first loads the reload value, one tick after the start
+        while SYST::get_current() == 0 {}
         Self { syst }
     }
 

@@ -1,10 +1,11 @@
 //! On-device fine-tuning on a Cortex-M4F: an activity classifier (a two-layer perceptron over
-//! windows of a 3-axis accelerometer) is trained at the factory, the device is remounted (the
-//! sensor turned and less sensitive, so the classifier misreads it), and the device fine-tunes
-//! the classifier on its own readings with `came::step`. Every buffer is static; nothing is
-//! allocated. Prints the loss as it trains over semihosting and the instructions a
-//! fine-tuning step takes, and exits with success when the fine-tuned loss is below
-//! [`TARGET_LOSS`]. `src/bin/cost/` counts the instructions of `came::step` alone.
+//! the features of a window of a 3-axis accelerometer) is trained at the factory, the device is
+//! remounted (the sensor turned and less sensitive, so the classifier misreads it), and the
+//! device fine-tunes the classifier on its own readings with `came::step`. The weights, their
+//! gradients, CAME's state and the batch are static buffers; nothing is allocated. Prints the
+//! loss as it trains over semihosting and the instructions a fine-tuning step takes, and exits
+//! with success if, after the last step, the held-out loss is below [`TARGET_LOSS`].
+//! `src/bin/cost/` counts the instructions of `came::step` alone.
 //!
 //! ```text
 //! cd examples/cortex-m && cargo run --release

@@ -55,11 +55,27 @@ impl Buffers {
     };
 }
 
+impl Buffers {
+    /// The same weights and gradients for every case (bf16: the `f32` ones rounded).
+    fn start(&mut self) {
+        let mut rng = Lcg(3);
+        for (p, g) in self.p32.iter_mut().zip(self.g32.iter_mut()) {
+            *p = rng.between(-0.1, 0.1);
+            *g = rng.between(-1e-2, 1e-2);
+        }
+        let wide = self.p32.iter().zip(&self.g32);
+        for ((p, g), (p32, g32)) in self.p16.iter_mut().zip(self.g16.iter_mut()).zip(wide) {
+            *p = bf16::from_f32(*p32);
+            *g = bf16::from_f32(*g32);
+        }
+    }
+}
+
 /// One measured case.
 pub struct Case {
     /// What was stepped.
     pub name: &'static str,
-    /// Bytes of optimizer state.
+    /// Bytes of the optimizer's buffer: the state and the step's workspace.
     pub state_bytes: usize,
     /// Instructions per parameter per step, in hundredths.
     pub centi_instructions: u64,
@@ -70,64 +86,55 @@ pub struct Case {
 /// # Errors
 /// A step's error (none is expected: the gradients are finite).
 pub fn run(clock: &Clock, b: &mut Buffers) -> Result<[Case; 4], came::Error> {
-    let mut rng = Lcg(3);
-    for (p, g) in b.p32.iter_mut().zip(b.g32.iter_mut()) {
-        *p = rng.between(-0.1, 0.1);
-        *g = rng.between(-1e-2, 1e-2);
-    }
-    for ((p, g), (p32, g32)) in b
-        .p16
-        .iter_mut()
-        .zip(b.g16.iter_mut())
-        .zip(b.p32.iter().zip(&b.g32))
-    {
-        *p = bf16::from_f32(*p32);
-        *g = bf16::from_f32(*g32);
-    }
     let config = CameConfig::new(1e-3);
     let per_param = |instructions: u64| instructions * 100 / (STEPS * NUMEL as u64);
 
+    b.start();
     let mut state = CameState::new(&mut b.full);
-    let run =
-        |state: &mut CameState<'_, f32>| came::step(&config, &FULL, &mut b.p32, &b.g32, state);
-    let f32_case = time(clock, &mut state, run)?;
+    let f32_case = time(clock, &mut state, |s| {
+        came::step(&config, &FULL, &mut b.p32, &b.g32, s)
+    })?;
 
+    b.start();
     let mut state = CameState::new(&mut b.bf16);
     let bf16_case = time(clock, &mut state, |s| {
         came::step(&config, &BF16, &mut b.p16, &b.g16, s)
     })?;
 
+    b.start();
     let mut state = CameState::new(&mut b.int8);
     let int8_case = time(clock, &mut state, |s| {
         came::step(&config, &INT8, &mut b.p16, &b.g16, s)
     })?;
 
+    b.start();
     let adamw_config = AdamWConfig::new(1e-3);
     let mut state = AdamWState::new(&mut b.adamw);
     let adamw_case = time(clock, &mut state, |s| {
         came::adamw::step(&adamw_config, &mut b.p32, &b.g32, s)
     })?;
 
-    let words = |shape: &Shape| shape.state_layout().named_len() * 4;
+    // the whole buffer a firmware reserves: the state and the step's workspace
+    let bytes = |shape: &Shape| shape.state_len() * 4;
     Ok([
         Case {
             name: "CAME, f32 weights, f32 momentum",
-            state_bytes: words(&FULL),
+            state_bytes: bytes(&FULL),
             centi_instructions: per_param(f32_case),
         },
         Case {
             name: "CAME, bf16 weights, bf16 momentum",
-            state_bytes: words(&BF16),
+            state_bytes: bytes(&BF16),
             centi_instructions: per_param(bf16_case),
         },
         Case {
             name: "CAME, bf16 weights, 8-bit momentum",
-            state_bytes: words(&INT8),
+            state_bytes: bytes(&INT8),
             centi_instructions: per_param(int8_case),
         },
         Case {
             name: "AdamW, f32",
-            state_bytes: 2 * NUMEL * 4,
+            state_bytes: came::adamw::state_len(&DIMS) * 4,
             centi_instructions: per_param(adamw_case),
         },
     ])
