@@ -29,14 +29,17 @@ firmware_dir=${CARGO_TARGET_DIR:-$root/examples/cortex-m/target}
 passed=0
 failed=0
 skipped=0
-pass() { echo "PASS $*"; passed=$((passed + 1)); }
-fail() { echo "FAIL $*"; failed=$((failed + 1)); }
+# each result line ends with the seconds since the previous one (a budget to plan CI with)
+mark=$SECONDS
+took() { printf '(%d s)' $((SECONDS - mark)); mark=$SECONDS; }
+pass() { echo "PASS $* $(took)"; passed=$((passed + 1)); }
+fail() { echo "FAIL $* $(took)"; failed=$((failed + 1)); }
 # skip GROUP MESSAGE: a check that cannot run here; failed if GROUP is required
 skip() {
     if [[ " ${CAME_DEVICES_REQUIRED:-} " == *" $1 "* ]]; then
         fail "$1: $2 (required: CAME_DEVICES_REQUIRED)"
     else
-        echo "SKIP $1: $2"
+        echo "SKIP $1: $2 $(took)"
         skipped=$((skipped + 1))
     fi
 }
@@ -64,6 +67,7 @@ fi
 have_target() { rustup target add "$1" >/dev/null 2>&1; }
 rustup component add llvm-tools >/dev/null 2>&1 || true
 llvm_bin="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin"
+echo "installed $(took)"
 
 # --- 1. AArch64 -----------------------------------------------------------------------------
 section "aarch64-unknown-linux-gnu under qemu-aarch64"
@@ -77,8 +81,10 @@ elif ! command -v qemu-aarch64 >/dev/null 2>&1; then
 else
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+    # the library's and the integration tests (the examples are built for their own checks
+    # below, and doctests cannot run on another target)
     check "aarch64: the test suite with std (NEON kernels, threads, checkpoints)" \
-        cargo test --release --target $a64 --features std
+        cargo test --release --target $a64 --features std --lib --tests
     check "aarch64: the test suite without std (libm maths)" \
         cargo test --release --target $a64 --no-default-features --lib --tests
 
