@@ -31,16 +31,15 @@ failed=0
 skipped=0
 # each result line ends with the seconds since the previous one (a budget to plan CI with)
 mark=$SECONDS
-lap() { lap_s="($((SECONDS - mark)) s)"; mark=$SECONDS; }
-pass() { lap; echo "PASS $* $lap_s"; passed=$((passed + 1)); }
-fail() { lap; echo "FAIL $* $lap_s"; failed=$((failed + 1)); }
+report() { echo "$* ($((SECONDS - mark)) s)"; mark=$SECONDS; }
+pass() { report PASS "$@"; passed=$((passed + 1)); }
+fail() { report FAIL "$@"; failed=$((failed + 1)); }
 # skip GROUP MESSAGE: a check that cannot run here; failed if GROUP is required
 skip() {
     if [[ " ${CAME_DEVICES_REQUIRED:-} " == *" $1 "* ]]; then
         fail "$1: $2 (required: CAME_DEVICES_REQUIRED)"
     else
-        lap
-        echo "SKIP $1: $2 $lap_s"
+        report SKIP "$1: $2"
         skipped=$((skipped + 1))
     fi
 }
@@ -68,8 +67,7 @@ fi
 have_target() { rustup target add "$1" >/dev/null 2>&1; }
 rustup component add llvm-tools >/dev/null 2>&1 || true
 llvm_bin="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin"
-lap
-echo "installed $lap_s"
+report installed
 
 # --- 1. AArch64 -----------------------------------------------------------------------------
 section "aarch64-unknown-linux-gnu under qemu-aarch64"
