@@ -12,7 +12,8 @@ use super::formula::{Clip, norm_from_quotients, quotients};
 use super::packed::Moments;
 use super::parts::{Dims, Parts, Work};
 use super::rows::{self, batch_factors, finish_cols};
-use super::small::{self, SMALL_COLS};
+use super::small::SMALL_COLS;
+use super::small_batch;
 use super::sum::{BLOCK_ROWS, ColSums};
 use super::sweeps::Factors;
 use crate::Element;
@@ -191,8 +192,15 @@ impl<'a, T: Float, P: Element<Compute = T>, G: Element<Compute = T>> LaneKernel
         match self.sweep {
             Sweep::Norm if small => {
                 let stats = (sq_row, sq_col);
-                lane.sum_sq =
-                    small::batch_sq_stats(lane.g, (rows, cols), stats, (nr, nc), (fr, fc), k);
+                lane.sum_sq = small_batch::batch_sq_stats(
+                    simd,
+                    lane.g,
+                    (rows, cols),
+                    stats,
+                    (nr, nc),
+                    (fr, fc),
+                    k,
+                );
                 lane.finite = all_finite(nr) && all_finite(nc);
                 batch_factors(o, rows, (nr, nc), (fr, fc), None);
             }
@@ -215,7 +223,16 @@ impl<'a, T: Float, P: Element<Compute = T>, G: Element<Compute = T>> LaneKernel
                 if let (true, Moments::Full(m)) = (small, &mut lane.m) {
                     let (gm, f) = ((lane.g, &mut **m), (&mut *fr, &*fc));
                     let old = (res_row, res_col);
-                    small::batch_momentum(gm, (rows, cols), f, self.d, old, (nr, nc), k);
+                    small_batch::batch_momentum(
+                        simd,
+                        gm,
+                        (rows, cols),
+                        f,
+                        self.d,
+                        old,
+                        (nr, nc),
+                        k,
+                    );
                 } else {
                     let m = lane.m.reborrow().chunks(rows, cols);
                     let mats = lane.g.chunks_exact(size).zip(m);
@@ -241,7 +258,14 @@ impl<'a, T: Float, P: Element<Compute = T>, G: Element<Compute = T>> LaneKernel
             Sweep::Apply => {
                 if let (true, Moments::Full(m)) = (small, &lane.m) {
                     let pm = (&mut *lane.p, &**m);
-                    return small::batch_apply(pm, (rows, cols), (&*fr, &*fc), lane.start, k);
+                    return small_batch::batch_apply(
+                        simd,
+                        pm,
+                        (rows, cols),
+                        (&*fr, &*fc),
+                        lane.start,
+                        k,
+                    );
                 }
                 let m = lane.m.reborrow().chunks(rows, cols);
                 let mats = lane.p.chunks_exact_mut(size).zip(m);

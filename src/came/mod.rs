@@ -24,6 +24,7 @@ mod rows;
 #[cfg(feature = "std")]
 pub(crate) mod shard;
 mod small;
+mod small_batch;
 mod sum;
 mod sweeps;
 mod vector;
