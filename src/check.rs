@@ -102,11 +102,24 @@ pub(crate) fn all_finite<E: Element>(values: &[E]) -> bool {
 /// Whether every value is a possible second-moment statistic: finite and not negative (an
 /// average of squares).
 pub(crate) fn valid_statistics<T: Float>(values: &[T]) -> bool {
-    let zero = T::zero();
-    // bitwise, not lazy: no branch per value
-    #[allow(clippy::needless_bitwise_bool)]
-    let valid = |ok, &v: &T| ok & v.is_finite() & (v >= zero);
-    values
-        .chunks(CHECK_CHUNK)
-        .all(|c| c.iter().fold(true, valid))
+    /// The check compiled for the CPU's vector instructions (a batch of small matrices has
+    /// as many statistics as elements, and each step checks them).
+    struct Valid<'a, T>(&'a [T]);
+
+    impl<T: Float> pulp::WithSimd for Valid<'_, T> {
+        type Output = bool;
+
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) -> bool {
+            let zero = T::zero();
+            // bitwise, not lazy: no branch per value
+            #[allow(clippy::needless_bitwise_bool)]
+            let valid = |ok, &v: &T| ok & v.is_finite() & (v >= zero);
+            self.0
+                .chunks(CHECK_CHUNK)
+                .all(|c| c.iter().fold(true, valid))
+        }
+    }
+
+    pulp::Arch::new().dispatch(Valid(values))
 }
