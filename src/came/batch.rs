@@ -11,7 +11,7 @@ use pulp::Simd;
 use super::formula::{Clip, norm_from_quotients, quotients};
 use super::packed::Moments;
 use super::parts::{Dims, Parts, Work};
-use super::rows::{self, batch_factors, finish_cols};
+use super::rows::{self, batch_factors, factors_from_means, finish_cols};
 use super::small::SMALL_COLS;
 use super::small_batch;
 use super::sum::{BLOCK_ROWS, ColSums};
@@ -202,7 +202,7 @@ impl<'a, T: Float, P: Element<Compute = T>, G: Element<Compute = T>> LaneKernel
                     k,
                 );
                 lane.finite = all_finite(nr) && all_finite(nc);
-                batch_factors(o, rows, (nr, nc), (fr, fc), None);
+                factors_from_means(o, (nr, nc), (fr, fc), None);
             }
             Sweep::Norm => {
                 let mats = lane.g.chunks_exact(size);

@@ -238,11 +238,17 @@ pub(crate) fn row_mean<T: Float>(row: &[T]) -> T {
 /// row statistics `r` and the quotients `q_j = v_j / c_j` of the weighted column sums.
 #[inline(always)]
 pub(crate) fn norm_from_quotients<T: Float>(row: &[T], q: &[T]) -> f64 {
+    norm_from_mean(row_mean(row), q)
+}
+
+/// [`norm_from_quotients`] with the mean of the row statistics, `mean(r)`, given.
+#[inline(always)]
+pub(crate) fn norm_from_mean<T: Float>(mean: T, q: &[T]) -> f64 {
     let mut sum = 0.0;
     for &x in q {
         sum += x.as_f64();
     }
-    row_mean(row).as_f64() * sum
+    mean.as_f64() * sum
 }
 
 /// `weighted_j = weighted_j / col_j`: the quotients of [`norm_from_quotients`].

@@ -286,6 +286,17 @@ pub(super) fn batch_factors<S: Simd, T: Float>(
     for (row, rf) in row.chunks_exact(rows).zip(rf.chunks_exact_mut(rows)) {
         rf.fill(row_mean(row));
     }
+    factors_from_means(o, (row, col), (rf, cf), bias_correction);
+}
+
+/// [`batch_factors`] with each matrix's row mean already in its slots of `rf`.
+#[inline(always)]
+pub(super) fn factors_from_means<S: Simd, T: Float>(
+    o: Ops<S, T>,
+    (row, col): (&[T], &[T]),
+    (rf, cf): (&mut [T], &mut [T]),
+    bias_correction: Option<T>,
+) {
     for (f, &r) in rf.iter_mut().zip(row) {
         *f = r / *f;
     }

@@ -10,7 +10,7 @@
 //! cachegrind on a 256 x 256 x 3 x 3 batch: those passes cost 0.1-0.5 instructions per value;
 //! the whole step about 86 per element (it was 180 with a division per row and column).
 
-use super::formula::{self, average, norm_from_quotients, scalar, sq_term, square};
+use super::formula::{self, average, norm_from_mean, row_mean, scalar, sq_term, square};
 use crate::Element;
 use crate::Float;
 use crate::config::Coefficients;
@@ -154,7 +154,8 @@ const fn width<const C: usize>(cols: usize) -> usize {
 }
 
 /// Sweep 1 of a lane of small matrices `(rows, cols)`: new squared-gradient statistics into
-/// `next`; returns the squared norm of the unclipped update. Uses the factor arrays as scratch.
+/// `next`; returns the squared norm of the unclipped update. Uses the factor arrays as scratch
+/// and leaves each matrix's row mean in its slots of the row factors (see [`batch_norm`]).
 #[inline(always)]
 pub(super) fn batch_sq_stats<T: Float, G: Element<Compute = T>>(
     g: &[G],
@@ -221,12 +222,29 @@ fn batch_sq_stats_with<T: Float, G: Element<Compute = T>, const C: usize>(
         }
     }
     formula::quotients(scratch_col, next_col);
+    batch_norm((rows, cols), next_row, scratch_col, scratch_row)
+}
+
+/// The squared norm of the unclipped update (line 9) of a lane of small matrices `(rows,
+/// cols)`, from their new row statistics and the quotients of their weighted column sums
+/// ([`norm_from_mean`]), matrix by matrix; leaves each matrix's row mean (line 7) in its slots
+/// of `means`, for the factors (`rows::factors_from_means`), so it is computed once.
+#[inline(always)]
+pub(super) fn batch_norm<T: Float>(
+    (rows, cols): (usize, usize),
+    next_row: &[T],
+    quotients: &[T],
+    means: &mut [T],
+) -> f64 {
     let mut sum = 0.0;
     let mats = next_row
         .chunks_exact(rows)
-        .zip(scratch_col.chunks_exact(cols));
-    for (row, q) in mats {
-        sum += norm_from_quotients(row, q);
+        .zip(quotients.chunks_exact(cols))
+        .zip(means.chunks_exact_mut(rows));
+    for ((row, q), means) in mats {
+        let mean = row_mean(row);
+        means.fill(mean);
+        sum += norm_from_mean(mean, q);
     }
     sum
 }

@@ -17,7 +17,7 @@
 
 use pulp::Simd;
 
-use super::formula::{self, Consts, ema, norm_from_quotients, sq_term, square};
+use super::formula::{self, Consts, ema, sq_term, square};
 use super::small;
 use crate::config::Coefficients;
 use crate::element::random_bits;
@@ -129,7 +129,8 @@ fn vectors_mut<S: Simd, T: Float>(buf: &mut [T], n: usize) -> &mut [V<S, T>] {
 
 /// Sweep 1 of a lane of small matrices `(rows, cols)`: new squared-gradient statistics into
 /// `next`; returns the squared norm of the unclipped update. Uses the column factors as
-/// scratch (as `small::batch_sq_stats`, which runs instead when the matrices do not fit).
+/// scratch and leaves each matrix's row mean in its slots of the row factors, as
+/// `small::batch_sq_stats` (which runs instead when the matrices do not fit) does.
 #[inline(always)]
 pub(super) fn batch_sq_stats<S: Simd, T: Float, G: Element<Compute = T>>(
     simd: S,
@@ -150,7 +151,7 @@ pub(super) fn batch_sq_stats<S: Simd, T: Float, G: Element<Compute = T>>(
         (rows, cols),
         old,
         next,
-        scratch.1,
+        scratch,
         k
     ))
 }
@@ -162,7 +163,7 @@ fn sq_stats_with<S: Simd, T: Float, G: Element<Compute = T>, const R: usize, con
     shape: (usize, usize),
     old: (&[T], &[T]),
     next: (&mut [T], &mut [T]),
-    quotients: &mut [T],
+    (means, quotients): (&mut [T], &mut [T]),
     k: &Coefficients<T>,
 ) -> f64 {
     let (rows, cols) = self::shape::<R, C>(shape);
@@ -222,14 +223,7 @@ fn sq_stats_with<S: Simd, T: Float, G: Element<Compute = T>, const R: usize, con
         scatter(&cs, cols, l, next_col);
         scatter(&qs, cols, l, q_out);
     }
-    let mut sum = 0.0;
-    let mats = next_row
-        .chunks_exact(rows)
-        .zip(quotients.chunks_exact(cols));
-    for (row, q) in mats {
-        sum += norm_from_quotients(row, q);
-    }
-    sum
+    small::batch_norm((rows, cols), next_row, quotients, means)
 }
 
 /// Sweep 2 of a lane of small matrices: the momentum, and the new instability statistics into
@@ -523,6 +517,7 @@ mod tests {
                     let out = [
                         bits(&nr),
                         bits(&nc),
+                        bits(&fr),
                         bits(&fc),
                         vec![sum],
                         bits(&m),
