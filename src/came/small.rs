@@ -126,7 +126,7 @@ fn apply_with<T: Float, P: Element<Compute = T>, const DECAY: bool>(
 
 /// Raw sums of `n` terms in `next` turned into statistics, in place (see [`average`]).
 #[inline(always)]
-fn average_into<T: Float>(old: &[T], next: &mut [T], beta: T, omb: T, n: usize) {
+pub(super) fn average_into<T: Float>(old: &[T], next: &mut [T], beta: T, omb: T, n: usize) {
     let n = T::from_f64(n as f64);
     for (nx, &o) in next.iter_mut().zip(old) {
         *nx = average(o, *nx, n, beta, omb);

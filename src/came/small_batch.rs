@@ -171,44 +171,39 @@ fn sq_stats_with<S: Simd, T: Float, G: Element<Compute = T>, const R: usize, con
     let c = Consts::new(o, k);
     let zero = o.splat(T::zero());
     let n_cols = o.splat(T::from_f64(cols as f64));
-    let n_rows = o.splat(T::from_f64(rows as f64));
     let (old_row, old_col) = old;
     let (next_row, next_col) = next;
     let [mut gs, mut rs, mut cs, mut qs]: [Stage<T>; 4] = [[T::zero(); STAGE]; 4];
     let groups = g
         .chunks(l * size)
-        .zip(old_row.chunks(l * rows).zip(old_col.chunks(l * cols)))
+        .zip(old_row.chunks(l * rows))
         .zip(
             next_row
                 .chunks_mut(l * rows)
                 .zip(next_col.chunks_mut(l * cols)),
         )
         .zip(quotients.chunks_mut(l * cols));
-    for (((g, (old_row, old_col)), (next_row, next_col)), q_out) in groups {
+    for (((g, old_row), (next_row, next_col)), q_out) in groups {
         gather(g, size, l, &mut gs);
         gather(old_row, rows, l, &mut rs);
-        gather(old_col, cols, l, &mut cs);
         let g = vectors::<S, T>(&gs, size);
-        let (r, cv, q) = (
+        let (r, sums, q) = (
             vectors_mut::<S, T>(&mut rs, rows),
             vectors_mut::<S, T>(&mut cs, cols),
             vectors_mut::<S, T>(&mut qs, cols),
         );
-        // lines 5-6: row and column sums of g^2 + eps1 (the column sums in `q` for now)
-        q.fill(zero);
+        // line 5, and the column sums of line 6
+        sums.fill(zero);
         for (g, r) in g.chunks_exact(cols).zip(r.iter_mut()) {
             let mut s = zero;
-            for (&x, col) in g.iter().zip(q.iter_mut()) {
+            for (&x, col) in g.iter().zip(sums.iter_mut()) {
                 let u = sq_term(o, square(o, x), c.eps1);
                 s = o.add(s, u);
                 *col = o.add(*col, u);
             }
             *r = ema(o, *r, o.div(s, n_cols), c.beta2, c.one_minus_beta2);
         }
-        for (cv, &sum) in cv.iter_mut().zip(q.iter()) {
-            *cv = ema(o, *cv, o.div(sum, n_rows), c.beta2, c.one_minus_beta2);
-        }
-        // line 9's norm: weighted column sums v_j = sum_i g_ij^2 / r_i, then v_j / c_j
+        // line 9's norm: weighted column sums v_j = sum_i g_ij^2 / r_i
         q.fill(zero);
         for (g, &r) in g.chunks_exact(cols).zip(r.iter()) {
             let w = o.div(c.one, r);
@@ -216,13 +211,13 @@ fn sq_stats_with<S: Simd, T: Float, G: Element<Compute = T>, const R: usize, con
                 *v = o.add(*v, formula::weighted_term(o, square(o, x), w));
             }
         }
-        for (v, &cv) in q.iter_mut().zip(cv.iter()) {
-            *v = o.div(*v, cv);
-        }
         scatter(&rs, rows, l, next_row);
         scatter(&cs, cols, l, next_col);
         scatter(&qs, cols, l, q_out);
     }
+    // line 6 and the quotients v_j / c_j, in passes over the lane's statistics
+    small::average_into(old_col, next_col, k.beta2, k.one_minus_beta2, rows);
+    formula::quotients(quotients, next_col);
     small::batch_norm((rows, cols), next_row, quotients, means)
 }
 
@@ -275,43 +270,35 @@ fn momentum_with<S: Simd, T: Float, G: Element<Compute = T>, const R: usize, con
     }
     let (o, l, size) = (Ops::<S, T>::new(simd), lanes::<S, T>(), rows * cols);
     let c = Consts::new(o, k);
-    let (beta3, one_minus_beta3) = (o.splat(k.beta3), o.splat(k.one_minus_beta3));
     let zero = o.splat(T::zero());
-    let n_cols = o.splat(T::from_f64(cols as f64));
-    let n_rows = o.splat(T::from_f64(rows as f64));
     let (old_row, old_col) = old;
     let (next_row, next_col) = next;
-    let [mut gs, mut ms, mut rfs, mut cfs, mut rs, mut cs, mut sums]: [Stage<T>; 7] =
-        [[T::zero(); STAGE]; 7];
+    let [mut gs, mut ms, mut rfs, mut cfs, mut rs, mut cs]: [Stage<T>; 6] = [[T::zero(); STAGE]; 6];
     let groups = g
         .chunks(l * size)
         .zip(m.chunks_mut(l * size))
         .zip(rf.chunks(l * rows).zip(cf.chunks(l * cols)))
-        .zip(old_row.chunks(l * rows).zip(old_col.chunks(l * cols)))
         .zip(
             next_row
                 .chunks_mut(l * rows)
                 .zip(next_col.chunks_mut(l * cols)),
         );
-    for ((((g, m_out), (rf, cf)), (old_row, old_col)), (next_row, next_col)) in groups {
+    for (((g, m_out), (rf, cf)), (next_row, next_col)) in groups {
         gather(g, size, l, &mut gs);
         gather(m_out, size, l, &mut ms);
         gather(rf, rows, l, &mut rfs);
         gather(cf, cols, l, &mut cfs);
-        gather(old_row, rows, l, &mut rs);
-        gather(old_col, cols, l, &mut cs);
         let (g, rf, cf) = (
             vectors::<S, T>(&gs, size),
             vectors::<S, T>(&rfs, rows),
             vectors::<S, T>(&cfs, cols),
         );
-        let (m, r, cv, sums) = (
+        let (m, r, sums) = (
             vectors_mut::<S, T>(&mut ms, size),
             vectors_mut::<S, T>(&mut rs, rows),
             vectors_mut::<S, T>(&mut cs, cols),
-            vectors_mut::<S, T>(&mut sums, cols),
         );
-        // lines 8-13: momentum, instability, its row and column statistics
+        // lines 8-11: momentum and instability, and the sums of lines 12-13
         sums.fill(zero);
         let data = g.chunks_exact(cols).zip(m.chunks_exact_mut(cols));
         for ((g, m), (&rf, r)) in data.zip(rf.iter().zip(r.iter_mut())) {
@@ -322,15 +309,15 @@ fn momentum_with<S: Simd, T: Float, G: Element<Compute = T>, const R: usize, con
                 s = o.add(s, res);
                 *col = o.add(*col, res);
             }
-            *r = ema(o, *r, o.div(s, n_cols), beta3, one_minus_beta3);
-        }
-        for (cv, &sum) in cv.iter_mut().zip(sums.iter()) {
-            *cv = ema(o, *cv, o.div(sum, n_rows), beta3, one_minus_beta3);
+            *r = s;
         }
         scatter(&ms, size, l, m_out);
         scatter(&rs, rows, l, next_row);
         scatter(&cs, cols, l, next_col);
     }
+    // lines 12-13, in passes over the lane's statistics
+    small::average_into(old_row, next_row, k.beta3, k.one_minus_beta3, cols);
+    small::average_into(old_col, next_col, k.beta3, k.one_minus_beta3, rows);
 }
 
 /// Sweep 3 of a lane of small matrices: the parameters (`start`: the flat index of `p[0]`).
