@@ -5,7 +5,8 @@
 //! - `rows.rs`: a range of rows through the three sweeps, shared by the two ways of cutting a
 //!   factored tensor into lanes: `factored.rs` (one matrix, lanes of rows) and `batch.rs`
 //!   (a batch of matrices, lanes of matrices);
-//! - `small.rs`: matrices whose rows are too short for vectors;
+//! - `small.rs`: matrices whose rows are too short for vectors, one element at a time;
+//! - `small_batch.rs`: a batch of such matrices, a vector's width of matrices at once;
 //! - `vector.rs`: rank 0 and 1 (no factoring, no confidence term);
 //! - `parts.rs`: a factored tensor's state buffer cut into its pieces;
 //! - `multi.rs`: many tensors in one all-or-nothing step.

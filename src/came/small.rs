@@ -6,9 +6,9 @@
 //! loops over a handful of elements, while the statistics, their inverses and quotients, one
 //! or two per row and column, are computed in passes over the whole lane's contiguous row and
 //! column arrays, which vectorise (they would otherwise be a scalar division or two per row
-//! and per column of every matrix, more work than the matrices themselves). Checked with
-//! cachegrind on a 256 x 256 x 3 x 3 batch: those passes cost 0.1-0.5 instructions per value;
-//! the whole step about 86 per element (it was 180 with a division per row and column).
+//! and per column of every matrix, more work than the matrices themselves). Where the CPU has
+//! vectors, `small_batch.rs` steps a batch a vector's width of matrices at once instead, and
+//! the loops below are what each of its lanes reproduces bit for bit.
 
 use super::formula::{self, average, norm_from_mean, row_mean, scalar, sq_term, square};
 use crate::Element;
