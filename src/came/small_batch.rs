@@ -16,7 +16,8 @@
 //! copied back.
 //!
 //! Without vectors (`L = 1`, as on a Cortex-M), and for matrices too large for the buffers, the
-//! loops of `small.rs` run instead. On a 256 x 256 x 3 x 3 batch (AVX2) a step takes 58
+//! loops of `small.rs` run instead. The buffers take at most six times [`STAGE`] values of
+//! the stack during a sweep (12 KiB in `f32`, 24 KiB in `f64`), only where vectors are used. On a 256 x 256 x 3 x 3 batch (AVX2) a step takes 58
 //! instructions per element against 104 with those loops (cachegrind), and about 0.75x their
 //! time; a third of what remains is the copying in and out (`perf`).
 
