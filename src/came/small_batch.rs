@@ -15,11 +15,12 @@
 //! lane) leaves the other lanes' stale values in the buffers; they are computed on and never
 //! copied back.
 //!
-//! Without vectors (`L = 1`, as on a Cortex-M), and for matrices too large for the buffers, the
-//! loops of `small.rs` run instead. The buffers take at most six times [`STAGE`] values of
-//! the stack during a sweep (12 KiB in `f32`, 24 KiB in `f64`), only where vectors are used. On a 256 x 256 x 3 x 3 batch (AVX2) a step takes 58
-//! instructions per element against 104 with those loops (cachegrind), and about 0.75x their
-//! time; a third of what remains is the copying in and out (`perf`).
+//! Without vectors (`L = 1`, as on a Cortex-M), and for shapes other than 3x3 (see [`fits`]),
+//! the loops of `small.rs` run instead. The buffers take at most six times [`STAGE`] values of
+//! the stack during a sweep (12 KiB in `f32`, 24 KiB in `f64`), only where vectors are used.
+//! On a 256 x 256 x 3 x 3 batch (AVX2) a step takes 51 instructions per element against 104
+//! with those loops (cachegrind), and about two thirds of their time; a third of what remains
+//! is the copying in and out (`perf`).
 
 use pulp::Simd;
 
@@ -34,35 +35,20 @@ use crate::{Element, Float};
 /// Elements of each staging buffer: a group's matrices, `rows * cols * L`, must fit.
 const STAGE: usize = 512;
 
-/// Whether groups of `(rows, cols)` matrices are stepped here under `S`.
+/// Whether a batch of `(rows, cols)` matrices is stepped here under `S`: 3x3 matrices (the
+/// kernels of most convolutions) where there are vectors. The kernels pay off only with the
+/// shape compiled in as constants (with it known at run time only, a 256 x 256 x 3 x 3 step
+/// took 92 instructions per element, against 104 with the loops of `small.rs` and 51 with
+/// constants), and every shape compiled in adds to the build of each binary, so only 3x3 is;
+/// other shapes take those loops.
 #[inline(always)]
 fn fits<S: Simd, T: Float>(rows: usize, cols: usize) -> bool {
     let l = lanes::<S, T>();
-    l > 1 && rows * cols * l <= STAGE
+    (rows, cols) == (3, 3) && l > 1 && rows * cols * l <= STAGE
 }
 
 /// A staging buffer.
 type Stage<T> = [T; STAGE];
-
-/// Calls `$f::<T.., R, C>` with the shape `(rows, cols)` as the constants `(R, C)` for the
-/// common kernel shapes (1x1, 3x3 and 5x5 convolutions), so that the loops over a matrix
-/// unroll, and with `(0, 0)` (the shape known at run time only) for any other.
-macro_rules! by_shape {
-    ($f:ident::<$($t:tt),+>($shape:expr, $($arg:expr),* $(,)?)) => {
-        match $shape {
-            (1, 1) => $f::<$($t),+, 1, 1>($($arg),*),
-            (3, 3) => $f::<$($t),+, 3, 3>($($arg),*),
-            (5, 5) => $f::<$($t),+, 5, 5>($($arg),*),
-            _ => $f::<$($t),+, 0, 0>($($arg),*),
-        }
-    };
-}
-
-/// `(rows, cols)` as the constants `(R, C)`, or as given when they are 0.
-#[inline(always)]
-const fn shape<const R: usize, const C: usize>((rows, cols): (usize, usize)) -> (usize, usize) {
-    if R == 0 { (rows, cols) } else { (R, C) }
-}
 
 /// The matrices of `src` (`size` elements each, at most `l` of them) into `buf`, transposed:
 /// element `e` of matrix `i` goes to `buf[e * l + i]`, widened to the compute type.
@@ -147,32 +133,22 @@ pub(super) fn batch_sq_stats<S: Simd, T: Float, G: Element<Compute = T>>(
     scratch: (&mut [T], &mut [T]),
     k: &Coefficients<T>,
 ) -> f64 {
-    if !fits::<S, T>(rows, cols) {
-        return small::batch_sq_stats(g, (rows, cols), old, next, scratch, k);
+    if fits::<S, T>(rows, cols) {
+        return sq_stats_with::<S, T, G, 3, 3>(simd, g, old, next, scratch, k);
     }
-    by_shape!(sq_stats_with::<S, T, G>(
-        (rows, cols),
-        simd,
-        g,
-        (rows, cols),
-        old,
-        next,
-        scratch,
-        k
-    ))
+    small::batch_sq_stats(g, (rows, cols), old, next, scratch, k)
 }
 
 #[inline(always)]
 fn sq_stats_with<S: Simd, T: Float, G: Element<Compute = T>, const R: usize, const C: usize>(
     simd: S,
     g: &[G],
-    shape: (usize, usize),
     old: (&[T], &[T]),
     next: (&mut [T], &mut [T]),
     (means, quotients): (&mut [T], &mut [T]),
     k: &Coefficients<T>,
 ) -> f64 {
-    let (rows, cols) = self::shape::<R, C>(shape);
+    let (rows, cols) = (R, C);
     let (o, l, size) = (Ops::<S, T>::new(simd), lanes::<S, T>(), rows * cols);
     let c = Consts::new(o, k);
     let zero = o.splat(T::zero());
@@ -242,20 +218,10 @@ pub(super) fn batch_momentum<S: Simd, T: Float, G: Element<Compute = T>>(
     next: (&mut [T], &mut [T]),
     k: &Coefficients<T>,
 ) {
-    if !fits::<S, T>(rows, cols) {
-        return small::batch_momentum((g, m), (rows, cols), (rf, cf), d, old, next, k);
+    if fits::<S, T>(rows, cols) {
+        return momentum_with::<S, T, G, 3, 3>(simd, (g, m), (rf, cf), d, old, next, k);
     }
-    by_shape!(momentum_with::<S, T, G>(
-        (rows, cols),
-        simd,
-        (g, m),
-        (rows, cols),
-        (rf, cf),
-        d,
-        old,
-        next,
-        k
-    ));
+    small::batch_momentum((g, m), (rows, cols), (rf, cf), d, old, next, k);
 }
 
 #[inline(always)]
@@ -263,14 +229,13 @@ pub(super) fn batch_momentum<S: Simd, T: Float, G: Element<Compute = T>>(
 fn momentum_with<S: Simd, T: Float, G: Element<Compute = T>, const R: usize, const C: usize>(
     simd: S,
     (g, m): (&[G], &mut [T]),
-    shape: (usize, usize),
     (rf, cf): (&mut [T], &[T]),
     d: T,
     old: (&[T], &[T]),
     next: (&mut [T], &mut [T]),
     k: &Coefficients<T>,
 ) {
-    let (rows, cols) = self::shape::<R, C>(shape);
+    let (rows, cols) = (R, C);
     for f in rf.iter_mut() {
         *f = *f / d;
     }
@@ -340,15 +305,10 @@ pub(super) fn batch_apply<S: Simd, T: Float, P: Element<Compute = T>>(
         return small::batch_apply(pm, (rows, cols), factors, start, k);
     }
     let key = (start, k.rounding_key.filter(|_| P::ROUNDS));
-    let shape = (rows, cols);
     if k.decay.is_some() {
-        by_shape!(apply_with::<S, T, P, true>(
-            shape, simd, pm, shape, factors, key, k
-        ));
+        apply_with::<S, T, P, true, 3, 3>(simd, pm, factors, key, k);
     } else {
-        by_shape!(apply_with::<S, T, P, false>(
-            shape, simd, pm, shape, factors, key, k
-        ));
+        apply_with::<S, T, P, false, 3, 3>(simd, pm, factors, key, k);
     }
 }
 
@@ -363,12 +323,11 @@ fn apply_with<
 >(
     simd: S,
     (p, m): (&mut [P], &[T]),
-    shape: (usize, usize),
     (rf, cf): (&[T], &[T]),
     (start, key): (usize, Option<u64>),
     k: &Coefficients<T>,
 ) {
-    let (rows, cols) = self::shape::<R, C>(shape);
+    let (rows, cols) = (R, C);
     let (o, l, size) = (Ops::<S, T>::new(simd), lanes::<S, T>(), rows * cols);
     let c = Consts::new(o, k);
     let round = P::ROUNDS && key.is_none();
@@ -547,8 +506,8 @@ mod tests {
         // betas far from 1, so that every rounding of the new terms shows in the statistics
         let plain = CameConfig::new(0.01).with_betas(0.9, 0.6, 0.7);
         let config = plain.with_weight_decay(0.1);
-        // shapes with constants (1x1, 3x3, 5x5), at run time (2x7, 4x3), and too large for
-        // the buffers (16x15: the loops themselves)
+        // 3x3 steps here; the other shapes take the loops (which must then agree with
+        // themselves: this checks the dispatch)
         for shape in [(1, 1), (3, 3), (5, 5), (2, 7), (4, 3), (16, 15)] {
             // whole groups, a partial last group, fewer matrices than lanes
             for batch in [16, 29, 3] {
