@@ -16,8 +16,8 @@
 //! copied back.
 //!
 //! Without vectors (`L = 1`, as on a Cortex-M), and for shapes other than 3x3 (see [`fits`]),
-//! the loops of `small.rs` run instead. The buffers take at most six times [`STAGE`] values of
-//! the stack during a sweep (12 KiB in `f32`, 24 KiB in `f64`), only where vectors are used.
+//! the loops of `small.rs` run instead. The buffers take six times [`STAGE`] values of the
+//! stack during a sweep (3.4 KiB in `f32`, 6.8 KiB in `f64`), only where vectors are used.
 //! On a 256 x 256 x 3 x 3 batch (AVX2) a step takes 51 instructions per element against 104
 //! with those loops (cachegrind), and about two thirds of their time; a third of what remains
 //! is the copying in and out (`perf`).
@@ -32,19 +32,26 @@ use crate::exec::simd::{Ops, V};
 use crate::float::lanes;
 use crate::{Element, Float};
 
-/// Elements of each staging buffer: a group's matrices, `rows * cols * L`, must fit.
-const STAGE: usize = 512;
+/// Rows of each matrix stepped here.
+const ROWS: usize = 3;
+/// Columns of each matrix stepped here.
+const COLS: usize = 3;
+/// Elements of each matrix.
+const SIZE: usize = ROWS * COLS;
+/// The most lanes a group may have (`f32` in a 512-bit vector).
+const MAX_LANES: usize = 16;
+/// Elements of each staging buffer: a group's matrices, `SIZE * L`.
+const STAGE: usize = SIZE * MAX_LANES;
 
 /// Whether a batch of `(rows, cols)` matrices is stepped here under `S`: 3x3 matrices (the
-/// kernels of most convolutions) where there are vectors. The kernels pay off only with the
-/// shape compiled in as constants (with it known at run time only, a 256 x 256 x 3 x 3 step
-/// took 92 instructions per element, against 104 with the loops of `small.rs` and 51 with
-/// constants), and every shape compiled in adds to the build of each binary, so only 3x3 is;
-/// other shapes take those loops.
+/// kernels of most convolutions) where vectors have 2 to [`MAX_LANES`] lanes. The kernels pay
+/// off only with the shape compiled in as constants (with it known at run time only, a 256 x
+/// 256 x 3 x 3 step took 92 instructions per element, against 104 with the loops of `small.rs`
+/// and 51 with constants), and every shape compiled in adds to the build of each binary, so
+/// only 3x3 is; other shapes take those loops.
 #[inline(always)]
 fn fits<S: Simd, T: Float>(rows: usize, cols: usize) -> bool {
-    let l = lanes::<S, T>();
-    (rows, cols) == (3, 3) && l > 1 && rows * cols * l <= STAGE
+    (rows, cols) == (ROWS, COLS) && (2..=MAX_LANES).contains(&lanes::<S, T>())
 }
 
 /// A staging buffer.
@@ -134,13 +141,13 @@ pub(super) fn batch_sq_stats<S: Simd, T: Float, G: Element<Compute = T>>(
     k: &Coefficients<T>,
 ) -> f64 {
     if fits::<S, T>(rows, cols) {
-        return sq_stats_with::<S, T, G, 3, 3>(simd, g, old, next, scratch, k);
+        return sq_stats_3x3::<S, T, G>(simd, g, old, next, scratch, k);
     }
     small::batch_sq_stats(g, (rows, cols), old, next, scratch, k)
 }
 
 #[inline(always)]
-fn sq_stats_with<S: Simd, T: Float, G: Element<Compute = T>, const R: usize, const C: usize>(
+fn sq_stats_3x3<S: Simd, T: Float, G: Element<Compute = T>>(
     simd: S,
     g: &[G],
     old: (&[T], &[T]),
@@ -148,35 +155,34 @@ fn sq_stats_with<S: Simd, T: Float, G: Element<Compute = T>, const R: usize, con
     (means, quotients): (&mut [T], &mut [T]),
     k: &Coefficients<T>,
 ) -> f64 {
-    let (rows, cols) = (R, C);
-    let (o, l, size) = (Ops::<S, T>::new(simd), lanes::<S, T>(), rows * cols);
+    let (o, l) = (Ops::<S, T>::new(simd), lanes::<S, T>());
     let c = Consts::new(o, k);
     let zero = o.splat(T::zero());
-    let n_cols = o.splat(T::from_f64(cols as f64));
+    let n_cols = o.splat(T::from_f64(COLS as f64));
     let (old_row, old_col) = old;
     let (next_row, next_col) = next;
     let [mut gs, mut rs, mut cs, mut qs]: [Stage<T>; 4] = [[T::zero(); STAGE]; 4];
     let groups = g
-        .chunks(l * size)
-        .zip(old_row.chunks(l * rows))
+        .chunks(l * SIZE)
+        .zip(old_row.chunks(l * ROWS))
         .zip(
             next_row
-                .chunks_mut(l * rows)
-                .zip(next_col.chunks_mut(l * cols)),
+                .chunks_mut(l * ROWS)
+                .zip(next_col.chunks_mut(l * COLS)),
         )
-        .zip(quotients.chunks_mut(l * cols));
+        .zip(quotients.chunks_mut(l * COLS));
     for (((g, old_row), (next_row, next_col)), q_out) in groups {
-        gather(g, size, l, &mut gs);
-        gather(old_row, rows, l, &mut rs);
-        let g = vectors::<S, T>(&gs, size);
+        gather(g, SIZE, l, &mut gs);
+        gather(old_row, ROWS, l, &mut rs);
+        let g = vectors::<S, T>(&gs, SIZE);
         let (r, sums, q) = (
-            vectors_mut::<S, T>(&mut rs, rows),
-            vectors_mut::<S, T>(&mut cs, cols),
-            vectors_mut::<S, T>(&mut qs, cols),
+            vectors_mut::<S, T>(&mut rs, ROWS),
+            vectors_mut::<S, T>(&mut cs, COLS),
+            vectors_mut::<S, T>(&mut qs, COLS),
         );
         // line 5, and the column sums of line 6
         sums.fill(zero);
-        for (g, r) in g.chunks_exact(cols).zip(r.iter_mut()) {
+        for (g, r) in g.chunks_exact(COLS).zip(r.iter_mut()) {
             let mut s = zero;
             for (&x, col) in g.iter().zip(sums.iter_mut()) {
                 let u = sq_term(o, square(o, x), c.eps1);
@@ -187,20 +193,20 @@ fn sq_stats_with<S: Simd, T: Float, G: Element<Compute = T>, const R: usize, con
         }
         // line 9's norm: weighted column sums v_j = sum_i g_ij^2 / r_i
         q.fill(zero);
-        for (g, &r) in g.chunks_exact(cols).zip(r.iter()) {
+        for (g, &r) in g.chunks_exact(COLS).zip(r.iter()) {
             let w = o.div(c.one, r);
             for (&x, v) in g.iter().zip(q.iter_mut()) {
                 *v = o.add(*v, formula::weighted_term(o, square(o, x), w));
             }
         }
-        scatter(&rs, rows, l, next_row);
-        scatter(&cs, cols, l, next_col);
-        scatter(&qs, cols, l, q_out);
+        scatter(&rs, ROWS, l, next_row);
+        scatter(&cs, COLS, l, next_col);
+        scatter(&qs, COLS, l, q_out);
     }
     // line 6 and the quotients v_j / c_j, in passes over the lane's statistics
-    small::average_into(old_col, next_col, k.beta2, k.one_minus_beta2, rows);
+    small::average_into(old_col, next_col, k.beta2, k.one_minus_beta2, ROWS);
     formula::quotients(quotients, next_col);
-    small::batch_norm((rows, cols), next_row, quotients, means)
+    small::batch_norm((ROWS, COLS), next_row, quotients, means)
 }
 
 /// Sweep 2 of a lane of small matrices: the momentum, and the new instability statistics into
@@ -219,14 +225,14 @@ pub(super) fn batch_momentum<S: Simd, T: Float, G: Element<Compute = T>>(
     k: &Coefficients<T>,
 ) {
     if fits::<S, T>(rows, cols) {
-        return momentum_with::<S, T, G, 3, 3>(simd, (g, m), (rf, cf), d, old, next, k);
+        return momentum_3x3::<S, T, G>(simd, (g, m), (rf, cf), d, old, next, k);
     }
     small::batch_momentum((g, m), (rows, cols), (rf, cf), d, old, next, k);
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn momentum_with<S: Simd, T: Float, G: Element<Compute = T>, const R: usize, const C: usize>(
+fn momentum_3x3<S: Simd, T: Float, G: Element<Compute = T>>(
     simd: S,
     (g, m): (&[G], &mut [T]),
     (rf, cf): (&mut [T], &[T]),
@@ -235,43 +241,42 @@ fn momentum_with<S: Simd, T: Float, G: Element<Compute = T>, const R: usize, con
     next: (&mut [T], &mut [T]),
     k: &Coefficients<T>,
 ) {
-    let (rows, cols) = (R, C);
     for f in rf.iter_mut() {
         *f = *f / d;
     }
-    let (o, l, size) = (Ops::<S, T>::new(simd), lanes::<S, T>(), rows * cols);
+    let (o, l) = (Ops::<S, T>::new(simd), lanes::<S, T>());
     let c = Consts::new(o, k);
     let zero = o.splat(T::zero());
     let (old_row, old_col) = old;
     let (next_row, next_col) = next;
     let [mut gs, mut ms, mut rfs, mut cfs, mut rs, mut cs]: [Stage<T>; 6] = [[T::zero(); STAGE]; 6];
     let groups = g
-        .chunks(l * size)
-        .zip(m.chunks_mut(l * size))
-        .zip(rf.chunks(l * rows).zip(cf.chunks(l * cols)))
+        .chunks(l * SIZE)
+        .zip(m.chunks_mut(l * SIZE))
+        .zip(rf.chunks(l * ROWS).zip(cf.chunks(l * COLS)))
         .zip(
             next_row
-                .chunks_mut(l * rows)
-                .zip(next_col.chunks_mut(l * cols)),
+                .chunks_mut(l * ROWS)
+                .zip(next_col.chunks_mut(l * COLS)),
         );
     for (((g, m_out), (rf, cf)), (next_row, next_col)) in groups {
-        gather(g, size, l, &mut gs);
-        gather(m_out, size, l, &mut ms);
-        gather(rf, rows, l, &mut rfs);
-        gather(cf, cols, l, &mut cfs);
+        gather(g, SIZE, l, &mut gs);
+        gather(m_out, SIZE, l, &mut ms);
+        gather(rf, ROWS, l, &mut rfs);
+        gather(cf, COLS, l, &mut cfs);
         let (g, rf, cf) = (
-            vectors::<S, T>(&gs, size),
-            vectors::<S, T>(&rfs, rows),
-            vectors::<S, T>(&cfs, cols),
+            vectors::<S, T>(&gs, SIZE),
+            vectors::<S, T>(&rfs, ROWS),
+            vectors::<S, T>(&cfs, COLS),
         );
         let (m, r, sums) = (
-            vectors_mut::<S, T>(&mut ms, size),
-            vectors_mut::<S, T>(&mut rs, rows),
-            vectors_mut::<S, T>(&mut cs, cols),
+            vectors_mut::<S, T>(&mut ms, SIZE),
+            vectors_mut::<S, T>(&mut rs, ROWS),
+            vectors_mut::<S, T>(&mut cs, COLS),
         );
         // lines 8-11: momentum and instability, and the sums of lines 12-13
         sums.fill(zero);
-        let data = g.chunks_exact(cols).zip(m.chunks_exact_mut(cols));
+        let data = g.chunks_exact(COLS).zip(m.chunks_exact_mut(COLS));
         for ((g, m), (&rf, r)) in data.zip(rf.iter().zip(r.iter_mut())) {
             let mut s = zero;
             for (((&x, mj), &f), col) in g.iter().zip(m).zip(cf).zip(sums.iter_mut()) {
@@ -282,13 +287,13 @@ fn momentum_with<S: Simd, T: Float, G: Element<Compute = T>, const R: usize, con
             }
             *r = s;
         }
-        scatter(&ms, size, l, m_out);
-        scatter(&rs, rows, l, next_row);
-        scatter(&cs, cols, l, next_col);
+        scatter(&ms, SIZE, l, m_out);
+        scatter(&rs, ROWS, l, next_row);
+        scatter(&cs, COLS, l, next_col);
     }
     // lines 12-13, in passes over the lane's statistics
-    small::average_into(old_row, next_row, k.beta3, k.one_minus_beta3, cols);
-    small::average_into(old_col, next_col, k.beta3, k.one_minus_beta3, rows);
+    small::average_into(old_row, next_row, k.beta3, k.one_minus_beta3, COLS);
+    small::average_into(old_col, next_col, k.beta3, k.one_minus_beta3, ROWS);
 }
 
 /// Sweep 3 of a lane of small matrices: the parameters (`start`: the flat index of `p[0]`).
@@ -306,57 +311,49 @@ pub(super) fn batch_apply<S: Simd, T: Float, P: Element<Compute = T>>(
     }
     let key = (start, k.rounding_key.filter(|_| P::ROUNDS));
     if k.decay.is_some() {
-        apply_with::<S, T, P, true, 3, 3>(simd, pm, factors, key, k);
+        apply_3x3::<S, T, P, true>(simd, pm, factors, key, k);
     } else {
-        apply_with::<S, T, P, false, 3, 3>(simd, pm, factors, key, k);
+        apply_3x3::<S, T, P, false>(simd, pm, factors, key, k);
     }
 }
 
 #[inline(always)]
-fn apply_with<
-    S: Simd,
-    T: Float,
-    P: Element<Compute = T>,
-    const DECAY: bool,
-    const R: usize,
-    const C: usize,
->(
+fn apply_3x3<S: Simd, T: Float, P: Element<Compute = T>, const DECAY: bool>(
     simd: S,
     (p, m): (&mut [P], &[T]),
     (rf, cf): (&[T], &[T]),
     (start, key): (usize, Option<u64>),
     k: &Coefficients<T>,
 ) {
-    let (rows, cols) = (R, C);
-    let (o, l, size) = (Ops::<S, T>::new(simd), lanes::<S, T>(), rows * cols);
+    let (o, l) = (Ops::<S, T>::new(simd), lanes::<S, T>());
     let c = Consts::new(o, k);
     let round = P::ROUNDS && key.is_none();
     let [mut ps, mut ms, mut rfs, mut cfs]: [Stage<T>; 4] = [[T::zero(); STAGE]; 4];
     let groups = p
-        .chunks_mut(l * size)
-        .zip(m.chunks(l * size))
-        .zip(rf.chunks(l * rows).zip(cf.chunks(l * cols)));
+        .chunks_mut(l * SIZE)
+        .zip(m.chunks(l * SIZE))
+        .zip(rf.chunks(l * ROWS).zip(cf.chunks(l * COLS)));
     for (n, ((p_out, m), (rf, cf))) in groups.enumerate() {
-        gather(p_out, size, l, &mut ps);
-        gather(m, size, l, &mut ms);
-        gather(rf, rows, l, &mut rfs);
-        gather(cf, cols, l, &mut cfs);
+        gather(p_out, SIZE, l, &mut ps);
+        gather(m, SIZE, l, &mut ms);
+        gather(rf, ROWS, l, &mut rfs);
+        gather(cf, COLS, l, &mut cfs);
         let (m, rf, cf) = (
-            vectors::<S, T>(&ms, size),
-            vectors::<S, T>(&rfs, rows),
-            vectors::<S, T>(&cfs, cols),
+            vectors::<S, T>(&ms, SIZE),
+            vectors::<S, T>(&rfs, ROWS),
+            vectors::<S, T>(&cfs, COLS),
         );
         // lines 14-15, after the weight decay
-        let p = vectors_mut::<S, T>(&mut ps, size);
-        let data = p.chunks_exact_mut(cols).zip(m.chunks_exact(cols));
+        let p = vectors_mut::<S, T>(&mut ps, SIZE);
+        let data = p.chunks_exact_mut(COLS).zip(m.chunks_exact(COLS));
         for ((p, m), &r) in data.zip(rf) {
             for ((pj, &mj), &f) in p.iter_mut().zip(m).zip(cf) {
                 let decayed = formula::decayed::<S, T, P, DECAY>(o, &c, *pj, round);
                 *pj = formula::apply(o, &c, (decayed, mj), (r, f));
             }
         }
-        let first = start + n * l * size;
-        scatter_with(&ps, size, l, p_out, |x, v, at| {
+        let first = start + n * l * SIZE;
+        scatter_with(&ps, SIZE, l, p_out, |x, v, at| {
             *x = match key {
                 Some(key) => P::round_stochastic(v, random_bits(key, first + at)),
                 None => P::from_compute(v),
