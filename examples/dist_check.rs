@@ -29,7 +29,7 @@ use came::{CameConfig, Shape};
 
 #[path = "common/gpt2.rs"]
 mod gpt2;
-#[path = "../tests/support/shard.rs"]
+#[path = "../tests/suite/support/shard.rs"]
 mod shard_support;
 
 use shard_support::{AWKWARD, OneProcess, gradient, rank_part, start};

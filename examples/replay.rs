@@ -17,7 +17,7 @@
 //! the optimizer's own checkpoint after the last step is written too, as
 //! `DIR/NAME.safetensors` (convert it back to PyTorch with `scripts/convert_checkpoint.py`).
 
-#[path = "../tests/support/golden.rs"]
+#[path = "../tests/suite/support/golden.rs"]
 mod golden;
 
 use std::path::PathBuf;

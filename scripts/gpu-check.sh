@@ -11,7 +11,8 @@
 #   - came-pytorch and torch's fused AdamW on the same GPU and shapes, where PyTorch is installed.
 #
 #   scripts/gpu-check.sh                      # builds with cargo (--features cuda)
-#   CAME_GPU_BIN=DIR scripts/gpu-check.sh     # prebuilt x86-64 binaries: DIR/cuda-tests, DIR/bench
+#   CAME_GPU_BIN=DIR scripts/gpu-check.sh     # prebuilt x86-64 binaries: DIR/cuda-tests (a copy
+#                                             # of the test binary suite), DIR/bench
 #
 # Run it from anywhere; it works in the repository root. libcuda comes with the NVIDIA driver;
 # libnvrtc from CUDA's lib64 (or a pip nvidia-cuda-nvrtc-cu12 wheel): put it on LD_LIBRARY_PATH
@@ -28,7 +29,7 @@ if [ -n "${CAME_GPU_BIN:-}" ]; then
     BENCH="$CAME_GPU_BIN/bench"
 else
     cargo build --release --features cuda --example bench
-    TESTS=$(cargo test --release --features cuda --test cuda --no-run --message-format=json 2>/dev/null \
+    TESTS=$(cargo test --release --features cuda --test suite --no-run --message-format=json 2>/dev/null \
         | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
     BENCH=target/release/examples/bench
 fi
@@ -37,7 +38,7 @@ echo "=== device"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "nvidia-smi not found"
 
 echo "=== parity tests (the GPU and NVRTC tests are #[ignore]d elsewhere: run them here)"
-"$TESTS" --include-ignored --nocapture --test-threads=1
+"$TESTS" cuda:: --include-ignored --nocapture --test-threads=1
 
 echo "=== bench (bytes_per_elem is the floor; of_copy = copy time / step time)"
 for shape in 4096x4096 8192x8192; do

@@ -235,7 +235,7 @@ mod tests {
                 .starts_with("100000 threads asked for: at most"),
             "{err}"
         );
-        // one thread starts none (a pool of workers is tested in tests/threads.rs, not here:
+        // one thread starts none (a pool of workers is tested in tests/suite/threads.rs, not here:
         // miri runs these unit tests, and rayon's epoch GC trips its experimental aliasing model)
         assert_eq!(Pool::new(1).unwrap().threads(), 1);
     }

@@ -4,7 +4,7 @@
 //! threads, checkpoints and the memory target.
 #![cfg(feature = "std")]
 
-mod support;
+use crate::support;
 
 use came::adamw::AdamWConfig;
 use came::{

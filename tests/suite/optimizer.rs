@@ -1,7 +1,7 @@
 //! The owned optimizer: groups, schedules, threads, the non-finite guard, its errors.
 #![cfg(feature = "std")]
 
-mod support;
+use crate::support;
 
 use came::adamw::{self, AdamWConfig, AdamWState};
 use came::optim::{GroupId, TensorId};

@@ -1,6 +1,6 @@
 //! Checkpoints: the core crate's safetensors files, both ways.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

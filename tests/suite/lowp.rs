@@ -4,7 +4,7 @@
 //! 16-bit trajectories are replayed in `golden.rs`.
 #![cfg(feature = "std")]
 
-mod support;
+use crate::support;
 
 use came::optim::TensorId;
 use came::{

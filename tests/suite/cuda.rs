@@ -8,7 +8,7 @@
 //! (`cuda::compile`).
 #![cfg(feature = "cuda")]
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

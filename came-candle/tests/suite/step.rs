@@ -1,6 +1,6 @@
 //! The adapter's step is the core crate's step, bit for bit, on candle's own buffers.
 
-mod common;
+use crate::common;
 
 use came::{CameConfig, CameState, Element, Optimizer as _, Rounding, Shape, TensorStep};
 use came_candle::{Came, GroupId, ParamGroup, ParamsCame};

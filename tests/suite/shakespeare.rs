@@ -5,7 +5,7 @@
 #![cfg(feature = "std")]
 
 #[allow(dead_code)]
-#[path = "../examples/common/mod.rs"]
+#[path = "../../examples/common/mod.rs"]
 mod common;
 
 use came::{Element, Instability, Layout, Momentum, Optimizer, Rounding, Shape};

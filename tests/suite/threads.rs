@@ -2,7 +2,7 @@
 //! serial step: lanes are cut by the shape alone and combined in lane order.
 #![cfg(feature = "std")]
 
-mod support;
+use crate::support;
 
 use came::adamw::{self, AdamWConfig, AdamWState};
 use came::{CameConfig, CameState, Pool, Shape, TensorStep};

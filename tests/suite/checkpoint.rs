@@ -2,7 +2,7 @@
 //! refused with a clear error and no change to the optimizer or the parameters.
 #![cfg(feature = "std")]
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

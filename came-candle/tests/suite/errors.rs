@@ -1,6 +1,6 @@
 //! What is refused, with which var named, and that a refused call changes nothing.
 
-mod common;
+use crate::common;
 
 use came::{Code8, Momentum, OptimizerError};
 use came_candle::{Came, Error, ParamGroup, ParamsCame};

@@ -2,7 +2,7 @@
 //! `torch.optim.AdamW` for AdamW) and checks every step and the final state against the
 //! tolerances of FORMAT.md.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

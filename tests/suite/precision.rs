@@ -8,11 +8,11 @@
 //! is the reference tolerance for `f32` (FORMAT.md: `5e-6 + 5e-6 |ref|`) against an exact
 //! computation: `lr = 1e-2` and the default β3 make the first steps' instability
 //! `(u - m)^2` a difference of nearly equal numbers, which magnifies any error in the
-//! statistics. `PRECISION_ALL=1 cargo test --features std --test precision -- --nocapture`
+//! statistics. `PRECISION_ALL=1 cargo test --features std --test suite -- precision:: --nocapture`
 //! prints every shape's ratio instead of stopping at the first over the bound.
 #![cfg(not(miri))]
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

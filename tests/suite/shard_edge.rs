@@ -2,7 +2,7 @@
 //! out, non-finite gradients, checkpoint edge cases, the trait path with groups, wrong inputs.
 #![cfg(feature = "std")]
 
-mod support;
+use crate::support;
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::{Path, PathBuf};

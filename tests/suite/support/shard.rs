@@ -1,4 +1,4 @@
-//! What the sharded runs are checked with (tests/shard.rs, tests/shard_edge.rs,
+//! What the sharded runs are checked with (tests/suite/shard.rs, tests/suite/shard_edge.rs,
 //! examples/dist_check.rs): tensors of awkward shapes, their gradients and starting values, and
 //! one process stepping the whole tensors with `came::step_all`.
 

@@ -1,7 +1,7 @@
 //! Sharded CAME against one process: bit for bit, for 1 to 4 ranks (ranks as threads).
 #![cfg(feature = "std")]
 
-mod support;
+use crate::support;
 
 use came::optim::{OptimizerError, TensorId};
 use came::shard::{LocalGroup, ShardError, ShardMap, ShardedCame};

@@ -1,7 +1,7 @@
 //! Shapes large enough to be cut into several lanes (rows of a matrix, matrices of a batch,
 //! blocks of a vector) against a direct `f64` transcription of the reference algorithm.
 
-mod support;
+use crate::support;
 
 use came::{CameConfig, Instability, Shape};
 use support::reference::worst_ratio;
