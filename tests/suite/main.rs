@@ -12,6 +12,9 @@ mod lanes;
 mod lowp;
 mod momentum;
 mod multi;
+// its counting allocator would wrap every allocation of the other tests; under Miri, which
+// does not run it, that only slows the interpreter
+#[cfg(not(miri))]
 mod no_alloc;
 mod optimizer;
 mod precision;
