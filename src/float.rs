@@ -8,6 +8,8 @@ use half::bf16;
 
 use pulp::Simd;
 
+mod interleave;
+
 pub(crate) mod sealed {
     use pulp::Simd;
 
@@ -35,6 +37,11 @@ pub(crate) mod sealed {
         fn v_sqrt<S: Simd>(simd: S, a: Self::V<S>) -> Self::V<S>;
         /// The sum of the lanes, in a fixed order.
         fn v_sum<S: Simd>(simd: S, a: Self::V<S>) -> Self;
+        /// `L` triples stored in order in three vectors, into the vectors of their first, second
+        /// and third elements (`interleave.rs`).
+        fn v_deinterleave3<S: Simd>(simd: S, v: [Self::V<S>; 3]) -> [Self::V<S>; 3];
+        /// The inverse of [`Sealed::v_deinterleave3`].
+        fn v_interleave3<S: Simd>(simd: S, v: [Self::V<S>; 3]) -> [Self::V<S>; 3];
         /// `x` as a float (exact for 8-bit codes).
         fn from_i32(x: i32) -> Self;
         /// Rounded to the nearest integer, ties to even, for `|self| < 2^22`: the integer is
@@ -49,7 +56,8 @@ pub(crate) mod sealed {
 
 macro_rules! simd_ops {
     ($t:ty, $v:ident, $as_simd:ident, $as_mut_simd:ident, $splat:ident, $add:ident, $sub:ident,
-     $mul:ident, $div:ident, $sqrt:ident, $sum:ident) => {
+     $mul:ident, $div:ident, $sqrt:ident, $sum:ident, $deinterleave3:ident,
+     $interleave3:ident) => {
         impl sealed::Sealed for $t {
             type V<S: Simd> = S::$v;
 
@@ -89,6 +97,14 @@ macro_rules! simd_ops {
             fn v_sum<S: Simd>(simd: S, a: Self::V<S>) -> Self {
                 simd.$sum(a)
             }
+            #[inline(always)]
+            fn v_deinterleave3<S: Simd>(simd: S, v: [Self::V<S>; 3]) -> [Self::V<S>; 3] {
+                interleave::$deinterleave3(simd, v)
+            }
+            #[inline(always)]
+            fn v_interleave3<S: Simd>(simd: S, v: [Self::V<S>; 3]) -> [Self::V<S>; 3] {
+                interleave::$interleave3(simd, v)
+            }
 
             #[inline(always)]
             fn from_i32(x: i32) -> Self {
@@ -125,7 +141,9 @@ simd_ops!(
     mul_f32s,
     div_f32s,
     sqrt_f32s,
-    reduce_sum_f32s
+    reduce_sum_f32s,
+    deinterleave3_f32,
+    interleave3_f32
 );
 simd_ops!(
     f64,
@@ -138,7 +156,9 @@ simd_ops!(
     mul_f64s,
     div_f64s,
     sqrt_f64s,
-    reduce_sum_f64s
+    reduce_sum_f64s,
+    deinterleave3_f64,
+    interleave3_f64
 );
 
 /// A vector of `T` under `S` (the kernels' `V<S, T>`).

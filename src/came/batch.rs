@@ -11,7 +11,7 @@ use pulp::Simd;
 use super::formula::{Clip, norm_from_quotients, quotients};
 use super::packed::Moments;
 use super::parts::{Dims, Parts, Work};
-use super::rows::{self, batch_factors, factors_from_means, finish_cols};
+use super::rows::{self, batch_factors, finish_cols};
 use super::small::SMALL_COLS;
 use super::small_batch;
 use super::sum::{BLOCK_ROWS, ColSums};
@@ -192,7 +192,7 @@ impl<'a, T: Float, P: Element<Compute = T>, G: Element<Compute = T>> LaneKernel
         match self.sweep {
             Sweep::Norm if small => {
                 let stats = (sq_row, sq_col);
-                lane.sum_sq = small_batch::batch_sq_stats(
+                (lane.sum_sq, lane.finite) = small_batch::batch_sq_stats(
                     simd,
                     lane.g,
                     (rows, cols),
@@ -201,8 +201,6 @@ impl<'a, T: Float, P: Element<Compute = T>, G: Element<Compute = T>> LaneKernel
                     (fr, fc),
                     k,
                 );
-                lane.finite = all_finite(nr) && all_finite(nc);
-                factors_from_means(o, (nr, nc), (fr, fc), None);
             }
             Sweep::Norm => {
                 let mats = lane.g.chunks_exact(size);
@@ -221,31 +219,28 @@ impl<'a, T: Float, P: Element<Compute = T>, G: Element<Compute = T>> LaneKernel
             }
             Sweep::Momentum => {
                 if let (true, Moments::Full(m)) = (small, &mut lane.m) {
-                    let (gm, f) = ((lane.g, &mut **m), (&mut *fr, &*fc));
-                    let old = (res_row, res_col);
-                    small_batch::batch_momentum(
+                    lane.finite = small_batch::batch_momentum(
                         simd,
-                        gm,
+                        (lane.g, &mut **m),
                         (rows, cols),
-                        f,
+                        (fr, fc),
                         self.d,
-                        old,
+                        (res_row, res_col),
                         (nr, nc),
                         k,
                     );
-                } else {
-                    let m = lane.m.reborrow().chunks(rows, cols);
-                    let mats = lane.g.chunks_exact(size).zip(m);
-                    let f = fr.chunks_exact(rows).zip(fc.chunks_exact(cols));
-                    let old = res_row.chunks_exact(rows).zip(res_col.chunks_exact(cols));
-                    let next = nr.chunks_exact_mut(rows).zip(nc.chunks_exact_mut(cols));
-                    for ((((g, m), (rf, cf)), (rr, rc)), (nr, nc)) in mats.zip(f).zip(old).zip(next)
-                    {
-                        sums.clear();
-                        let f = Factors { rf, cf, d: self.d };
-                        rows::momentum(o, (g, m), cols, f, (rr, nr), &mut sums, k);
-                        finish_cols(sums.total, rows, rc, nc, k.beta3, k.one_minus_beta3);
-                    }
+                    return;
+                }
+                let m = lane.m.reborrow().chunks(rows, cols);
+                let mats = lane.g.chunks_exact(size).zip(m);
+                let f = fr.chunks_exact(rows).zip(fc.chunks_exact(cols));
+                let old = res_row.chunks_exact(rows).zip(res_col.chunks_exact(cols));
+                let next = nr.chunks_exact_mut(rows).zip(nc.chunks_exact_mut(cols));
+                for ((((g, m), (rf, cf)), (rr, rc)), (nr, nc)) in mats.zip(f).zip(old).zip(next) {
+                    sums.clear();
+                    let f = Factors { rf, cf, d: self.d };
+                    rows::momentum(o, (g, m), cols, f, (rr, nr), &mut sums, k);
+                    finish_cols(sums.total, rows, rc, nc, k.beta3, k.one_minus_beta3);
                 }
                 lane.finite = all_finite(nr) && all_finite(nc);
                 if k.confidence {

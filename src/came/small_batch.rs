@@ -3,29 +3,32 @@
 //! one matrix per lane.
 //!
 //! A 3-wide row fills no vector, but eight 3x3 matrices side by side fill nine. Each group of
-//! `L` matrices (`L` the lanes of a vector: 8 `f32` with AVX2, 4 with NEON) is copied into
-//! small stack buffers transposed, so that vector `e` holds element `e` of every matrix of the
-//! group, together with the group's row statistics or factors and column factors; the formulas
-//! of [`super::formula`] run on whole vectors, and the results are copied back. Averages that
-//! need no other value of the group (the column statistics, and sweep 2's row statistics) are
-//! left as raw sums and finished in passes over the lane's contiguous statistics, as the loops
-//! of `small.rs` do. Every lane computes what those loops compute for its matrix, the same
-//! operations in the same order, so the results are bit-identical to theirs (tested below) for
-//! any batch, lane and thread count. A group that holds fewer than `L` matrices (the last of a
-//! lane) leaves the other lanes' stale values in the buffers; they are computed on and never
-//! copied back.
+//! `L` matrices (`L` the lanes of a vector: 8 `f32` with AVX2, 4 with NEON) is loaded as the
+//! nine vectors it fills and transposed in registers (two rounds of three-way deinterleaving,
+//! [`to_lanes`]), so that vector `e` holds element `e` of every matrix of the group; the
+//! group's row and column statistics and factors (three of each per matrix) are moved the same
+//! way. The formulas of [`super::formula`] then run on whole vectors: every statistic, the
+//! norm's quotients, each matrix's row mean and the factors of a group are computed while its
+//! matrices are in registers, and only the results are stored (transposed back). Every lane
+//! computes what the loops of `small.rs` and their passes over the lane's statistics compute
+//! for its matrix, the same operations in the same order, so the results are bit-identical to
+//! theirs (tested below) for any batch, lane and thread count. A group that holds fewer than
+//! `L` matrices (the last of a lane) is moved value by value and leaves the other lanes'
+//! stale values in the buffers; they are computed on and never stored.
 //!
 //! Without vectors (`L = 1`, as on a Cortex-M), and for shapes other than 3x3 (see [`fits`]),
-//! the loops of `small.rs` run instead. The buffers take six times [`STAGE`] values of the
-//! stack during a sweep (3.4 KiB in `f32`, 6.8 KiB in `f64`), only where vectors are used.
-//! On a 256 x 256 x 3 x 3 batch (AVX2) a step takes 51 instructions per element against 104
-//! with those loops (cachegrind), and about two thirds of their time; a third of what remains
-//! is the copying in and out (`perf`).
+//! the loops of `small.rs` run instead. The buffers take seven times [`STAGE`] values of the
+//! stack during a sweep (3.9 KiB in `f32`, 7.9 KiB in `f64`), only where vectors are used.
+//! On a 256 x 256 x 3 x 3 batch (AVX2) a step takes 39 instructions per element against 104
+//! with those loops (cachegrind), and 0.7 times the time of the same kernels moving each value
+//! through memory one by one (`bench`).
 
 use pulp::Simd;
 
-use super::formula::{self, Consts, ema, sq_term, square};
+use super::formula::{self, Consts, ema, norm_from_mean, row_mean, rsqrt, sq_term, square};
+use super::rows::{batch_factors, factors_from_means};
 use super::small;
+use crate::check::all_finite;
 use crate::config::Coefficients;
 use crate::element::random_bits;
 use crate::exec::simd::{Ops, V};
@@ -57,19 +60,27 @@ fn fits<S: Simd, T: Float>(rows: usize, cols: usize) -> bool {
 /// A staging buffer.
 type Stage<T> = [T; STAGE];
 
-/// The matrices of `src` (`size` elements each, at most `l` of them) into `buf`, transposed:
-/// element `e` of matrix `i` goes to `buf[e * l + i]`, widened to the compute type.
+/// The matrices of `src` (`size` elements each: [`SIZE`], or [`ROWS`] statistics; at most `l`
+/// of them) into `buf`, transposed: element `e` of matrix `i` goes to `buf[e * l + i]`, widened
+/// to the compute type. A whole group moves in registers ([`to_lanes`]), a partial one value
+/// by value.
 #[inline(always)]
-fn gather<T: Float, E: Element<Compute = T>>(src: &[E], size: usize, l: usize, buf: &mut [T]) {
+fn gather<S: Simd, T: Float, E: Element<Compute = T>>(
+    simd: S,
+    src: &[E],
+    size: usize,
+    l: usize,
+    buf: &mut [T],
+) {
     let count = src.len() / size;
     let buf = &mut buf[..size * l];
     if count == l {
-        let src = &src[..l * size];
-        for (e, slots) in buf.chunks_exact_mut(l).enumerate() {
-            for (i, slot) in slots.iter_mut().enumerate() {
-                *slot = src[i * size + e].to_compute();
-            }
+        let mut v = [T::v_splat(simd, T::zero()); SIZE];
+        for (i, v) in v[..size].iter_mut().enumerate() {
+            *v = E::load::<S>(src, i);
         }
+        to_lanes::<S, T>(simd, &mut v[..size]);
+        vectors_mut::<S, T>(buf, size).copy_from_slice(&v[..size]);
     } else {
         for (e, slots) in buf.chunks_exact_mut(l).enumerate() {
             for (i, slot) in slots[..count].iter_mut().enumerate() {
@@ -81,7 +92,8 @@ fn gather<T: Float, E: Element<Compute = T>>(src: &[E], size: usize, l: usize, b
 
 /// The inverse of [`gather`], each value stored by `put(destination, value, index in dst)`.
 #[inline(always)]
-fn scatter_with<T: Float, E>(
+fn scatter_with<S: Simd, T: Float, E>(
+    simd: S,
     buf: &[T],
     size: usize,
     l: usize,
@@ -91,12 +103,14 @@ fn scatter_with<T: Float, E>(
     let count = dst.len() / size;
     let buf = &buf[..size * l];
     if count == l {
-        let dst = &mut dst[..l * size];
-        for (e, values) in buf.chunks_exact(l).enumerate() {
-            for (i, &v) in values.iter().enumerate() {
-                let at = i * size + e;
-                put(&mut dst[at], v, at);
-            }
+        let mut v = [T::v_splat(simd, T::zero()); SIZE];
+        v[..size].copy_from_slice(vectors::<S, T>(buf, size));
+        from_lanes::<S, T>(simd, &mut v[..size]);
+        let mut stored: Stage<T> = [T::zero(); STAGE];
+        vectors_mut::<S, T>(&mut stored, size).copy_from_slice(&v[..size]);
+        let values = stored.iter().zip(&mut dst[..l * size]).enumerate();
+        for (at, (&v, x)) in values {
+            put(x, v, at);
         }
     } else {
         for (e, values) in buf.chunks_exact(l).enumerate() {
@@ -108,10 +122,60 @@ fn scatter_with<T: Float, E>(
     }
 }
 
-/// The inverse of [`gather`] for values kept in the compute type.
+/// The inverse of [`gather`] for values kept in the compute type: a whole group stored as
+/// vectors.
 #[inline(always)]
-fn scatter<T: Float>(buf: &[T], size: usize, l: usize, dst: &mut [T]) {
-    scatter_with(buf, size, l, dst, |x, v, _| *x = v);
+fn scatter<S: Simd, T: Float>(simd: S, buf: &[T], size: usize, l: usize, dst: &mut [T]) {
+    if dst.len() / size < l {
+        return scatter_with(simd, buf, size, l, dst, |x, v, _| *x = v);
+    }
+    let mut v = [T::v_splat(simd, T::zero()); SIZE];
+    v[..size].copy_from_slice(vectors::<S, T>(buf, size));
+    from_lanes::<S, T>(simd, &mut v[..size]);
+    vectors_mut::<S, T>(dst, size).copy_from_slice(&v[..size]);
+}
+
+/// A whole group of `l` matrices of 3 or 9 elements, stored in order in `v` (3 or 9 vectors),
+/// into vector `e` holding element `e` of every matrix. A 3x3 matrix is three triples (its
+/// rows), so its elements are sorted in two rounds of [`Sealed::v_deinterleave3`]: the rows'
+/// first, second and third elements (the columns), then each column's three rows.
+///
+/// [`Sealed::v_deinterleave3`]: crate::float::sealed::Sealed::v_deinterleave3
+#[inline(always)]
+fn to_lanes<S: Simd, T: Float>(simd: S, v: &mut [V<S, T>]) {
+    if let [a, b, c] = *v {
+        v.copy_from_slice(&T::v_deinterleave3(simd, [a, b, c]));
+        return;
+    }
+    // by_col[k][j]: element j of the rows 3k .. 3k + 3 of the group (l rows each)
+    let mut by_col = [[T::v_splat(simd, T::zero()); 3]; 3];
+    for (k, by_col) in by_col.iter_mut().enumerate() {
+        *by_col = T::v_deinterleave3(simd, [v[3 * k], v[3 * k + 1], v[3 * k + 2]]);
+    }
+    // then element j of rows 0, 1, 2 of every matrix
+    for j in 0..COLS {
+        let col = T::v_deinterleave3(simd, [by_col[0][j], by_col[1][j], by_col[2][j]]);
+        for (r, &x) in col.iter().enumerate() {
+            v[r * COLS + j] = x;
+        }
+    }
+}
+
+/// The inverse of [`to_lanes`].
+#[inline(always)]
+fn from_lanes<S: Simd, T: Float>(simd: S, v: &mut [V<S, T>]) {
+    if let [x, y, z] = *v {
+        v.copy_from_slice(&T::v_interleave3(simd, [x, y, z]));
+        return;
+    }
+    let mut by_col = [[T::v_splat(simd, T::zero()); 3]; 3];
+    for (j, by_col) in by_col.iter_mut().enumerate() {
+        *by_col = T::v_interleave3(simd, [v[j], v[COLS + j], v[2 * COLS + j]]);
+    }
+    for k in 0..3 {
+        let rows = T::v_interleave3(simd, [by_col[0][k], by_col[1][k], by_col[2][k]]);
+        v[3 * k..3 * k + 3].copy_from_slice(&rows);
+    }
 }
 
 /// The first `n` vectors of `buf`.
@@ -127,9 +191,8 @@ fn vectors_mut<S: Simd, T: Float>(buf: &mut [T], n: usize) -> &mut [V<S, T>] {
 }
 
 /// Sweep 1 of a lane of small matrices `(rows, cols)`: new squared-gradient statistics into
-/// `next`; returns the squared norm of the unclipped update. Uses the column factors as
-/// scratch and leaves each matrix's row mean in its slots of the row factors, as
-/// `small::batch_sq_stats` (which runs instead when the matrices do not fit) does.
+/// `next` and their factors (lines 7-8) into `factors`; returns the squared norm of the
+/// unclipped update and whether the new statistics are all finite.
 #[inline(always)]
 pub(super) fn batch_sq_stats<S: Simd, T: Float, G: Element<Compute = T>>(
     simd: S,
@@ -137,61 +200,82 @@ pub(super) fn batch_sq_stats<S: Simd, T: Float, G: Element<Compute = T>>(
     (rows, cols): (usize, usize),
     old: (&[T], &[T]),
     next: (&mut [T], &mut [T]),
-    scratch: (&mut [T], &mut [T]),
+    factors: (&mut [T], &mut [T]),
     k: &Coefficients<T>,
-) -> f64 {
+) -> (f64, bool) {
     if fits::<S, T>(rows, cols) {
-        return sq_stats_3x3::<S, T, G>(simd, g, old, next, scratch, k);
+        return sq_stats_3x3::<S, T, G>(simd, g, old, next, factors, k);
     }
-    small::batch_sq_stats(g, (rows, cols), old, next, scratch, k)
+    let (next_row, next_col) = next;
+    let (rf, cf) = factors;
+    let sum_sq = small::batch_sq_stats(
+        g,
+        (rows, cols),
+        old,
+        (&mut *next_row, &mut *next_col),
+        (&mut *rf, &mut *cf),
+        k,
+    );
+    let finite = all_finite(next_row) && all_finite(next_col);
+    factors_from_means(Ops::new(simd), (next_row, next_col), (rf, cf), None);
+    (sum_sq, finite)
 }
 
+/// [`batch_sq_stats`] on 3x3 matrices: every statistic, quotient and factor of a group is
+/// computed in vectors and only the results are stored, where the loops of `small.rs` make a
+/// pass over the lane's statistics for each of them.
 #[inline(always)]
 fn sq_stats_3x3<S: Simd, T: Float, G: Element<Compute = T>>(
     simd: S,
     g: &[G],
-    old: (&[T], &[T]),
-    next: (&mut [T], &mut [T]),
-    (means, quotients): (&mut [T], &mut [T]),
+    (old_row, old_col): (&[T], &[T]),
+    (next_row, next_col): (&mut [T], &mut [T]),
+    (rf_out, cf_out): (&mut [T], &mut [T]),
     k: &Coefficients<T>,
-) -> f64 {
+) -> (f64, bool) {
     let (o, l) = (Ops::<S, T>::new(simd), lanes::<S, T>());
     let c = Consts::new(o, k);
     let zero = o.splat(T::zero());
-    let n_cols = o.splat(T::from_f64(COLS as f64));
-    let (old_row, old_col) = old;
-    let (next_row, next_col) = next;
-    let [mut gs, mut rs, mut cs, mut qs]: [Stage<T>; 4] = [[T::zero(); STAGE]; 4];
+    let n = o.splat(T::from_f64(COLS as f64));
+    let [mut gs, mut rs, mut cs, mut qs, mut fs, mut ks]: [Stage<T>; 6] = [[T::zero(); STAGE]; 6];
+    let mut means = [T::zero(); MAX_LANES];
+    let (mut sum_sq, mut finite) = (0.0, true);
     let groups = g
         .chunks(l * SIZE)
-        .zip(old_row.chunks(l * ROWS))
+        .zip(old_row.chunks(l * ROWS).zip(old_col.chunks(l * COLS)))
         .zip(
             next_row
                 .chunks_mut(l * ROWS)
                 .zip(next_col.chunks_mut(l * COLS)),
         )
-        .zip(quotients.chunks_mut(l * COLS));
-    for (((g, old_row), (next_row, next_col)), q_out) in groups {
-        gather(g, SIZE, l, &mut gs);
-        gather(old_row, ROWS, l, &mut rs);
+        .zip(rf_out.chunks_mut(l * ROWS).zip(cf_out.chunks_mut(l * COLS)));
+    for (((g, (old_row, old_col)), (next_row, next_col)), (rf_out, cf_out)) in groups {
+        let count = next_row.len() / ROWS;
+        gather(simd, g, SIZE, l, &mut gs);
+        gather(simd, old_row, ROWS, l, &mut rs);
+        gather(simd, old_col, COLS, l, &mut cs);
         let g = vectors::<S, T>(&gs, SIZE);
-        let (r, sums, q) = (
+        let (r, col, q) = (
             vectors_mut::<S, T>(&mut rs, ROWS),
             vectors_mut::<S, T>(&mut cs, COLS),
             vectors_mut::<S, T>(&mut qs, COLS),
         );
-        // line 5, and the column sums of line 6
-        sums.fill(zero);
+        // lines 5-6
+        let mut sums = [zero; COLS];
         for (g, r) in g.chunks_exact(COLS).zip(r.iter_mut()) {
             let mut s = zero;
-            for (&x, col) in g.iter().zip(sums.iter_mut()) {
+            for (&x, sum) in g.iter().zip(sums.iter_mut()) {
                 let u = sq_term(o, square(o, x), c.eps1);
                 s = o.add(s, u);
-                *col = o.add(*col, u);
+                *sum = o.add(*sum, u);
             }
-            *r = ema(o, *r, o.div(s, n_cols), c.beta2, c.one_minus_beta2);
+            *r = ema(o, *r, o.div(s, n), c.beta2, c.one_minus_beta2);
         }
-        // line 9's norm: weighted column sums v_j = sum_i g_ij^2 / r_i
+        for (col, &sum) in col.iter_mut().zip(&sums) {
+            *col = ema(o, *col, o.div(sum, n), c.beta2, c.one_minus_beta2);
+        }
+        // line 9's norm: the quotients v_j / c_j of the weighted column sums
+        // v_j = sum_i g_ij^2 / r_i
         q.fill(zero);
         for (g, &r) in g.chunks_exact(COLS).zip(r.iter()) {
             let w = o.div(c.one, r);
@@ -199,35 +283,105 @@ fn sq_stats_3x3<S: Simd, T: Float, G: Element<Compute = T>>(
                 *v = o.add(*v, formula::weighted_term(o, square(o, x), w));
             }
         }
-        scatter(&rs, ROWS, l, next_row);
-        scatter(&cs, COLS, l, next_col);
-        scatter(&qs, COLS, l, q_out);
+        for (v, &col) in q.iter_mut().zip(col.iter()) {
+            *v = o.div(*v, col);
+        }
+        group_means(&rs, l, count, &mut means);
+        add_group_norms(&mut sum_sq, &means, &qs, l, count);
+        // lines 7-8: the factors
+        let mean = vectors::<S, T>(&means, 1)[0];
+        let (r, col) = (vectors::<S, T>(&rs, ROWS), vectors::<S, T>(&cs, COLS));
+        for (f, &r) in vectors_mut::<S, T>(&mut fs, ROWS).iter_mut().zip(r) {
+            *f = rsqrt(o, c.one, o.div(r, mean));
+        }
+        for (f, &col) in vectors_mut::<S, T>(&mut ks, COLS).iter_mut().zip(col) {
+            *f = rsqrt(o, c.one, col);
+        }
+        finite &= scatter_finite(simd, &rs, ROWS, l, next_row);
+        finite &= scatter_finite(simd, &cs, COLS, l, next_col);
+        scatter(simd, &fs, ROWS, l, rf_out);
+        scatter(simd, &ks, COLS, l, cf_out);
     }
-    // line 6 and the quotients v_j / c_j, in passes over the lane's statistics
-    small::average_into(old_col, next_col, k.beta2, k.one_minus_beta2, ROWS);
-    formula::quotients(quotients, next_col);
-    small::batch_norm((ROWS, COLS), next_row, quotients, means)
+    (sum_sq, finite)
 }
 
-/// Sweep 2 of a lane of small matrices: the momentum, and the new instability statistics into
-/// `next`. Divides the row factors by the clip divisor in place (they are recomputed after
-/// this sweep).
+/// The row mean (line 7) of each of the `count` matrices of a group, from their staged row
+/// statistics `rows`, into `means` (one per lane).
+#[inline(always)]
+fn group_means<T: Float>(rows: &[T], l: usize, count: usize, means: &mut [T; MAX_LANES]) {
+    for (i, mean) in means[..count].iter_mut().enumerate() {
+        *mean = row_mean(&[rows[i], rows[l + i], rows[2 * l + i]]);
+    }
+}
+
+/// Adds the squared norm of the unclipped update (line 9) of each of the `count` matrices of a
+/// group to `sum_sq`, in their order ([`norm_from_mean`]), from their row means and staged
+/// quotients `q`.
+#[inline(always)]
+fn add_group_norms<T: Float>(
+    sum_sq: &mut f64,
+    means: &[T; MAX_LANES],
+    q: &[T],
+    l: usize,
+    count: usize,
+) {
+    for (i, &mean) in means[..count].iter().enumerate() {
+        *sum_sq += norm_from_mean(mean, &[q[i], q[l + i], q[2 * l + i]]);
+    }
+}
+
+/// [`scatter`], returning whether every value stored is finite.
+#[inline(always)]
+fn scatter_finite<S: Simd, T: Float>(
+    simd: S,
+    buf: &[T],
+    size: usize,
+    l: usize,
+    dst: &mut [T],
+) -> bool {
+    scatter(simd, buf, size, l, dst);
+    all_finite(&dst[..dst.len().min(size * l)])
+}
+
+/// Sweep 2 of a lane of small matrices, with clip divisor `d`: the momentum, the new
+/// instability statistics into `next` and, from them, the confidence factors (lines 14-15)
+/// into `factors` (which held the factors of lines 7-8); returns whether the new statistics
+/// are all finite.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn batch_momentum<S: Simd, T: Float, G: Element<Compute = T>>(
     simd: S,
     (g, m): (&[G], &mut [T]),
     (rows, cols): (usize, usize),
-    (rf, cf): (&mut [T], &[T]),
+    factors: (&mut [T], &mut [T]),
     d: T,
     old: (&[T], &[T]),
     next: (&mut [T], &mut [T]),
     k: &Coefficients<T>,
-) {
+) -> bool {
     if fits::<S, T>(rows, cols) {
-        return momentum_3x3::<S, T, G>(simd, (g, m), (rf, cf), d, old, next, k);
+        return momentum_3x3::<S, T, G>(simd, (g, m), factors, d, old, next, k);
     }
-    small::batch_momentum((g, m), (rows, cols), (rf, cf), d, old, next, k);
+    let (next_row, next_col) = next;
+    let (rf, cf) = factors;
+    small::batch_momentum(
+        (g, m),
+        (rows, cols),
+        (&mut *rf, &*cf),
+        d,
+        old,
+        (&mut *next_row, &mut *next_col),
+        k,
+    );
+    let finite = all_finite(next_row) && all_finite(next_col);
+    if k.confidence {
+        let next = (&*next_row, &*next_col);
+        batch_factors(Ops::new(simd), rows, next, (rf, cf), k.bias_correction3);
+    } else {
+        rf.fill(T::one());
+        cf.fill(T::one());
+    }
+    finite
 }
 
 #[inline(always)]
@@ -235,65 +389,89 @@ pub(super) fn batch_momentum<S: Simd, T: Float, G: Element<Compute = T>>(
 fn momentum_3x3<S: Simd, T: Float, G: Element<Compute = T>>(
     simd: S,
     (g, m): (&[G], &mut [T]),
-    (rf, cf): (&mut [T], &[T]),
+    (rf, cf): (&mut [T], &mut [T]),
     d: T,
-    old: (&[T], &[T]),
-    next: (&mut [T], &mut [T]),
+    (old_row, old_col): (&[T], &[T]),
+    (next_row, next_col): (&mut [T], &mut [T]),
     k: &Coefficients<T>,
-) {
-    for f in rf.iter_mut() {
-        *f = *f / d;
-    }
+) -> bool {
     let (o, l) = (Ops::<S, T>::new(simd), lanes::<S, T>());
     let c = Consts::new(o, k);
     let zero = o.splat(T::zero());
-    let (old_row, old_col) = old;
-    let (next_row, next_col) = next;
+    let (d, n) = (o.splat(d), o.splat(T::from_f64(COLS as f64)));
+    let (beta3, one_minus_beta3) = (o.splat(k.beta3), o.splat(k.one_minus_beta3));
+    let bias_correction = k.bias_correction3.map(|bc| o.splat(bc));
     let [mut gs, mut ms, mut rfs, mut cfs, mut rs, mut cs]: [Stage<T>; 6] = [[T::zero(); STAGE]; 6];
+    let mut means = [T::zero(); MAX_LANES];
+    let mut finite = true;
     let groups = g
         .chunks(l * SIZE)
         .zip(m.chunks_mut(l * SIZE))
-        .zip(rf.chunks(l * ROWS).zip(cf.chunks(l * COLS)))
+        .zip(rf.chunks_mut(l * ROWS).zip(cf.chunks_mut(l * COLS)))
+        .zip(old_row.chunks(l * ROWS).zip(old_col.chunks(l * COLS)))
         .zip(
             next_row
                 .chunks_mut(l * ROWS)
                 .zip(next_col.chunks_mut(l * COLS)),
         );
-    for (((g, m_out), (rf, cf)), (next_row, next_col)) in groups {
-        gather(g, SIZE, l, &mut gs);
-        gather(m_out, SIZE, l, &mut ms);
-        gather(rf, ROWS, l, &mut rfs);
-        gather(cf, COLS, l, &mut cfs);
-        let (g, rf, cf) = (
+    for ((((g, m_out), (rf, cf)), (old_row, old_col)), (next_row, next_col)) in groups {
+        let count = next_row.len() / ROWS;
+        gather(simd, g, SIZE, l, &mut gs);
+        gather(simd, m_out, SIZE, l, &mut ms);
+        gather(simd, rf, ROWS, l, &mut rfs);
+        gather(simd, cf, COLS, l, &mut cfs);
+        gather(simd, old_row, ROWS, l, &mut rs);
+        gather(simd, old_col, COLS, l, &mut cs);
+        let (g, row_factors, col_factors) = (
             vectors::<S, T>(&gs, SIZE),
-            vectors::<S, T>(&rfs, ROWS),
-            vectors::<S, T>(&cfs, COLS),
+            vectors_mut::<S, T>(&mut rfs, ROWS),
+            vectors_mut::<S, T>(&mut cfs, COLS),
         );
-        let (m, r, sums) = (
+        let (m, r, col) = (
             vectors_mut::<S, T>(&mut ms, SIZE),
             vectors_mut::<S, T>(&mut rs, ROWS),
             vectors_mut::<S, T>(&mut cs, COLS),
         );
-        // lines 8-11: momentum and instability, and the sums of lines 12-13
-        sums.fill(zero);
+        // lines 8-11: momentum and instability; lines 12-13
+        let mut sums = [zero; COLS];
         let data = g.chunks_exact(COLS).zip(m.chunks_exact_mut(COLS));
-        for ((g, m), (&rf, r)) in data.zip(rf.iter().zip(r.iter_mut())) {
+        for ((g, m), (&rf, r)) in data.zip(row_factors.iter().zip(r.iter_mut())) {
+            let rf_d = o.div(rf, d);
             let mut s = zero;
-            for (((&x, mj), &f), col) in g.iter().zip(m).zip(cf).zip(sums.iter_mut()) {
-                let (m_new, res) = formula::momentum(o, &c, (x, *mj), (rf, f));
+            for (((&x, mj), &f), sum) in g.iter().zip(m).zip(&*col_factors).zip(&mut sums) {
+                let (m_new, res) = formula::momentum(o, &c, (x, *mj), (rf_d, f));
                 *mj = m_new;
                 s = o.add(s, res);
-                *col = o.add(*col, res);
+                *sum = o.add(*sum, res);
             }
-            *r = s;
+            *r = ema(o, *r, o.div(s, n), beta3, one_minus_beta3);
         }
-        scatter(&ms, SIZE, l, m_out);
-        scatter(&rs, ROWS, l, next_row);
-        scatter(&cs, COLS, l, next_col);
+        for (col, &sum) in col.iter_mut().zip(&sums) {
+            *col = ema(o, *col, o.div(sum, n), beta3, one_minus_beta3);
+        }
+        // lines 14-15: the confidence factors
+        if k.confidence {
+            group_means(&rs, l, count, &mut means);
+            let mean = vectors::<S, T>(&means, 1)[0];
+            let (r, col) = (vectors::<S, T>(&rs, ROWS), vectors::<S, T>(&cs, COLS));
+            for (f, &r) in row_factors.iter_mut().zip(r) {
+                *f = rsqrt(o, c.one, o.div(r, mean));
+            }
+            for (f, &col) in col_factors.iter_mut().zip(col) {
+                let col = bias_correction.map_or(col, |bc| formula::debias(o, col, bc));
+                *f = rsqrt(o, c.one, col);
+            }
+        } else {
+            row_factors.fill(c.one);
+            col_factors.fill(c.one);
+        }
+        scatter(simd, &ms, SIZE, l, m_out);
+        finite &= scatter_finite(simd, &rs, ROWS, l, next_row);
+        finite &= scatter_finite(simd, &cs, COLS, l, next_col);
+        scatter(simd, &rfs, ROWS, l, rf);
+        scatter(simd, &cfs, COLS, l, cf);
     }
-    // lines 12-13, in passes over the lane's statistics
-    small::average_into(old_row, next_row, k.beta3, k.one_minus_beta3, COLS);
-    small::average_into(old_col, next_col, k.beta3, k.one_minus_beta3, ROWS);
+    finite
 }
 
 /// Sweep 3 of a lane of small matrices: the parameters (`start`: the flat index of `p[0]`).
@@ -334,10 +512,10 @@ fn apply_3x3<S: Simd, T: Float, P: Element<Compute = T>, const DECAY: bool>(
         .zip(m.chunks(l * SIZE))
         .zip(rf.chunks(l * ROWS).zip(cf.chunks(l * COLS)));
     for (n, ((p_out, m), (rf, cf))) in groups.enumerate() {
-        gather(p_out, SIZE, l, &mut ps);
-        gather(m, SIZE, l, &mut ms);
-        gather(rf, ROWS, l, &mut rfs);
-        gather(cf, COLS, l, &mut cfs);
+        gather(simd, p_out, SIZE, l, &mut ps);
+        gather(simd, m, SIZE, l, &mut ms);
+        gather(simd, rf, ROWS, l, &mut rfs);
+        gather(simd, cf, COLS, l, &mut cfs);
         let (m, rf, cf) = (
             vectors::<S, T>(&ms, SIZE),
             vectors::<S, T>(&rfs, ROWS),
@@ -353,7 +531,7 @@ fn apply_3x3<S: Simd, T: Float, P: Element<Compute = T>, const DECAY: bool>(
             }
         }
         let first = start + n * l * SIZE;
-        scatter_with(&ps, SIZE, l, p_out, |x, v, at| {
+        scatter_with(simd, &ps, SIZE, l, p_out, |x, v, at| {
             *x = match key {
                 Some(key) => P::round_stochastic(v, random_bits(key, first + at)),
                 None => P::from_compute(v),
@@ -369,7 +547,7 @@ mod tests {
     use half::bf16;
 
     use super::*;
-    use crate::CameConfig;
+    use crate::{CameConfig, Instability};
 
     /// Values in `[lo, hi)`, from a seeded splitmix64.
     fn values<E: Element>(n: usize, seed: u64, (lo, hi): (f64, f64)) -> Vec<E>
@@ -394,28 +572,39 @@ mod tests {
     }
 
     /// Steps one lane of `batch` matrices `(rows, cols)` with this file's kernels under the
-    /// best instruction set and with the loops of `small.rs`, and compares every output bit
-    /// for bit. Returns the lanes of the instruction set used.
+    /// best instruction set and under [`pulp::Scalar`] (the loops of `small.rs` and passes over
+    /// the lane), the gradient at `poison` (if any) overflowing, and compares every output bit
+    /// for bit. Returns the lanes of the instruction set used and whether the new statistics
+    /// were all finite.
     fn compare<T: Float, P: Element<Compute = T>>(
         batch: usize,
         (rows, cols): (usize, usize),
         k: &Coefficients<T>,
-    ) -> usize {
+        poison: Option<usize>,
+    ) -> (usize, bool) {
         struct Both<'a, T: Float, P> {
             batch: usize,
             shape: (usize, usize),
             k: &'a Coefficients<T>,
+            poison: Option<usize>,
             p: core::marker::PhantomData<P>,
         }
         impl<T: Float, P: Element<Compute = T>> pulp::WithSimd for Both<'_, T, P> {
-            type Output = usize;
-            fn with_simd<S: Simd>(self, simd: S) -> usize {
+            type Output = (usize, bool);
+            fn with_simd<S: Simd>(self, simd: S) -> (usize, bool) {
                 let Self {
-                    batch, shape, k, ..
+                    batch,
+                    shape,
+                    k,
+                    poison,
+                    ..
                 } = self;
                 let (rows, cols) = shape;
                 let n = batch * rows * cols;
-                let g: Vec<P> = values(n, 1, (-2.0, 2.0));
+                let mut g: Vec<P> = values(n, 1, (-2.0, 2.0));
+                if let Some(at) = poison {
+                    g[at] = P::from_compute(T::from_f64(1e200));
+                }
                 let m: Vec<T> = values(n, 2, (-0.5, 0.5));
                 let p: Vec<P> = values(n, 3, (-1.0, 1.0));
                 let old_row: Vec<T> = values(batch * rows, 4, (0.01, 2.0));
@@ -425,44 +614,33 @@ mod tests {
                 let d = T::from_f64(1.25);
                 let zeros = |n| vec![T::zero(); n];
                 let (r, c) = (batch * rows, batch * cols);
-                let mut outputs = Vec::new();
+                let (mut outputs, mut finites) = (Vec::new(), Vec::new());
                 for vector in [true, false] {
                     let (mut nr, mut nc, mut fr, mut fc) = (zeros(r), zeros(c), zeros(r), zeros(c));
                     let old = (&old_row[..], &old_col[..]);
-                    let sum = if vector {
-                        batch_sq_stats(
-                            simd,
-                            &g,
-                            shape,
-                            old,
-                            (&mut nr, &mut nc),
-                            (&mut fr, &mut fc),
-                            k,
-                        )
+                    let scalar = pulp::Scalar;
+                    let factors = (&mut fr[..], &mut fc[..]);
+                    let (sum, finite) = if vector {
+                        batch_sq_stats(simd, &g, shape, old, (&mut nr, &mut nc), factors, k)
                     } else {
-                        small::batch_sq_stats(
-                            &g,
-                            shape,
-                            old,
-                            (&mut nr, &mut nc),
-                            (&mut fr, &mut fc),
-                            k,
-                        )
+                        batch_sq_stats(scalar, &g, shape, old, (&mut nr, &mut nc), factors, k)
                     };
-                    let (mut m, mut rf, mut nr2, mut nc2) =
-                        (m.clone(), rf.clone(), zeros(r), zeros(c));
-                    let next = (&mut nr2[..], &mut nc2[..]);
-                    if vector {
-                        batch_momentum(simd, (&g, &mut m), shape, (&mut rf, &cf), d, old, next, k);
+                    let (mut m, mut rf, mut cf, mut nr2, mut nc2) =
+                        (m.clone(), rf.clone(), cf.clone(), zeros(r), zeros(c));
+                    let (gm, next) = ((&g[..], &mut m[..]), (&mut nr2[..], &mut nc2[..]));
+                    let factors = (&mut rf[..], &mut cf[..]);
+                    let finite2 = if vector {
+                        batch_momentum(simd, gm, shape, factors, d, old, next, k)
                     } else {
-                        small::batch_momentum((&g, &mut m), shape, (&mut rf, &cf), d, old, next, k);
-                    }
+                        batch_momentum(scalar, gm, shape, factors, d, old, next, k)
+                    };
                     let mut p = p.clone();
                     if vector {
                         batch_apply(simd, (&mut p, &m), shape, (&rf, &cf), 1000, k);
                     } else {
                         small::batch_apply((&mut p, &m), shape, (&rf, &cf), 1000, k);
                     }
+                    finites.push((finite, finite2));
                     let out = [
                         bits(&nr),
                         bits(&nc),
@@ -471,6 +649,7 @@ mod tests {
                         vec![sum],
                         bits(&m),
                         bits(&rf),
+                        bits(&cf),
                     ];
                     outputs.push((out, bits(&nr2), bits(&nc2), bits(&p)));
                 }
@@ -485,13 +664,15 @@ mod tests {
                 {
                     assert!(a == b, "{what} differ for {batch} matrices {shape:?}");
                 }
-                lanes::<S, T>()
+                assert_eq!(finites[0], finites[1], "{batch} matrices {shape:?}");
+                (lanes::<S, T>(), finites[0].0 && finites[0].1)
             }
         }
         pulp::Arch::new().dispatch(Both::<T, P> {
             batch,
             shape: (rows, cols),
             k,
+            poison,
             p: core::marker::PhantomData,
         })
     }
@@ -502,25 +683,52 @@ mod tests {
         let vectors = crate::instruction_set() != "pulp::Scalar";
         // betas far from 1, so that every rounding of the new terms shows in the statistics
         let plain = CameConfig::new(0.01).with_betas(0.9, 0.6, 0.7);
-        let config = plain.with_weight_decay(0.1);
+        let configs = [
+            plain.with_weight_decay(0.1),
+            plain,
+            plain.with_instability(Instability::BiasCorrected),
+            plain.with_confidence(false),
+        ];
         // 3x3 steps here; the other shapes take the loops (which must then agree with
         // themselves: this checks the dispatch)
         for shape in [(1, 1), (3, 3), (5, 5), (2, 7), (4, 3), (16, 15)] {
             // whole groups, a partial last group, fewer matrices than lanes
             for batch in [16, 29, 3] {
-                for config in [&config, &plain] {
+                for config in &configs {
                     let k = Coefficients::<f32>::new(config, 4);
-                    let lanes = compare::<f32, f32>(batch, shape, &k);
+                    let (lanes, finite) = compare::<f32, f32>(batch, shape, &k, None);
                     assert_eq!(lanes > 1, vectors, "{shape:?}");
-                    compare::<f64, f64>(batch, shape, &Coefficients::new(config, 4));
-                    compare::<f32, bf16>(batch, shape, &k);
+                    assert!(finite);
+                    compare::<f64, f64>(batch, shape, &Coefficients::new(config, 4), None);
+                    compare::<f32, bf16>(batch, shape, &k, None);
                     let stochastic = Coefficients {
                         rounding_key: Some(77),
                         ..k
                     };
-                    compare::<f32, bf16>(batch, shape, &stochastic);
+                    compare::<f32, bf16>(batch, shape, &stochastic, None);
                 }
             }
+        }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "no vector instructions under the interpreter")]
+    fn an_overflow_in_any_matrix_is_reported_as_the_loops_report_it() {
+        let k = Coefficients::<f32>::new(&CameConfig::new(0.01), 2);
+        let size = 9;
+        // the first and the last matrix of a lane with a partial last group, and of one
+        // with fewer matrices than lanes
+        for (batch, matrix) in [(29, 0), (29, 28), (3, 2)] {
+            let at = Some(matrix * size + 4);
+            assert!(
+                !compare::<f32, f32>(batch, (3, 3), &k, at).1,
+                "{batch}, {matrix}"
+            );
+            let k = Coefficients::<f64>::new(&CameConfig::new(0.01), 2);
+            assert!(
+                !compare::<f64, f64>(batch, (3, 3), &k, at).1,
+                "{batch}, {matrix}"
+            );
         }
     }
 }
