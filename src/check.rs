@@ -111,15 +111,65 @@ pub(crate) fn valid_statistics<T: Float>(values: &[T]) -> bool {
 
         #[inline(always)]
         fn with_simd<S: pulp::Simd>(self, _: S) -> bool {
-            let zero = T::zero();
-            // bitwise, not lazy: no branch per value
-            #[allow(clippy::needless_bitwise_bool)]
-            let valid = |ok, &v: &T| ok & v.is_finite() & (v >= zero);
-            self.0
-                .chunks(CHECK_CHUNK)
-                .all(|c| c.iter().fold(true, valid))
+            // a closure, not the function itself: inlined here, so compiled for `S`
+            #[allow(clippy::redundant_closure)]
+            let valid = |chunk| T::nonnegative_finite(chunk);
+            self.0.chunks(CHECK_CHUNK).all(valid)
         }
     }
 
     pulp::Arch::new().dispatch(Valid(values))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_statistics;
+    use crate::Float;
+
+    /// Every special value, alone and in a run long enough for vectors, against the
+    /// definition: finite and `>= 0`.
+    fn agrees_with_the_definition<T: Float>(specials: &[T]) {
+        for &x in specials {
+            let expected = x.is_finite() && x >= T::zero();
+            assert_eq!(valid_statistics(&[x]), expected, "{x:?}");
+            for at in [0, 17, 300, 511] {
+                let mut run = [T::one(); 512];
+                run[at] = x;
+                assert_eq!(valid_statistics(&run), expected, "{x:?} at {at}");
+            }
+        }
+        assert!(valid_statistics::<T>(&[]));
+    }
+
+    #[test]
+    fn statistics_are_finite_and_not_negative() {
+        agrees_with_the_definition::<f32>(&[
+            0.0,
+            -0.0,
+            f32::from_bits(1),
+            f32::MIN_POSITIVE,
+            1.0,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            -f32::from_bits(1),
+            -1.0,
+            f32::MIN,
+        ]);
+        agrees_with_the_definition::<f64>(&[
+            0.0,
+            -0.0,
+            f64::from_bits(1),
+            1.0,
+            f64::MAX,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            -f64::NAN,
+            -f64::from_bits(1),
+            f64::MIN,
+        ]);
+    }
 }

@@ -51,6 +51,10 @@ pub(crate) mod sealed {
         /// The largest magnitude in `values` (0 for none; NaN if one is NaN), compared as the
         /// integers of the magnitudes' bits, which order like the magnitudes and vectorise.
         fn abs_max(values: &[Self]) -> Self;
+        /// Whether every one of `values` is finite and not negative (`-0` included), decided
+        /// on the integers of their bits, which vectorises (comparisons of floats folded into
+        /// a `bool` did not).
+        fn nonnegative_finite(values: &[Self]) -> bool;
     }
 }
 
@@ -125,6 +129,19 @@ macro_rules! simd_ops {
                 let magnitude = <$t>::MAX.to_bits() | <$t>::INFINITY.to_bits();
                 let bits = values.iter().fold(0, |m, x| m.max(x.to_bits() & magnitude));
                 <$t>::from_bits(bits)
+            }
+
+            #[inline(always)]
+            fn nonnegative_finite(values: &[Self]) -> bool {
+                // as integers, every negative value but -0 lies above the bits of -0 (the
+                // sign bit alone), and every infinite or NaN magnitude at or above the bits of
+                // the infinity: two maxima, which vectorise
+                let negative_zero = (-0.0 as $t).to_bits();
+                let (largest, largest_magnitude) = values.iter().fold((0, 0), |(m, a), x| {
+                    let bits = x.to_bits();
+                    (m.max(bits), a.max(bits & !negative_zero))
+                });
+                largest <= negative_zero && largest_magnitude < <$t>::INFINITY.to_bits()
             }
         }
     };
