@@ -142,7 +142,8 @@ struct Lane<'a, T, P, G> {
     stats: [&'a [T]; 4],
     /// new row and column statistics, checked before they are committed
     next: (&'a mut [T], &'a mut [T]),
-    /// row and column factors of every matrix of the lane
+    /// row and column factors of every matrix of the lane (those of whole groups of 3x3
+    /// matrices in the layout of `small_batch.rs`'s lanes)
     factors: (&'a mut [T], &'a mut [T]),
     /// one matrix's column sums and weighted column sums (see [`ColSums`])
     sums: (&'a mut [T], &'a mut [T]),
