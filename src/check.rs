@@ -91,12 +91,31 @@ pub(crate) fn gradient_error<G: Element>(grad: &[G]) -> Error {
 /// (the statistics of a batch of small matrices are as long as its data).
 const CHECK_CHUNK: usize = 256;
 
-/// Whether every value is finite (in its compute type: any [`Element`]).
+/// Whether every value is finite (any [`Element`]), in the caller's instruction set (inside
+/// the kernels: their vectors).
+#[inline(always)]
 pub(crate) fn all_finite<E: Element>(values: &[E]) -> bool {
-    let finite = |ok, v: &E| ok & num_traits::Float::is_finite(v.to_compute());
-    values
-        .chunks(CHECK_CHUNK)
-        .all(|c| c.iter().fold(true, finite))
+    // a closure, not the function itself: inlined here, so compiled for the caller's vectors
+    #[allow(clippy::redundant_closure)]
+    let finite = |chunk| E::all_finite(chunk);
+    values.chunks(CHECK_CHUNK).all(finite)
+}
+
+/// [`all_finite`] compiled for the CPU's vector instructions, for callers outside the kernels
+/// (a whole tensor of 16-bit parameters, checked after each step).
+pub(crate) fn all_finite_vectorised<E: Element>(values: &[E]) -> bool {
+    struct Finite<'a, E>(&'a [E]);
+
+    impl<E: Element> pulp::WithSimd for Finite<'_, E> {
+        type Output = bool;
+
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) -> bool {
+            all_finite(self.0)
+        }
+    }
+
+    pulp::Arch::new().dispatch(Finite(values))
 }
 
 /// Whether every value is a possible second-moment statistic: finite and not negative (an
@@ -123,7 +142,7 @@ pub(crate) fn valid_statistics<T: Float>(values: &[T]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::valid_statistics;
+    use super::{all_finite, all_finite_vectorised, valid_statistics};
     use crate::Float;
 
     /// Every special value, alone and in a run long enough for vectors, against the
@@ -139,6 +158,63 @@ mod tests {
             }
         }
         assert!(valid_statistics::<T>(&[]));
+    }
+
+    /// Every special value of `E`, alone and in runs, against `is_finite` of its compute type.
+    fn finite_agrees_with_is_finite<E: crate::Element>(specials: &[E]) {
+        for &x in specials {
+            let expected = num_traits::Float::is_finite(x.to_compute());
+            assert_eq!(all_finite(&[x]), expected, "{x:?}");
+            for at in [0, 17, 300, 511] {
+                let mut run = [E::from_compute(num_traits::One::one()); 512];
+                run[at] = x;
+                assert_eq!(all_finite(&run), expected, "{x:?} at {at}");
+                assert_eq!(all_finite_vectorised(&run), expected, "{x:?} at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn finite_values_are_told_from_infinities_and_nans_in_every_type() {
+        use half::{bf16, f16};
+        finite_agrees_with_is_finite::<f32>(&[
+            0.0,
+            -0.0,
+            f32::MAX,
+            f32::MIN,
+            f32::from_bits(1),
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+        ]);
+        finite_agrees_with_is_finite::<f64>(&[
+            -0.0,
+            f64::MAX,
+            f64::MIN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            -f64::NAN,
+        ]);
+        for t in [
+            bf16::MAX,
+            bf16::MIN,
+            bf16::NEG_ZERO,
+            bf16::INFINITY,
+            bf16::NEG_INFINITY,
+        ] {
+            finite_agrees_with_is_finite(&[t, bf16::NAN, -bf16::NAN, bf16::from_bits(0x7F81)]);
+        }
+        for t in [
+            f16::MAX,
+            f16::MIN,
+            f16::NEG_ZERO,
+            f16::INFINITY,
+            f16::NEG_INFINITY,
+        ] {
+            finite_agrees_with_is_finite(&[t, f16::NAN, -f16::NAN, f16::from_bits(0x7C01)]);
+        }
     }
 
     #[test]

@@ -65,6 +65,13 @@ macro_rules! full_precision {
             fn round_stochastic(x: Self, _bits: u32) -> Self {
                 x
             }
+
+            #[inline(always)]
+            fn all_finite(values: &[Self]) -> bool {
+                let magnitude = !(-0.0 as $t).to_bits();
+                let largest = values.iter().fold(0, |m, x| m.max(x.to_bits() & magnitude));
+                largest < <$t>::INFINITY.to_bits()
+            }
         }
     };
 }
@@ -131,6 +138,13 @@ macro_rules! half_precision {
                     *w = $widen($narrow(*w));
                 }
                 f32::as_simd::<S>(&wide[..l]).0[0]
+            }
+
+            #[inline(always)]
+            fn all_finite(values: &[Self]) -> bool {
+                let magnitude = !(-<$t>::ZERO).to_bits();
+                let largest = values.iter().fold(0, |m, x| m.max(x.to_bits() & magnitude));
+                largest < <$t>::INFINITY.to_bits()
             }
 
             #[inline(always)]

@@ -251,6 +251,11 @@ pub trait Element:
     #[doc(hidden)]
     fn round_vec<S: Simd>(v: Vector<S, Self::Compute>) -> Vector<S, Self::Compute>;
 
+    /// Whether every one of `values` is finite, decided on the integers of their bits (every
+    /// infinite or NaN magnitude at or above the bits of the infinity), which vectorises.
+    #[doc(hidden)]
+    fn all_finite(values: &[Self]) -> bool;
+
     /// `x` rounded to one of its two neighbours in `Self`, up with probability equal to its
     /// distance from the lower one (in units of the gap), the uniform random `bits` deciding;
     /// `x` itself where it is representable (full-precision types always). See

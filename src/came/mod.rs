@@ -33,7 +33,7 @@ mod vector;
 use formula::Clip;
 
 use crate::Element;
-use crate::check::all_finite;
+use crate::check::all_finite_vectorised;
 use crate::config::Coefficients;
 use crate::error::Buffer;
 use crate::exec::{Executor, Serial};
@@ -205,7 +205,7 @@ fn check_range<P: Element>(param: &[P]) -> Result<(), Error> {
     if !P::ROUNDS {
         return Ok(());
     }
-    if all_finite(param) {
+    if all_finite_vectorised(param) {
         return Ok(());
     }
     let index = param
