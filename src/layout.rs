@@ -149,9 +149,10 @@ pub(crate) struct Workspace {
     pub next_row: Range<usize>,
     /// New column statistics of every matrix (`batch x cols`).
     pub next_col: Range<usize>,
-    /// Row factors of every matrix (`batch x rows`).
+    /// Row factors of every matrix (`batch x rows`; those of whole groups of a 3x3 batch in
+    /// the layout of the lanes of its vector kernel).
     pub row_factors: Range<usize>,
-    /// Column factors of every matrix (`batch x cols`).
+    /// Column factors of every matrix (`batch x cols`; likewise).
     pub col_factors: Range<usize>,
     /// A column sum per lane: block and compensated total (`lanes x 2 x cols`).
     pub col_sums: Range<usize>,

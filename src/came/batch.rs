@@ -2,9 +2,10 @@
 //! tensor cut into lanes of whole matrices.
 //!
 //! Per sweep, a lane first does its per-matrix statistics, then computes the factors of all its
-//! matrices in one vectorised pass (for small matrices, such as the 3x3 kernels of a
-//! convolution, the square roots and divisions of the factors cost more than the sweeps
-//! themselves), then uses them.
+//! matrices in one vectorised pass (for small matrices, the square roots and divisions of the
+//! factors cost more than the sweeps themselves), then uses them. A batch of 3x3 matrices (the
+//! kernels of a convolution) computes them group by group instead, while a vector's width of
+//! matrices is in registers (`small_batch.rs`).
 
 use pulp::Simd;
 
@@ -23,6 +24,11 @@ use crate::exec::lanes::{LaneItems, lane_range, split, split_mut};
 use crate::exec::simd::Ops;
 use crate::exec::{Executor, LaneKernel};
 use crate::{Error, Float};
+
+// Sweep 1 of small matrices always takes `small_batch.rs`, which may leave factors in its
+// lanes' layout; sweeps 2 and 3 take it only with full-precision momentum. Packed momentum is
+// only for rows too wide to be small, so they always agree.
+const _: () = assert!(crate::momentum::MIN_COLS >= SMALL_COLS);
 
 /// Sweep 1 of every matrix: new squared-gradient statistics and factors, and the clip.
 pub(super) fn prepare<T: Float, P: Element<Compute = T>, G: Element<Compute = T>, E: Executor>(

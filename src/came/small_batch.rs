@@ -171,7 +171,7 @@ fn to_lanes<S: Simd, T: Float>(simd: S, v: &mut [V<S, T>]) {
         v.copy_from_slice(&T::v_deinterleave3(simd, [a, b, c]));
         return;
     }
-    // by_col[k][j]: element j of the rows 3k .. 3k + 3 of the group (l rows each)
+    // by_col[k][j]: element j of the rows k l .. (k + 1) l of the group (its 3 l rows)
     let mut by_col = [[T::v_splat(simd, T::zero()); 3]; 3];
     for (k, by_col) in by_col.iter_mut().enumerate() {
         *by_col = T::v_deinterleave3(simd, [v[3 * k], v[3 * k + 1], v[3 * k + 2]]);

@@ -53,10 +53,15 @@ pub(super) fn interleave3_f64<S: Simd>(simd: S, v: [S::f64s; 3]) -> [S::f64s; 3]
 }
 
 /// The AVX2 versions. With 8 lanes, element `x_k` of the triples sits at position `3k`, which
-/// puts `x_0, x_3, x_6` in `a`, `x_1, x_4, x_7` in `b` and `x_2, x_5` in `c`, each in a lane of
-/// its own (`3k mod 8` runs through all lanes): two blends gather them into one vector, in the
-/// order `x_0 x_3 x_6 x_1 x_4 x_7 x_2 x_5`, and one permute sorts them. Likewise for `y` and
-/// `z`, and backwards. With 4 lanes (`f64`) the same with positions `3k mod 4`.
+/// puts `x_0, x_1, x_2` in lanes 0, 3, 6 of `a`, `x_3, x_4, x_5` in lanes 1, 4, 7 of `b` and
+/// `x_6, x_7` in lanes 2, 5 of `c`, each in a lane of its own (`3k mod 8` runs through all
+/// lanes): two blends gather them into one vector, in the order `x_0 x_3 x_6 x_1 x_4 x_7 x_2
+/// x_5`, and one permute sorts them. Likewise for `y` and `z`, and backwards. With 4 lanes
+/// (`f64`) the same with positions `3k mod 4`.
+///
+/// The other instruction sets take `pulp`'s functions for three vectors, whose lanes come out
+/// in this order too (its functions for two and four vectors on x86-64 shuffle them); the test
+/// below checks every lane on the instruction set it runs on.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use core::arch::x86_64::{__m256, __m256d, __m256i};
