@@ -49,12 +49,14 @@ fn allocations_during(f: &mut dyn FnMut()) -> usize {
 
 #[test]
 fn steps_do_not_allocate() {
-    // one lane and several; matrix, batch, vector, scalar; clipped and not; with weight decay
-    let shapes: [&[usize]; 8] = [
+    // one lane and several; matrix, batch (3x3 kernels: the vector kernel of a convolution,
+    // whole groups and a partial one), vector, scalar; clipped and not; with weight decay
+    let shapes: [&[usize]; 9] = [
         &[4, 5],
         &[300, 257],
         &[2, 3, 4],
         &[40, 64, 33],
+        &[13, 7, 3, 3],
         &[7],
         &[200_003],
         &[],
