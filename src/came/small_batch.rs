@@ -5,7 +5,7 @@
 //! A 3-wide row fills no vector, but eight 3x3 matrices side by side fill nine. Each group of
 //! `L` matrices (`L` the lanes of a vector: 8 `f32` with AVX2, 4 with NEON) is loaded as the
 //! nine vectors it fills and transposed in registers (two rounds of three-way deinterleaving,
-//! [`to_lanes`]), so that vector `e` holds element `e` of every matrix of the group; the
+//! `group.rs`), so that vector `e` holds element `e` of every matrix of the group; the
 //! group's row and column statistics and factors (three of each per matrix) are moved the same
 //! way. The formulas of [`super::formula`] then run on whole vectors: every statistic, the
 //! norm's quotients, each matrix's row mean and the factors of a group are computed while its
@@ -26,26 +26,21 @@
 
 use pulp::Simd;
 
+mod group;
+
 use super::formula::{self, Consts, ema, norm_from_mean, row_mean, rsqrt, sq_term, square};
 use super::rows::{batch_factors, factors_from_means};
 use super::small;
 use crate::check::all_finite;
 use crate::config::Coefficients;
 use crate::element::random_bits;
-use crate::exec::simd::{Ops, V};
+use crate::exec::simd::Ops;
 use crate::float::lanes;
 use crate::{Element, Float};
-
-/// Rows of each matrix stepped here.
-const ROWS: usize = 3;
-/// Columns of each matrix stepped here.
-const COLS: usize = 3;
-/// Elements of each matrix.
-const SIZE: usize = ROWS * COLS;
-/// The most lanes a group may have (`f32` in a 512-bit vector).
-const MAX_LANES: usize = 16;
-/// Elements of each staging buffer: a group's matrices, `SIZE * L`.
-const STAGE: usize = SIZE * MAX_LANES;
+use group::{
+    COLS, MAX_LANES, ROWS, SIZE, STAGE, Stage, gather, load_factors, save_factors, scatter,
+    scatter_finite, scatter_with, vectors, vectors_mut,
+};
 
 /// Whether a batch of `(rows, cols)` matrices is stepped here under `S`: 3x3 matrices (the
 /// kernels of most convolutions) where vectors have 2 to [`MAX_LANES`] lanes. The kernels pay
@@ -56,162 +51,6 @@ const STAGE: usize = SIZE * MAX_LANES;
 #[inline(always)]
 fn fits<S: Simd, T: Float>(rows: usize, cols: usize) -> bool {
     (rows, cols) == (ROWS, COLS) && (2..=MAX_LANES).contains(&lanes::<S, T>())
-}
-
-/// A staging buffer.
-type Stage<T> = [T; STAGE];
-
-/// The matrices of `src` (`size` elements each: [`SIZE`], or [`ROWS`] statistics; at most `l`
-/// of them) into `buf`, transposed: element `e` of matrix `i` goes to `buf[e * l + i]`, widened
-/// to the compute type. A whole group moves in registers ([`to_lanes`]), a partial one value
-/// by value.
-#[inline(always)]
-fn gather<S: Simd, T: Float, E: Element<Compute = T>>(
-    simd: S,
-    src: &[E],
-    size: usize,
-    l: usize,
-    buf: &mut [T],
-) {
-    let count = src.len() / size;
-    let buf = &mut buf[..size * l];
-    if count == l {
-        let mut v = [T::v_splat(simd, T::zero()); SIZE];
-        for (i, v) in v[..size].iter_mut().enumerate() {
-            *v = E::load::<S>(src, i);
-        }
-        to_lanes::<S, T>(simd, &mut v[..size]);
-        vectors_mut::<S, T>(buf, size).copy_from_slice(&v[..size]);
-    } else {
-        for (e, slots) in buf.chunks_exact_mut(l).enumerate() {
-            for (i, slot) in slots[..count].iter_mut().enumerate() {
-                *slot = src[i * size + e].to_compute();
-            }
-        }
-    }
-}
-
-/// The inverse of [`gather`], each value stored by `put(destination, value, index in dst)`.
-#[inline(always)]
-fn scatter_with<S: Simd, T: Float, E>(
-    simd: S,
-    buf: &[T],
-    size: usize,
-    l: usize,
-    dst: &mut [E],
-    mut put: impl FnMut(&mut E, T, usize),
-) {
-    let count = dst.len() / size;
-    let buf = &buf[..size * l];
-    if count == l {
-        let mut v = [T::v_splat(simd, T::zero()); SIZE];
-        v[..size].copy_from_slice(vectors::<S, T>(buf, size));
-        from_lanes::<S, T>(simd, &mut v[..size]);
-        let mut stored: Stage<T> = [T::zero(); STAGE];
-        vectors_mut::<S, T>(&mut stored, size).copy_from_slice(&v[..size]);
-        let values = stored.iter().zip(&mut dst[..l * size]).enumerate();
-        for (at, (&v, x)) in values {
-            put(x, v, at);
-        }
-    } else {
-        for (e, values) in buf.chunks_exact(l).enumerate() {
-            for (i, &v) in values[..count].iter().enumerate() {
-                let at = i * size + e;
-                put(&mut dst[at], v, at);
-            }
-        }
-    }
-}
-
-/// The inverse of [`gather`] for values kept in the compute type: a whole group stored as
-/// vectors.
-#[inline(always)]
-fn scatter<S: Simd, T: Float>(simd: S, buf: &[T], size: usize, l: usize, dst: &mut [T]) {
-    if dst.len() / size < l {
-        return scatter_with(simd, buf, size, l, dst, |x, v, _| *x = v);
-    }
-    let mut v = [T::v_splat(simd, T::zero()); SIZE];
-    v[..size].copy_from_slice(vectors::<S, T>(buf, size));
-    from_lanes::<S, T>(simd, &mut v[..size]);
-    vectors_mut::<S, T>(dst, size).copy_from_slice(&v[..size]);
-}
-
-/// A group's row or column factors (three per matrix, in the lanes as [`gather`] leaves them)
-/// into the lane's factors. A whole group's are kept as they are, in the lanes, since only
-/// the next sweeps of these kernels read them ([`load_factors`]); a partial group's are
-/// stored as the loops of `small.rs` store them.
-#[inline(always)]
-fn save_factors<S: Simd, T: Float>(simd: S, buf: &[T], l: usize, dst: &mut [T]) {
-    if dst.len() == ROWS * l {
-        dst.copy_from_slice(&buf[..ROWS * l]);
-    } else {
-        scatter(simd, buf, ROWS, l, dst);
-    }
-}
-
-/// The inverse of [`save_factors`].
-#[inline(always)]
-fn load_factors<S: Simd, T: Float>(simd: S, src: &[T], l: usize, buf: &mut [T]) {
-    if src.len() == ROWS * l {
-        buf[..ROWS * l].copy_from_slice(src);
-    } else {
-        gather(simd, src, ROWS, l, buf);
-    }
-}
-
-/// A whole group of `l` matrices of 3 or 9 elements, stored in order in `v` (3 or 9 vectors),
-/// into vector `e` holding element `e` of every matrix. A 3x3 matrix is three triples (its
-/// rows), so its elements are sorted in two rounds of [`Sealed::v_deinterleave3`]: the rows'
-/// first, second and third elements (the columns), then each column's three rows.
-///
-/// [`Sealed::v_deinterleave3`]: crate::float::sealed::Sealed::v_deinterleave3
-#[inline(always)]
-fn to_lanes<S: Simd, T: Float>(simd: S, v: &mut [V<S, T>]) {
-    if let [a, b, c] = *v {
-        v.copy_from_slice(&T::v_deinterleave3(simd, [a, b, c]));
-        return;
-    }
-    // by_col[k][j]: element j of the rows k l .. (k + 1) l of the group (its 3 l rows)
-    let mut by_col = [[T::v_splat(simd, T::zero()); 3]; 3];
-    for (k, by_col) in by_col.iter_mut().enumerate() {
-        *by_col = T::v_deinterleave3(simd, [v[3 * k], v[3 * k + 1], v[3 * k + 2]]);
-    }
-    // then element j of rows 0, 1, 2 of every matrix
-    for j in 0..COLS {
-        let col = T::v_deinterleave3(simd, [by_col[0][j], by_col[1][j], by_col[2][j]]);
-        for (r, &x) in col.iter().enumerate() {
-            v[r * COLS + j] = x;
-        }
-    }
-}
-
-/// The inverse of [`to_lanes`].
-#[inline(always)]
-fn from_lanes<S: Simd, T: Float>(simd: S, v: &mut [V<S, T>]) {
-    if let [x, y, z] = *v {
-        v.copy_from_slice(&T::v_interleave3(simd, [x, y, z]));
-        return;
-    }
-    let mut by_col = [[T::v_splat(simd, T::zero()); 3]; 3];
-    for (j, by_col) in by_col.iter_mut().enumerate() {
-        *by_col = T::v_interleave3(simd, [v[j], v[COLS + j], v[2 * COLS + j]]);
-    }
-    for k in 0..3 {
-        let rows = T::v_interleave3(simd, [by_col[0][k], by_col[1][k], by_col[2][k]]);
-        v[3 * k..3 * k + 3].copy_from_slice(&rows);
-    }
-}
-
-/// The first `n` vectors of `buf`.
-#[inline(always)]
-fn vectors<S: Simd, T: Float>(buf: &[T], n: usize) -> &[V<S, T>] {
-    T::as_simd::<S>(&buf[..n * lanes::<S, T>()]).0
-}
-
-/// The first `n` vectors of `buf`, writable.
-#[inline(always)]
-fn vectors_mut<S: Simd, T: Float>(buf: &mut [T], n: usize) -> &mut [V<S, T>] {
-    T::as_mut_simd::<S>(&mut buf[..n * lanes::<S, T>()]).0
 }
 
 /// Sweep 1 of a lane of small matrices `(rows, cols)`: new squared-gradient statistics into
@@ -352,19 +191,6 @@ fn add_group_norms<T: Float>(
     for (i, &mean) in means[..count].iter().enumerate() {
         *sum_sq += norm_from_mean(mean, &[q[i], q[l + i], q[2 * l + i]]);
     }
-}
-
-/// [`scatter`], returning whether every value stored is finite.
-#[inline(always)]
-fn scatter_finite<S: Simd, T: Float>(
-    simd: S,
-    buf: &[T],
-    size: usize,
-    l: usize,
-    dst: &mut [T],
-) -> bool {
-    scatter(simd, buf, size, l, dst);
-    all_finite(&dst[..dst.len().min(size * l)])
 }
 
 /// Sweep 2 of a lane of small matrices, with clip divisor `d`: the momentum, the new
