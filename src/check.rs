@@ -91,53 +91,46 @@ pub(crate) fn gradient_error<G: Element>(grad: &[G]) -> Error {
 /// (the statistics of a batch of small matrices are as long as its data).
 const CHECK_CHUNK: usize = 256;
 
-/// Whether every value is finite (any [`Element`]), in the caller's instruction set (inside
-/// the kernels: their vectors).
+/// Whether `check` holds for every chunk of `values`, in the caller's instruction set (inside
+/// the kernels: their vectors). Within a chunk the checks have no branch per value.
 #[inline(always)]
-pub(crate) fn all_finite<E: Element>(values: &[E]) -> bool {
-    // a closure, not the function itself: inlined here, so compiled for the caller's vectors
-    #[allow(clippy::redundant_closure)]
-    let finite = |chunk| E::all_finite(chunk);
-    values.chunks(CHECK_CHUNK).all(finite)
+fn every_chunk<E>(values: &[E], check: impl Fn(&[E]) -> bool) -> bool {
+    values.chunks(CHECK_CHUNK).all(check)
 }
 
-/// [`all_finite`] compiled for the CPU's vector instructions, for callers outside the kernels
-/// (a whole tensor of 16-bit parameters, checked after each step).
-pub(crate) fn all_finite_vectorised<E: Element>(values: &[E]) -> bool {
-    struct Finite<'a, E>(&'a [E]);
+/// [`every_chunk`] compiled for the CPU's vector instructions, for callers outside the kernels.
+fn every_chunk_vectorised<E>(values: &[E], check: impl Fn(&[E]) -> bool) -> bool {
+    struct Every<'a, E, F>(&'a [E], F);
 
-    impl<E: Element> pulp::WithSimd for Finite<'_, E> {
+    impl<E, F: Fn(&[E]) -> bool> pulp::WithSimd for Every<'_, E, F> {
         type Output = bool;
 
         #[inline(always)]
         fn with_simd<S: pulp::Simd>(self, _: S) -> bool {
-            all_finite(self.0)
+            every_chunk(self.0, self.1)
         }
     }
 
-    pulp::Arch::new().dispatch(Finite(values))
+    pulp::Arch::new().dispatch(Every(values, check))
+}
+
+/// Whether every value is finite (any [`Element`]), in the caller's instruction set.
+#[inline(always)]
+pub(crate) fn all_finite<E: Element>(values: &[E]) -> bool {
+    every_chunk(values, E::all_finite)
+}
+
+/// [`all_finite`] compiled for the CPU's vector instructions (a whole tensor of 16-bit
+/// parameters, checked after each step).
+pub(crate) fn all_finite_vectorised<E: Element>(values: &[E]) -> bool {
+    every_chunk_vectorised(values, E::all_finite)
 }
 
 /// Whether every value is a possible second-moment statistic: finite and not negative (an
-/// average of squares).
+/// average of squares), compiled for the CPU's vector instructions (a batch of small matrices
+/// has as many statistics as elements, and each step checks them).
 pub(crate) fn valid_statistics<T: Float>(values: &[T]) -> bool {
-    /// The check compiled for the CPU's vector instructions (a batch of small matrices has
-    /// as many statistics as elements, and each step checks them).
-    struct Valid<'a, T>(&'a [T]);
-
-    impl<T: Float> pulp::WithSimd for Valid<'_, T> {
-        type Output = bool;
-
-        #[inline(always)]
-        fn with_simd<S: pulp::Simd>(self, _: S) -> bool {
-            // a closure, not the function itself: inlined here, so compiled for `S`
-            #[allow(clippy::redundant_closure)]
-            let valid = |chunk| T::nonnegative_finite(chunk);
-            self.0.chunks(CHECK_CHUNK).all(valid)
-        }
-    }
-
-    pulp::Arch::new().dispatch(Valid(values))
+    every_chunk_vectorised(values, T::nonnegative_finite)
 }
 
 #[cfg(test)]

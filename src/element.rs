@@ -68,9 +68,7 @@ macro_rules! full_precision {
 
             #[inline(always)]
             fn all_finite(values: &[Self]) -> bool {
-                let magnitude = !(-0.0 as $t).to_bits();
-                let largest = values.iter().fold(0, |m, x| m.max(x.to_bits() & magnitude));
-                largest < <$t>::INFINITY.to_bits()
+                <$t as crate::float::sealed::Sealed>::abs_max(values).is_finite()
             }
         }
     };

@@ -34,7 +34,7 @@ use super::small;
 use crate::check::all_finite;
 use crate::config::Coefficients;
 use crate::element::random_bits;
-use crate::exec::simd::Ops;
+use crate::exec::simd::{Ops, V};
 use crate::float::lanes;
 use crate::{Element, Float};
 use group::{
@@ -151,15 +151,8 @@ fn sq_stats_3x3<S: Simd, T: Float, G: Element<Compute = T>>(
         }
         group_means(&rs, l, count, &mut means);
         add_group_norms(&mut sum_sq, &means, &qs, l, count);
-        // lines 7-8: the factors
-        let mean = vectors::<S, T>(&means, 1)[0];
-        let (r, col) = (vectors::<S, T>(&rs, ROWS), vectors::<S, T>(&cs, COLS));
-        for (f, &r) in vectors_mut::<S, T>(&mut fs, ROWS).iter_mut().zip(r) {
-            *f = rsqrt(o, c.one, o.div(r, mean));
-        }
-        for (f, &col) in vectors_mut::<S, T>(&mut ks, COLS).iter_mut().zip(col) {
-            *f = rsqrt(o, c.one, col);
-        }
+        // lines 7-8
+        group_factors(o, (&rs, &cs), &means, None, (&mut fs, &mut ks));
         finite &= scatter_finite(simd, &rs, ROWS, l, next_row);
         finite &= scatter_finite(simd, &cs, COLS, l, next_col);
         save_factors(simd, &fs, l, rf_out);
@@ -174,6 +167,30 @@ fn sq_stats_3x3<S: Simd, T: Float, G: Element<Compute = T>>(
 fn group_means<T: Float>(rows: &[T], l: usize, count: usize, means: &mut [T; MAX_LANES]) {
     for (i, mean) in means[..count].iter_mut().enumerate() {
         *mean = row_mean(&[rows[i], rows[l + i], rows[2 * l + i]]);
+    }
+}
+
+/// The factors of a group's staged row and column statistics into the staging buffers `rf`,
+/// `cf`, as `rows::factors_from_means` computes them: `rf = rsqrt(r / mean(r))` (lines 7 and
+/// 14), `cf = rsqrt(c)`, the columns bias-corrected first when `bias_correction` is given.
+#[inline(always)]
+fn group_factors<S: Simd, T: Float>(
+    o: Ops<S, T>,
+    (rows, cols): (&[T], &[T]),
+    means: &[T; MAX_LANES],
+    bias_correction: Option<V<S, T>>,
+    (rf, cf): (&mut [T], &mut [T]),
+) {
+    let one = o.splat(T::one());
+    let mean = vectors::<S, T>(means, 1)[0];
+    let rf = vectors_mut::<S, T>(rf, ROWS);
+    for (f, &r) in rf.iter_mut().zip(vectors::<S, T>(rows, ROWS)) {
+        *f = rsqrt(o, one, o.div(r, mean));
+    }
+    let cf = vectors_mut::<S, T>(cf, COLS);
+    for (f, &c) in cf.iter_mut().zip(vectors::<S, T>(cols, COLS)) {
+        let c = bias_correction.map_or(c, |bc| formula::debias(o, c, bc));
+        *f = rsqrt(o, one, c);
     }
 }
 
@@ -302,15 +319,8 @@ fn momentum_3x3<S: Simd, T: Float, G: Element<Compute = T>>(
         // lines 14-15: the confidence factors
         if k.confidence {
             group_means(&rs, l, count, &mut means);
-            let mean = vectors::<S, T>(&means, 1)[0];
-            let (r, col) = (vectors::<S, T>(&rs, ROWS), vectors::<S, T>(&cs, COLS));
-            for (f, &r) in row_factors.iter_mut().zip(r) {
-                *f = rsqrt(o, c.one, o.div(r, mean));
-            }
-            for (f, &col) in col_factors.iter_mut().zip(col) {
-                let col = bias_correction.map_or(col, |bc| formula::debias(o, col, bc));
-                *f = rsqrt(o, c.one, col);
-            }
+            let factors = (&mut rfs[..], &mut cfs[..]);
+            group_factors(o, (&rs, &cs), &means, bias_correction, factors);
         } else {
             row_factors.fill(c.one);
             col_factors.fill(c.one);

@@ -10,47 +10,48 @@
 
 use pulp::Simd;
 
-/// `[a, b, c]`, the `L` triples `(x_k, y_k, z_k)` stored in order (`a` holds the first `L`
-/// values), into `[x, y, z]`.
-#[inline(always)]
-pub(super) fn deinterleave3_f32<S: Simd>(simd: S, v: [S::f32s; 3]) -> [S::f32s; 3] {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(&v3) = (&simd as &dyn core::any::Any).downcast_ref::<pulp::x86::V3>() {
-        return bytemuck::cast(avx2::deinterleave3_f32(v3, bytemuck::cast(v)));
-    }
-    simd.deinterleave_shfl_f32s(v)
+/// Defines `$name`: the AVX2 function of the same name under `pulp`'s `V3`, else `pulp`'s
+/// `$fallback`, on three vectors of `S::$v`.
+macro_rules! three_vectors {
+    ($(#[$doc:meta])* $name:ident, $v:ident, $fallback:ident) => {
+        $(#[$doc])*
+        #[inline(always)]
+        pub(super) fn $name<S: Simd>(simd: S, v: [S::$v; 3]) -> [S::$v; 3] {
+            #[cfg(target_arch = "x86_64")]
+            if let Some(&v3) = (&simd as &dyn core::any::Any).downcast_ref::<pulp::x86::V3>() {
+                return bytemuck::cast(avx2::$name(v3, bytemuck::cast(v)));
+            }
+            simd.$fallback(v)
+        }
+    };
 }
 
-/// The inverse of [`deinterleave3_f32`]: `[x, y, z]` into the triples `(x_k, y_k, z_k)` in
-/// order.
-#[inline(always)]
-pub(super) fn interleave3_f32<S: Simd>(simd: S, v: [S::f32s; 3]) -> [S::f32s; 3] {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(&v3) = (&simd as &dyn core::any::Any).downcast_ref::<pulp::x86::V3>() {
-        return bytemuck::cast(avx2::interleave3_f32(v3, bytemuck::cast(v)));
-    }
-    simd.interleave_shfl_f32s(v)
-}
-
-/// [`deinterleave3_f32`] for `f64`.
-#[inline(always)]
-pub(super) fn deinterleave3_f64<S: Simd>(simd: S, v: [S::f64s; 3]) -> [S::f64s; 3] {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(&v3) = (&simd as &dyn core::any::Any).downcast_ref::<pulp::x86::V3>() {
-        return bytemuck::cast(avx2::deinterleave3_f64(v3, bytemuck::cast(v)));
-    }
-    simd.deinterleave_shfl_f64s(v)
-}
-
-/// [`interleave3_f32`] for `f64`.
-#[inline(always)]
-pub(super) fn interleave3_f64<S: Simd>(simd: S, v: [S::f64s; 3]) -> [S::f64s; 3] {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(&v3) = (&simd as &dyn core::any::Any).downcast_ref::<pulp::x86::V3>() {
-        return bytemuck::cast(avx2::interleave3_f64(v3, bytemuck::cast(v)));
-    }
-    simd.interleave_shfl_f64s(v)
-}
+three_vectors!(
+    /// `[a, b, c]`, the `L` triples `(x_k, y_k, z_k)` stored in order (`a` holds the first `L`
+    /// values), into `[x, y, z]`.
+    deinterleave3_f32,
+    f32s,
+    deinterleave_shfl_f32s
+);
+three_vectors!(
+    /// The inverse of [`deinterleave3_f32`]: `[x, y, z]` into the triples `(x_k, y_k, z_k)` in
+    /// order.
+    interleave3_f32,
+    f32s,
+    interleave_shfl_f32s
+);
+three_vectors!(
+    /// [`deinterleave3_f32`] for `f64`.
+    deinterleave3_f64,
+    f64s,
+    deinterleave_shfl_f64s
+);
+three_vectors!(
+    /// [`interleave3_f32`] for `f64`.
+    interleave3_f64,
+    f64s,
+    interleave_shfl_f64s
+);
 
 /// The AVX2 versions. With 8 lanes, element `x_k` of the triples sits at position `3k`, which
 /// puts `x_0, x_1, x_2` in lanes 0, 3, 6 of `a`, `x_3, x_4, x_5` in lanes 1, 4, 7 of `b` and

@@ -7,6 +7,7 @@ use pulp::Simd;
 
 use crate::check::all_finite;
 use crate::exec::simd::V;
+pub(super) use crate::float::MAX_LANES;
 use crate::float::lanes;
 use crate::{Element, Float};
 
@@ -16,8 +17,6 @@ pub(super) const ROWS: usize = 3;
 pub(super) const COLS: usize = 3;
 /// Elements of each matrix.
 pub(super) const SIZE: usize = ROWS * COLS;
-/// The most lanes a group may have (`f32` in a 512-bit vector).
-pub(super) const MAX_LANES: usize = 16;
 /// Elements of each staging buffer: a group's matrices, `SIZE * L`.
 pub(super) const STAGE: usize = SIZE * MAX_LANES;
 
@@ -67,11 +66,9 @@ pub(super) fn scatter_with<S: Simd, T: Float, E>(
     let count = dst.len() / size;
     let buf = &buf[..size * l];
     if count == l {
-        let mut v = [T::v_splat(simd, T::zero()); SIZE];
-        v[..size].copy_from_slice(vectors::<S, T>(buf, size));
-        from_lanes::<S, T>(simd, &mut v[..size]);
         let mut stored: Stage<T> = [T::zero(); STAGE];
-        vectors_mut::<S, T>(&mut stored, size).copy_from_slice(&v[..size]);
+        vectors_mut::<S, T>(&mut stored, size)
+            .copy_from_slice(&in_stored_order(simd, buf, size)[..size]);
         let values = stored.iter().zip(&mut dst[..l * size]).enumerate();
         for (at, (&v, x)) in values {
             put(x, v, at);
@@ -93,10 +90,17 @@ pub(super) fn scatter<S: Simd, T: Float>(simd: S, buf: &[T], size: usize, l: usi
     if dst.len() / size < l {
         return scatter_with(simd, buf, size, l, dst, |x, v, _| *x = v);
     }
+    vectors_mut::<S, T>(dst, size).copy_from_slice(&in_stored_order(simd, buf, size)[..size]);
+}
+
+/// A whole group's `size` vectors in the lanes (`buf`, as [`gather`] leaves them), back in the
+/// order the matrices are stored ([`from_lanes`]): the first `size` of those returned.
+#[inline(always)]
+fn in_stored_order<S: Simd, T: Float>(simd: S, buf: &[T], size: usize) -> [V<S, T>; SIZE] {
     let mut v = [T::v_splat(simd, T::zero()); SIZE];
     v[..size].copy_from_slice(vectors::<S, T>(buf, size));
     from_lanes::<S, T>(simd, &mut v[..size]);
-    vectors_mut::<S, T>(dst, size).copy_from_slice(&v[..size]);
+    v
 }
 
 /// A group's row or column factors (three per matrix, in the lanes as [`gather`] leaves them)
@@ -187,5 +191,5 @@ pub(super) fn scatter_finite<S: Simd, T: Float>(
     dst: &mut [T],
 ) -> bool {
     scatter(simd, buf, size, l, dst);
-    all_finite(&dst[..dst.len().min(size * l)])
+    all_finite(dst)
 }
