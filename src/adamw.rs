@@ -18,6 +18,7 @@ use crate::check::scan_gradient;
 use crate::config::{check_beta, check_eps, check_lr, check_weight_decay};
 use crate::error::Buffer;
 use crate::exec::lanes::{ElementItem, element_items};
+use crate::exec::prefetch;
 use crate::exec::simd::{Ops, Scalar, V};
 use crate::exec::{Executor, LaneKernel, Serial, all_or_nothing};
 use crate::{Error, Float, Shape, StepInfo, TensorError};
@@ -442,8 +443,14 @@ fn apply<S: Simd, T: Float, const SMALL: bool, const DECAY: bool>(
     let (mv, mt) = T::as_mut_simd::<S>(m);
     let (vv, vt) = T::as_mut_simd::<S>(v);
     let c = Consts::new(o, k);
-    for (((p, &g), m), v) in pv.iter_mut().zip(gv).zip(mv.iter_mut()).zip(vv.iter_mut()) {
-        (*p, *m, *v) = element::<S, T, SMALL, DECAY>(o, &c, (*p, g, *m, *v));
+    let n = pv.len().min(gv.len()).min(mv.len()).min(vv.len());
+    let (pv, gv, mv, vv) = (&mut pv[..n], &gv[..n], &mut mv[..n], &mut vv[..n]);
+    for i in 0..n {
+        prefetch::ahead(&*pv, i);
+        prefetch::ahead(gv, i);
+        prefetch::ahead(&*mv, i);
+        prefetch::ahead(&*vv, i);
+        (pv[i], mv[i], vv[i]) = element::<S, T, SMALL, DECAY>(o, &c, (pv[i], gv[i], mv[i], vv[i]));
     }
     let s = Ops::<Scalar, T>::new(Scalar);
     let c = Consts::new(s, k);

@@ -5,6 +5,7 @@ use core::marker::PhantomData;
 use crate::Element;
 use crate::came::formula;
 use crate::exec::LaneKernel;
+use crate::exec::prefetch;
 use crate::exec::simd::{self, Ops, Scalar};
 use crate::float::lanes;
 use crate::{Error, Float};
@@ -62,6 +63,7 @@ impl<'a, G: Element> LaneKernel for SquareCheck<'a, G> {
         let (xv, xt) = x.split_at(n * lanes::<S, G::Compute>());
         let mut acc = o.splat(num_traits::Zero::zero());
         for i in 0..n {
+            prefetch::ahead(xv, i * lanes::<S, G::Compute>());
             let v = G::load::<S>(xv, i);
             acc = o.add(acc, formula::finite_or_nan(o, formula::square(o, v)));
         }
@@ -95,7 +97,10 @@ const CHECK_CHUNK: usize = 256;
 /// the kernels: their vectors). Within a chunk the checks have no branch per value.
 #[inline(always)]
 fn every_chunk<E>(values: &[E], check: impl Fn(&[E]) -> bool) -> bool {
-    values.chunks(CHECK_CHUNK).all(check)
+    values.chunks(CHECK_CHUNK).enumerate().all(|(c, chunk)| {
+        prefetch::ahead_span(values, c * CHECK_CHUNK, chunk.len());
+        check(chunk)
+    })
 }
 
 /// [`every_chunk`] compiled for the CPU's vector instructions, for callers outside the kernels.

@@ -18,6 +18,7 @@ use crate::Element;
 use crate::Float;
 use crate::config::Coefficients;
 use crate::exec::lanes::lane_range;
+use crate::exec::prefetch;
 use crate::exec::simd::Ops;
 use crate::momentum::{Code8, MAX_BLOCK, decode, encode};
 
@@ -185,6 +186,16 @@ impl<T: Float> Moments<'_, T> {
         }
     }
 
+    /// Requests the lines of elements `at..at + len` ahead ([`prefetch::ahead_span`]).
+    #[inline(always)]
+    fn prefetch(&self, at: usize, len: usize) {
+        match self {
+            Moments::Full(m) => prefetch::ahead_span(m, at, len),
+            Moments::Bf16(m) => prefetch::ahead_span(m, at, len),
+            Moments::Int8 { codes, .. } => prefetch::ahead_span(codes, at, len),
+        }
+    }
+
     /// Elements per block of a row.
     fn block(&self) -> usize {
         match self {
@@ -217,16 +228,25 @@ pub(super) fn momentum<S: Simd, T: Float, G: Element<Compute = T>>(
     let n = T::from_f64(cols as f64);
     let block = m.block();
     let mut stash = [T::zero(); MAX_BLOCK];
+    let g_all = g;
     for (r, (g, (&old, next))) in g.chunks_exact(cols).zip(old.iter().zip(next)).enumerate() {
         let rf_d = f.rf[r] / f.d;
         let mut s = T::zero();
         for (b, at) in (0..cols).step_by(block).enumerate() {
             let end = cols.min(at + block);
             let buf = &mut stash[..end - at];
+            prefetch::ahead_span(g_all, r * cols + at, end - at);
+            m.prefetch(r * cols + at, end - at);
             m.load((r, cols), (b, at), buf);
             let (cf, col) = (&f.cf[at..end], &mut sums[at..end]);
-            let [sum] =
-                momentum_rows::<S, T, G, 1>(o, ([&g[at..end]], [&mut *buf]), [rf_d], cf, k, col);
+            let [sum] = momentum_rows::<S, T, G, 1, false>(
+                o,
+                ([&g[at..end]], [&mut *buf]),
+                [rf_d],
+                cf,
+                k,
+                col,
+            );
             s = s + sum;
             m.store((r, cols), (b, at), buf);
         }
@@ -247,14 +267,16 @@ pub(super) fn apply<S: Simd, T: Float, P: Element<Compute = T>>(
 ) {
     let block = m.block();
     let mut stash = [T::zero(); MAX_BLOCK];
-    for (r, (p, &rf)) in p.chunks_exact_mut(cols).zip(rf).enumerate() {
+    for (r, &rf) in rf.iter().enumerate().take(p.len() / cols.max(1)) {
         for (b, at) in (0..cols).step_by(block).enumerate() {
             let end = cols.min(at + block);
             let buf = &mut stash[..end - at];
+            let flat = r * cols + at;
+            prefetch::ahead_span(&*p, flat, end - at);
+            m.prefetch(flat, end - at);
             m.load((r, cols), (b, at), buf);
-            let index = start + r * cols + at;
-            let rows = ([&mut p[at..end]], [&*buf]);
-            apply_rows::<S, T, P, 1>(o, rows, ([rf], &cf[at..end]), index, k);
+            let rows = ([&mut p[flat..r * cols + end]], [&*buf]);
+            apply_rows::<S, T, P, 1, false>(o, rows, ([rf], &cf[at..end]), start + flat, k);
         }
     }
 }

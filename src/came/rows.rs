@@ -172,7 +172,7 @@ fn momentum_by<S: Simd, T: Float, G: Element<Compute = T>, const R: usize>(
         // the clip divisor divides the row factor (exactly 1 when the update is not clipped)
         let rf_d: [T; R] = core::array::from_fn(|r| rf[r] / f.d);
         let data = (rows(g, cols), rows_mut(m, cols));
-        let s = momentum_rows::<S, T, G, R>(o, data, rf_d, f.cf, k, sums);
+        let s = momentum_rows::<S, T, G, R, true>(o, data, rf_d, f.cf, k, sums);
         for r in 0..R {
             next[r] = average(old[r], s[r], n, k.beta3, k.one_minus_beta3);
         }
@@ -217,7 +217,7 @@ fn apply_by<S: Simd, T: Float, P: Element<Compute = T>, const R: usize>(
     for (group, ((p, m), rf)) in data.zip(rf.chunks_exact(R)).enumerate() {
         let rf: [T; R] = core::array::from_fn(|r| rf[r]);
         let at = start + group * R * cols;
-        apply_rows::<S, T, P, R>(o, (rows_mut(p, cols), rows(m, cols)), (rf, cf), at, k);
+        apply_rows::<S, T, P, R, true>(o, (rows_mut(p, cols), rows(m, cols)), (rf, cf), at, k);
     }
 }
 

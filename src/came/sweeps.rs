@@ -21,6 +21,7 @@ use crate::Element;
 use crate::Float;
 use crate::config::Coefficients;
 use crate::element::random_bits;
+use crate::exec::prefetch;
 use crate::exec::simd::{Ops, Scalar, V};
 use crate::float::lanes;
 
@@ -111,6 +112,7 @@ pub(crate) fn row_sq_sum<S: Simd, T: Float, G: Element<Compute = T>>(
     for start in (0..quads).step_by(ROW_BLOCK) {
         let mut acc = [zero; 4];
         for q in start..quads.min(start + ROW_BLOCK) {
+            prefetch::ahead_span(g, 4 * q * lanes::<S, T>(), 4 * lanes::<S, T>());
             for (a, sum) in acc.iter_mut().enumerate() {
                 *sum = o.add(*sum, term(4 * q + a));
             }
@@ -189,9 +191,16 @@ fn col_group<S: Simd, T: Float, const R: usize>(
 /// For `R` rows: updates the momentum `m = beta1 m + (1 - beta1) u` with the clipped update
 /// `u = (rf_d * cf_j) * g_j` (`rf_d`: the row factor divided by the clip divisor), returns each
 /// row's `sum_j ((u_j - m_j)^2 + eps2)` (summed in blocks of [`ROW_BLOCK`] vectors added into a
-/// compensated total) and adds the column terms to `col_sums`.
+/// compensated total) and adds the column terms to `col_sums`. `AHEAD`: whether to request the
+/// rows' lines ahead ([`prefetch`]; not for rows a caller has just brought into cache).
 #[inline(always)]
-pub(crate) fn momentum_rows<S: Simd, T: Float, G: Element<Compute = T>, const R: usize>(
+pub(crate) fn momentum_rows<
+    S: Simd,
+    T: Float,
+    G: Element<Compute = T>,
+    const R: usize,
+    const AHEAD: bool,
+>(
     o: Ops<S, T>,
     (g, m): ([&[G]; R], [&mut [T]; R]),
     rf_d: [T; R],
@@ -201,8 +210,8 @@ pub(crate) fn momentum_rows<S: Simd, T: Float, G: Element<Compute = T>, const R:
 ) -> [T; R] {
     let (fv, ft) = T::as_simd::<S>(cf);
     let n = fv.len();
-    let (gv, gt) = vectors::<S, G, R>(g, n);
-    let gv = gv.map(G::vectors::<S>);
+    let (g_rows, gt) = vectors::<S, G, R>(g, n);
+    let gv = g_rows.map(G::vectors::<S>);
     let (mv, mt) = vectors_mut::<S, T, R>(m, n);
     let mv = mv.map(|m| T::as_mut_simd::<S>(m).0);
     let (cv, ct) = T::as_mut_simd::<S>(col_sums);
@@ -221,6 +230,10 @@ pub(crate) fn momentum_rows<S: Simd, T: Float, G: Element<Compute = T>, const R:
             // at the same page offset)
             let (mut x, mut m_old) = ([zero; R], [zero; R]);
             for r in 0..R {
+                if AHEAD {
+                    prefetch::ahead(g_rows[r], i * lanes::<S, T>());
+                    prefetch::ahead(&*mv[r], i);
+                }
                 x[r] = G::at::<S>(gv[r], i);
                 m_old[r] = mv[r][i];
             }
@@ -256,9 +269,16 @@ pub(crate) fn momentum_rows<S: Simd, T: Float, G: Element<Compute = T>, const R:
 
 /// For `R` rows: decoupled weight decay `p -= (lr * wd) p` when on, then
 /// `p -= ((rf * cf_j) * m_j) * lr`, written back to `P` as `k.rounding` says (`start`: the flat
-/// index of the first row's first element, which stochastic rounding needs).
+/// index of the first row's first element, which stochastic rounding needs). `AHEAD` as in
+/// [`momentum_rows`].
 #[inline(always)]
-pub(crate) fn apply_rows<S: Simd, T: Float, P: Element<Compute = T>, const R: usize>(
+pub(crate) fn apply_rows<
+    S: Simd,
+    T: Float,
+    P: Element<Compute = T>,
+    const R: usize,
+    const AHEAD: bool,
+>(
     o: Ops<S, T>,
     (p, m): ([&mut [P]; R], [&[T]; R]),
     (rf, cf): ([T; R], &[T]),
@@ -267,16 +287,16 @@ pub(crate) fn apply_rows<S: Simd, T: Float, P: Element<Compute = T>, const R: us
 ) {
     match (k.decay.is_some(), k.rounding_key.filter(|_| P::ROUNDS)) {
         (false, None) => {
-            apply_rows_with::<S, T, P, R, false, false>(o, (p, m), (rf, cf), (start, 0), k);
+            apply_rows_with::<S, T, P, R, AHEAD, false, false>(o, (p, m), (rf, cf), (start, 0), k);
         }
         (true, None) => {
-            apply_rows_with::<S, T, P, R, true, false>(o, (p, m), (rf, cf), (start, 0), k);
+            apply_rows_with::<S, T, P, R, AHEAD, true, false>(o, (p, m), (rf, cf), (start, 0), k);
         }
         (false, Some(key)) => {
-            apply_rows_with::<S, T, P, R, false, true>(o, (p, m), (rf, cf), (start, key), k);
+            apply_rows_with::<S, T, P, R, AHEAD, false, true>(o, (p, m), (rf, cf), (start, key), k);
         }
         (true, Some(key)) => {
-            apply_rows_with::<S, T, P, R, true, true>(o, (p, m), (rf, cf), (start, key), k);
+            apply_rows_with::<S, T, P, R, AHEAD, true, true>(o, (p, m), (rf, cf), (start, key), k);
         }
     }
 }
@@ -287,6 +307,7 @@ fn apply_rows_with<
     T: Float,
     P: Element<Compute = T>,
     const R: usize,
+    const AHEAD: bool,
     const DECAY: bool,
     const RANDOM: bool,
 >(
@@ -310,6 +331,10 @@ fn apply_rows_with<
         // loads before stores, as in `momentum_rows`
         let (mut pr, mut mr) = ([zero; R], [zero; R]);
         for r in 0..R {
+            if AHEAD {
+                prefetch::ahead(&*pv[r], i * lanes::<S, T>());
+                prefetch::ahead(mv[r], i);
+            }
             pr[r] = P::load::<S>(pv[r], i);
             mr[r] = mv[r][i];
         }
@@ -374,6 +399,9 @@ pub(crate) fn vector_sq_block<S: Simd, T: Float, G: Element<Compute = T>>(
     let zero = o.splat(T::zero());
     let (mut acc, mut check) = (zero, zero);
     for (i, (&v, &m)) in vv.iter().zip(mv).enumerate() {
+        prefetch::ahead(g, i * lanes::<S, T>());
+        prefetch::ahead(vv, i);
+        prefetch::ahead(mv, i);
         let (vn, u) = formula::vector_second_moment(o, &c, (G::at::<S>(gv, i), v));
         acc = o.add(acc, formula::square(o, u));
         check = o.add(check, formula::not_finite(o, vn, m));
@@ -416,12 +444,17 @@ pub(crate) fn vector_apply<
     let round = P::ROUNDS && key.is_none();
     let c = Consts::new(o, k);
     let dv = o.splat(d);
-    for (i, (m, v)) in mv.iter_mut().zip(vv.iter_mut()).enumerate() {
-        let (vn, u) = formula::vector_second_moment(o, &c, (G::at::<S>(gv, i), *v));
-        *v = vn;
+    let vv = &mut vv[..mv.len()];
+    for i in 0..mv.len() {
+        prefetch::ahead(&*pv, i * lanes::<S, T>());
+        prefetch::ahead(g, i * lanes::<S, T>());
+        prefetch::ahead(&*mv, i);
+        prefetch::ahead(&*vv, i);
+        let (vn, u) = formula::vector_second_moment(o, &c, (G::at::<S>(gv, i), vv[i]));
+        vv[i] = vn;
         let p = formula::decayed::<S, T, P, DECAY>(o, &c, P::load::<S>(pv, i), round);
-        let (m_new, p_new) = formula::vector_update::<S, T, CLIP>(o, &c, (u, dv), (*m, p));
-        *m = m_new;
+        let (m_new, p_new) = formula::vector_update::<S, T, CLIP>(o, &c, (u, dv), (mv[i], p));
+        mv[i] = m_new;
         match key {
             Some(key) => store_stochastic::<S, P>(pv, i, p_new, key, start),
             None => P::store::<S>(pv, i, p_new),

@@ -8,6 +8,7 @@
 pub(crate) mod lanes;
 #[cfg(feature = "std")]
 pub(crate) mod pool;
+pub(crate) mod prefetch;
 pub(crate) mod simd;
 
 pub(crate) use simd::LaneKernel;
