@@ -277,9 +277,13 @@ pub(crate) fn bf16_to_f32(x: bf16) -> f32 {
 pub(crate) fn f32_to_bf16(x: f32) -> bf16 {
     let b = x.to_bits();
     let rounded = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16;
-    // a NaN keeps its upper bits with the quiet bit set, as `half` does
-    let nan = (b & 0x7FFF_FFFF) > 0x7F80_0000;
-    let bits = if nan { (b >> 16) | 0x40 } else { rounded };
+    // a NaN keeps its upper bits with the quiet bit set, as `half` does (tested as a float: one
+    // unordered comparison in vectors)
+    let bits = if x.is_nan() {
+        (b >> 16) | 0x40
+    } else {
+        rounded
+    };
     bf16::from_bits(bits as u16)
 }
 
