@@ -1,6 +1,7 @@
 //! How the work of a step is run: which instructions (`simd`), cut into which pieces (`lanes`),
 //! on which threads (`Executor`, and the thread pool `pool` with `std`), and in which order
-//! across tensors ([`all_or_nothing`]: check every tensor, then change every tensor).
+//! across tensors ([`all_or_nothing`]: check every tensor, then change every tensor), and which
+//! cache lines the loops ask for ahead of reading them (`prefetch`).
 //!
 //! Nothing here knows the CAME update; `crate::came` and `crate::adamw` hand their sweeps to an
 //! [`Executor`] as [`LaneKernel`]s.
