@@ -13,7 +13,7 @@ use half::bf16;
 use pulp::Simd;
 
 use super::formula::average;
-use super::sweeps::{Factors, apply_rows, momentum_rows};
+use super::sweeps::{Factors, apply_rows, momentum_rows, nothing_follows};
 use crate::Element;
 use crate::Float;
 use crate::config::Coefficients;
@@ -242,6 +242,7 @@ pub(super) fn momentum<S: Simd, T: Float, G: Element<Compute = T>>(
             let [sum] = momentum_rows::<S, T, G, 1, false>(
                 o,
                 ([&g[at..end]], [&mut *buf]),
+                nothing_follows(),
                 [rf_d],
                 cf,
                 k,
@@ -276,7 +277,8 @@ pub(super) fn apply<S: Simd, T: Float, P: Element<Compute = T>>(
             m.prefetch(flat, end - at);
             m.load((r, cols), (b, at), buf);
             let rows = ([&mut p[flat..r * cols + end]], [&*buf]);
-            apply_rows::<S, T, P, 1, false>(o, rows, ([rf], &cf[at..end]), start + flat, k);
+            let f = ([rf], &cf[at..end]);
+            apply_rows::<S, T, P, 1, false>(o, rows, nothing_follows(), f, start + flat, k);
         }
     }
 }

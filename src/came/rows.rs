@@ -34,6 +34,16 @@ fn grouped<T>(cols: usize, rows: usize) -> usize {
     }
 }
 
+/// The rows of group `group` (of `R` rows of `cols`) of `data`, or nothing where `data` ends
+/// first: what follows the rows of the group before in their streams.
+#[inline(always)]
+fn following<T, const R: usize>(data: &[T], group: usize, cols: usize) -> [&[T]; R] {
+    match data.get(group * R * cols..(group + 1) * R * cols) {
+        Some(rows) => super::sweeps::rows(rows, cols),
+        None => [&[]; R],
+    }
+}
+
 /// Rows up to this many bytes are walked one at a time.
 const NARROW_ROW_BYTES: usize = 8192;
 
@@ -90,12 +100,14 @@ fn sq_stats_by<S: Simd, T: Float, G: Element<Compute = T>, const R: usize>(
     k: &Coefficients<T>,
 ) {
     let n = T::from_f64(cols as f64);
+    let g_all = g;
     let groups = g.chunks_exact(R * cols).zip(old.chunks_exact(R));
-    for ((g, old), next) in groups.zip(next.chunks_exact_mut(R)) {
+    for (group, ((g, old), next)) in groups.zip(next.chunks_exact_mut(R)).enumerate() {
         let g = rows::<G, R>(g, cols);
+        let g_next = following::<G, R>(g_all, group + 1, cols);
         let mut s = [T::zero(); R];
         for r in 0..R {
-            s[r] = row_sq_sum(o, g[r], k.eps1);
+            s[r] = row_sq_sum(o, (g[r], g_next[r]), k.eps1);
         }
         for r in 0..R {
             next[r] = average(old[r], s[r], n, k.beta2, k.one_minus_beta2);
@@ -166,16 +178,20 @@ fn momentum_by<S: Simd, T: Float, G: Element<Compute = T>, const R: usize>(
     k: &Coefficients<T>,
 ) {
     let n = T::from_f64(cols as f64);
-    let data = g.chunks_exact(R * cols).zip(m.chunks_exact_mut(R * cols));
     let row_stats = f.rf.chunks_exact(R).zip(old.chunks_exact(R));
-    for ((g, m), ((rf, old), next)) in data.zip(row_stats.zip(next.chunks_exact_mut(R))) {
+    let mut m_rest = m;
+    for (group, ((rf, old), next)) in row_stats.zip(next.chunks_exact_mut(R)).enumerate() {
         // the clip divisor divides the row factor (exactly 1 when the update is not clipped)
         let rf_d: [T; R] = core::array::from_fn(|r| rf[r] / f.d);
-        let data = (rows(g, cols), rows_mut(m, cols));
-        let s = momentum_rows::<S, T, G, R, true>(o, data, rf_d, f.cf, k, sums);
+        let (m, m_after) = core::mem::take(&mut m_rest).split_at_mut(R * cols);
+        let g_group = &g[group * R * cols..(group + 1) * R * cols];
+        let data = (rows(g_group, cols), rows_mut(m, cols));
+        let after = (following(g, group + 1, cols), following(m_after, 0, cols));
+        let s = momentum_rows::<S, T, G, R, true>(o, data, after, rf_d, f.cf, k, sums);
         for r in 0..R {
             next[r] = average(old[r], s[r], n, k.beta3, k.one_minus_beta3);
         }
+        m_rest = m_after;
     }
 }
 
@@ -213,11 +229,16 @@ fn apply_by<S: Simd, T: Float, P: Element<Compute = T>, const R: usize>(
     start: usize,
     k: &Coefficients<T>,
 ) {
-    let data = p.chunks_exact_mut(R * cols).zip(m.chunks_exact(R * cols));
-    for (group, ((p, m), rf)) in data.zip(rf.chunks_exact(R)).enumerate() {
+    let mut p_rest = p;
+    for (group, rf) in rf.chunks_exact(R).enumerate() {
         let rf: [T; R] = core::array::from_fn(|r| rf[r]);
         let at = start + group * R * cols;
-        apply_rows::<S, T, P, R, true>(o, (rows_mut(p, cols), rows(m, cols)), (rf, cf), at, k);
+        let (p, p_after) = core::mem::take(&mut p_rest).split_at_mut(R * cols);
+        let m_group = &m[group * R * cols..(group + 1) * R * cols];
+        let data = (rows_mut(p, cols), rows(m_group, cols));
+        let after = (following(p_after, 0, cols), following(m, group + 1, cols));
+        apply_rows::<S, T, P, R, true>(o, data, after, (rf, cf), at, k);
+        p_rest = p_after;
     }
 }
 

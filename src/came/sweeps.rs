@@ -33,6 +33,16 @@ pub(crate) struct Factors<'a, T> {
     pub(crate) d: T,
 }
 
+/// What follows each of `R` rows in its two streams: row `r` of the next group of rows, or
+/// nothing ([`nothing_follows`]). The sweeps request lines there when they near a row's end
+/// ([`prefetch::ahead_in_row`]).
+pub(crate) type Following<'a, A, B, const R: usize> = ([&'a [A]; R], [&'a [B]; R]);
+
+/// [`Following`] where nothing follows (or nothing is to be requested).
+pub(crate) fn nothing_follows<'a, A, B, const R: usize>() -> Following<'a, A, B, R> {
+    ([&[]; R], [&[]; R])
+}
+
 /// Rows walked side by side.
 pub(crate) const GROUP: usize = 4;
 
@@ -91,14 +101,15 @@ fn whole<S: Simd, T: Float>(len: usize) -> usize {
     len / lanes::<S, T>()
 }
 
-/// `sum_j (g_j^2 + eps)` of one row, read as a single stream with four accumulator vectors
+/// `sum_j (g_j^2 + eps)` of one row (followed in its stream by `next`, see
+/// [`prefetch::ahead_in_row`]), read as a single stream with four accumulator vectors
 /// (vector `i` goes to accumulator `i % 4`), each summed in blocks of [`ROW_BLOCK`] vectors
 /// added into a compensated total ([`super::sum`]), combined as `(a0 + a1) + (a2 + a3)`, then
 /// the row's tail element by element.
 #[inline(always)]
 pub(crate) fn row_sq_sum<S: Simd, T: Float, G: Element<Compute = T>>(
     o: Ops<S, T>,
-    g: &[G],
+    (g, next): (&[G], &[G]),
     eps: T,
 ) -> T {
     let nv = whole::<S, T>(g.len());
@@ -112,7 +123,10 @@ pub(crate) fn row_sq_sum<S: Simd, T: Float, G: Element<Compute = T>>(
     for start in (0..quads).step_by(ROW_BLOCK) {
         let mut acc = [zero; 4];
         for q in start..quads.min(start + ROW_BLOCK) {
-            prefetch::ahead_span(g, 4 * q * lanes::<S, T>(), 4 * lanes::<S, T>());
+            for a in 0..4 {
+                let k = (4 * q + a) * lanes::<S, T>();
+                prefetch::ahead_in_row(g, 1, (g.len(), next), k);
+            }
             for (a, sum) in acc.iter_mut().enumerate() {
                 *sum = o.add(*sum, term(4 * q + a));
             }
@@ -192,7 +206,8 @@ fn col_group<S: Simd, T: Float, const R: usize>(
 /// `u = (rf_d * cf_j) * g_j` (`rf_d`: the row factor divided by the clip divisor), returns each
 /// row's `sum_j ((u_j - m_j)^2 + eps2)` (summed in blocks of [`ROW_BLOCK`] vectors added into a
 /// compensated total) and adds the column terms to `col_sums`. `AHEAD`: whether to request the
-/// rows' lines ahead ([`prefetch`]; not for rows a caller has just brought into cache).
+/// rows' lines ahead ([`prefetch`]; not for rows a caller has just brought into cache), `next`
+/// what follows each row in its stream ([`Following`]).
 #[inline(always)]
 pub(crate) fn momentum_rows<
     S: Simd,
@@ -203,6 +218,7 @@ pub(crate) fn momentum_rows<
 >(
     o: Ops<S, T>,
     (g, m): ([&[G]; R], [&mut [T]; R]),
+    next: Following<'_, G, T, R>,
     rf_d: [T; R],
     cf: &[T],
     k: &Coefficients<T>,
@@ -231,8 +247,9 @@ pub(crate) fn momentum_rows<
             let (mut x, mut m_old) = ([zero; R], [zero; R]);
             for r in 0..R {
                 if AHEAD {
-                    prefetch::ahead(g_rows[r], i * lanes::<S, T>());
-                    prefetch::ahead(&*mv[r], i);
+                    let (at, cols) = (i * lanes::<S, T>(), cf.len());
+                    prefetch::ahead_in_row(g_rows[r], 1, (cols, next.0[r]), at);
+                    prefetch::ahead_in_row(&*mv[r], lanes::<S, T>(), (cols, next.1[r]), at);
                 }
                 x[r] = G::at::<S>(gv[r], i);
                 m_old[r] = mv[r][i];
@@ -269,8 +286,8 @@ pub(crate) fn momentum_rows<
 
 /// For `R` rows: decoupled weight decay `p -= (lr * wd) p` when on, then
 /// `p -= ((rf * cf_j) * m_j) * lr`, written back to `P` as `k.rounding` says (`start`: the flat
-/// index of the first row's first element, which stochastic rounding needs). `AHEAD` as in
-/// [`momentum_rows`].
+/// index of the first row's first element, which stochastic rounding needs). `AHEAD` and `next`
+/// as in [`momentum_rows`].
 #[inline(always)]
 pub(crate) fn apply_rows<
     S: Simd,
@@ -281,23 +298,19 @@ pub(crate) fn apply_rows<
 >(
     o: Ops<S, T>,
     (p, m): ([&mut [P]; R], [&[T]; R]),
+    next: Following<'_, P, T, R>,
     (rf, cf): ([T; R], &[T]),
     start: usize,
     k: &Coefficients<T>,
 ) {
-    match (k.decay.is_some(), k.rounding_key.filter(|_| P::ROUNDS)) {
-        (false, None) => {
-            apply_rows_with::<S, T, P, R, AHEAD, false, false>(o, (p, m), (rf, cf), (start, 0), k);
-        }
-        (true, None) => {
-            apply_rows_with::<S, T, P, R, AHEAD, true, false>(o, (p, m), (rf, cf), (start, 0), k);
-        }
-        (false, Some(key)) => {
-            apply_rows_with::<S, T, P, R, AHEAD, false, true>(o, (p, m), (rf, cf), (start, key), k);
-        }
-        (true, Some(key)) => {
-            apply_rows_with::<S, T, P, R, AHEAD, true, true>(o, (p, m), (rf, cf), (start, key), k);
-        }
+    let (pm, f) = ((p, m), (rf, cf));
+    let key = k.rounding_key.filter(|_| P::ROUNDS);
+    let at = (start, key.unwrap_or(0));
+    match (k.decay.is_some(), key.is_some()) {
+        (false, false) => apply_rows_with::<S, T, P, R, AHEAD, false, false>(o, pm, next, f, at, k),
+        (true, false) => apply_rows_with::<S, T, P, R, AHEAD, true, false>(o, pm, next, f, at, k),
+        (false, true) => apply_rows_with::<S, T, P, R, AHEAD, false, true>(o, pm, next, f, at, k),
+        (true, true) => apply_rows_with::<S, T, P, R, AHEAD, true, true>(o, pm, next, f, at, k),
     }
 }
 
@@ -313,6 +326,7 @@ fn apply_rows_with<
 >(
     o: Ops<S, T>,
     (p, m): ([&mut [P]; R], [&[T]; R]),
+    next: Following<'_, P, T, R>,
     (rf, cf): ([T; R], &[T]),
     (start, key): (usize, u64),
     k: &Coefficients<T>,
@@ -332,8 +346,9 @@ fn apply_rows_with<
         let (mut pr, mut mr) = ([zero; R], [zero; R]);
         for r in 0..R {
             if AHEAD {
-                prefetch::ahead(&*pv[r], i * lanes::<S, T>());
-                prefetch::ahead(mv[r], i);
+                let at = i * lanes::<S, T>();
+                prefetch::ahead_in_row(&*pv[r], 1, (cols, next.0[r]), at);
+                prefetch::ahead_in_row(mv[r], lanes::<S, T>(), (cols, next.1[r]), at);
             }
             pr[r] = P::load::<S>(pv[r], i);
             mr[r] = mv[r][i];

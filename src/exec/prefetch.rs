@@ -55,6 +55,24 @@ pub(crate) fn ahead<T>(data: &[T], k: usize) {
     }
 }
 
+/// For a loop that reads element `k` of a row at step `k`, the row held in `row` as elements
+/// (`per` = 1) or as whole vectors of `per` elements: as [`ahead`], requests the line
+/// [`AHEAD`] bytes further on, which past the row's `len` elements lies in `next`, what follows
+/// the row in its stream (the same row of the next group of rows; empty when nothing does).
+#[inline(always)]
+pub(crate) fn ahead_in_row<X, T>(row: &[X], per: usize, (len, next): (usize, &[T]), k: usize) {
+    let size = size_of::<T>();
+    if size != 0 && (k * size) % LINE >= size {
+        return;
+    }
+    let target = k + ahead_of::<T>();
+    if target < len {
+        line(row, target / per.max(1));
+    } else {
+        line(next, target - len);
+    }
+}
+
 /// For a loop that reads `data[at..at + len]` at once (a block, a chunk): requests the lines of
 /// the same span [`AHEAD`] bytes further on.
 #[inline(always)]
@@ -71,7 +89,7 @@ pub(crate) fn ahead_span<T>(data: &[T], at: usize, len: usize) {
 
 #[cfg(test)]
 mod tests {
-    use super::{ahead, ahead_of, ahead_span};
+    use super::{ahead, ahead_in_row, ahead_of, ahead_span};
 
     /// Prefetching is a hint: any index, inside the slice or past its end, is fine, and an
     /// empty slice or a zero-sized type asks for nothing.
@@ -86,6 +104,12 @@ mod tests {
         ahead_span::<u8>(&[], 5, 10);
         ahead(&[(); 4], 2);
         ahead_span(&[(); 4], 0, 4);
+        let vectors = [[0.0f32; 8]; 12];
+        for k in 0..300 {
+            ahead_in_row(&data, 1, (100, &data[..7]), k);
+            ahead_in_row(&vectors, 8, (100, &data), k);
+            ahead_in_row(&vectors, 8, (100, &[] as &[f32]), k);
+        }
     }
 
     /// The distance in elements: `AHEAD` bytes, and at least the next element.
