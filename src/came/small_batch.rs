@@ -15,13 +15,16 @@
 //! for its matrix, the same operations in the same order, so the results are bit-identical to
 //! theirs (tested below) for any batch, lane and thread count. A group that holds fewer than
 //! `L` matrices (the last of a lane) is moved value by value and leaves the other lanes'
-//! stale values in the buffers; they are computed on and never stored.
+//! stale values in the buffers; they are computed on and never stored. Sweep 3 moves only a
+//! group's products `rf_i cf_j` back to the order the matrices are stored in, and reads the
+//! parameters and the momentum as they lie, with the sweep of wide rows.
 //!
 //! Without vectors (`L = 1`, as on a Cortex-M), and for shapes other than 3x3 (see [`fits`]),
 //! the loops of `small.rs` run instead. The buffers take seven times [`STAGE`] values of the
 //! stack during a sweep (3.9 KiB in `f32`, 7.9 KiB in `f64`), only where vectors are used.
-//! On a 256 x 256 x 3 x 3 batch (AVX2) a step takes 39 instructions per element against 104
-//! with those loops (cachegrind), and 0.7 times the time of the same kernels moving each value
+//! On a 256 x 256 x 3 x 3 batch (AVX2) a step takes 36 instructions per element (39 with
+//! `bf16` parameters and gradients, 58 when sweep 3 moved them through the lanes too) against
+//! 104 with those loops (cachegrind), and 0.7 times the time of the same kernels moving each value
 //! through memory one by one (`bench`).
 
 use pulp::Simd;
@@ -31,15 +34,15 @@ mod group;
 use super::formula::{self, Consts, ema, norm_from_mean, row_mean, rsqrt, sq_term, square};
 use super::rows::{batch_factors, factors_from_means};
 use super::small;
+use super::sweeps::{apply_rows, nothing_follows};
 use crate::check::all_finite;
 use crate::config::Coefficients;
-use crate::element::random_bits;
 use crate::exec::simd::{Ops, V};
 use crate::float::lanes;
 use crate::{Element, Float};
 use group::{
     COLS, MAX_LANES, ROWS, SIZE, STAGE, Stage, gather, load_factors, save_factors, scatter,
-    scatter_finite, scatter_with, vectors, vectors_mut,
+    scatter_finite, vectors, vectors_mut,
 };
 
 /// Whether a batch of `(rows, cols)` matrices is stepped here under `S`: 3x3 matrices (the
@@ -347,56 +350,48 @@ pub(super) fn batch_apply<S: Simd, T: Float, P: Element<Compute = T>>(
     if !fits::<S, T>(rows, cols) {
         return small::batch_apply(pm, (rows, cols), factors, start, k);
     }
-    let key = (start, k.rounding_key.filter(|_| P::ROUNDS));
-    if k.decay.is_some() {
-        apply_3x3::<S, T, P, true>(simd, pm, factors, key, k);
-    } else {
-        apply_3x3::<S, T, P, false>(simd, pm, factors, key, k);
-    }
+    apply_3x3::<S, T, P>(simd, pm, factors, start, k);
 }
 
+/// [`batch_apply`] on 3x3 matrices: each group's products `rf_i cf_j` are formed in the lanes
+/// and moved back to the order the matrices are stored in, where the parameters and the
+/// momentum are then read as they lie, by the sweep of wide rows ([`apply_rows`], with a row
+/// factor of exactly 1: `1 (rf_i cf_j) = rf_i cf_j`, so the rounding is that of the loops).
 #[inline(always)]
-fn apply_3x3<S: Simd, T: Float, P: Element<Compute = T>, const DECAY: bool>(
+fn apply_3x3<S: Simd, T: Float, P: Element<Compute = T>>(
     simd: S,
     (p, m): (&mut [P], &[T]),
     (rf, cf): (&[T], &[T]),
-    (start, key): (usize, Option<u64>),
+    start: usize,
     k: &Coefficients<T>,
 ) {
     let (o, l) = (Ops::<S, T>::new(simd), lanes::<S, T>());
-    let c = Consts::new(o, k);
-    let round = P::ROUNDS && key.is_none();
-    let [mut ps, mut ms, mut rfs, mut cfs]: [Stage<T>; 4] = [[T::zero(); STAGE]; 4];
+    let [mut rfs, mut cfs, mut products, mut stored]: [Stage<T>; 4] = [[T::zero(); STAGE]; 4];
     let groups = p
         .chunks_mut(l * SIZE)
         .zip(m.chunks(l * SIZE))
         .zip(rf.chunks(l * ROWS).zip(cf.chunks(l * COLS)));
-    for (n, ((p_out, m), (rf, cf))) in groups.enumerate() {
-        gather(simd, p_out, SIZE, l, &mut ps);
-        gather(simd, m, SIZE, l, &mut ms);
+    for (n, ((p, m), (rf, cf))) in groups.enumerate() {
         load_factors(simd, rf, l, &mut rfs);
         load_factors(simd, cf, l, &mut cfs);
-        let (m, rf, cf) = (
-            vectors::<S, T>(&ms, SIZE),
-            vectors::<S, T>(&rfs, ROWS),
-            vectors::<S, T>(&cfs, COLS),
-        );
-        // lines 14-15, after the weight decay
-        let p = vectors_mut::<S, T>(&mut ps, SIZE);
-        let data = p.chunks_exact_mut(COLS).zip(m.chunks_exact(COLS));
-        for ((p, m), &r) in data.zip(rf) {
-            for ((pj, &mj), &f) in p.iter_mut().zip(m).zip(cf) {
-                let decayed = formula::decayed::<S, T, P, DECAY>(o, &c, *pj, round);
-                *pj = formula::apply(o, &c, (decayed, mj), (r, f));
+        let (rf, cf) = (vectors::<S, T>(&rfs, ROWS), vectors::<S, T>(&cfs, COLS));
+        let products_in_lanes = vectors_mut::<S, T>(&mut products, SIZE);
+        for (w, &r) in products_in_lanes.chunks_exact_mut(COLS).zip(rf) {
+            for (w, &f) in w.iter_mut().zip(cf) {
+                *w = o.mul(r, f);
             }
         }
-        let first = start + n * l * SIZE;
-        scatter_with(simd, &ps, SIZE, l, p_out, |x, v, at| {
-            *x = match key {
-                Some(key) => P::round_stochastic(v, random_bits(key, first + at)),
-                None => P::from_compute(v),
-            }
-        });
+        let stored = &mut stored[..p.len()];
+        scatter(simd, &products, SIZE, l, stored);
+        let at = start + n * l * SIZE;
+        apply_rows::<S, T, P, 1, false>(
+            o,
+            ([p], [m]),
+            nothing_follows(),
+            ([T::one()], stored),
+            at,
+            k,
+        );
     }
 }
 

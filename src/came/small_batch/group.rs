@@ -55,7 +55,7 @@ pub(super) fn gather<S: Simd, T: Float, E: Element<Compute = T>>(
 
 /// The inverse of [`gather`], each value stored by `put(destination, value, index in dst)`.
 #[inline(always)]
-pub(super) fn scatter_with<S: Simd, T: Float, E>(
+fn scatter_with<S: Simd, T: Float, E>(
     simd: S,
     buf: &[T],
     size: usize,
