@@ -5,27 +5,40 @@
 //!
 //! Matrices are row-major; `a` is `B x K`, a layer's weight `w` is `K x N` (inputs x outputs).
 
-/// `out (B x N) += a (B x K) w (K x N)`: four examples share each row of `w`.
+/// Columns of `out` a tile keeps in registers while it runs over the whole inner dimension:
+/// two vectors of eight under AVX2, so that four rows of it take eight registers.
+const TILE: usize = 16;
+
+/// `out (B x N) += a (B x K) w (K x N)`: four examples share each row of `w`. Each output
+/// element adds its `K` products in order, `i` = 0, 1, ..., as a loop over `i` outside the
+/// columns would; a tile of four rows and [`TILE`] columns stays in registers while it does.
 #[inline(always)]
 pub fn matmul_acc(a: &[f32], w: &[f32], out: &mut [f32], k: usize, n: usize) {
     let mut blocks = a.chunks_exact(4 * k).zip(out.chunks_exact_mut(4 * n));
     for (a, out) in &mut blocks {
-        let (o0, rest) = out.split_at_mut(n);
-        let (o1, rest) = rest.split_at_mut(n);
-        let (o2, o3) = rest.split_at_mut(n);
+        let a: [&[f32]; 4] = std::array::from_fn(|r| &a[r * k..(r + 1) * k]);
+        let tiled = n / TILE * TILE;
+        for j in (0..tiled).step_by(TILE) {
+            let mut acc = [[0.0f32; TILE]; 4];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                acc.copy_from_slice(&out[r * n + j..r * n + j + TILE]);
+            }
+            for (i, row) in w.chunks_exact(n).enumerate() {
+                let w: &[f32; TILE] = row[j..j + TILE].try_into().expect("a whole tile");
+                for (acc, a) in acc.iter_mut().zip(a) {
+                    let ai = a[i];
+                    for (o, &wj) in acc.iter_mut().zip(w) {
+                        *o += ai * wj;
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                out[r * n + j..r * n + j + TILE].copy_from_slice(acc);
+            }
+        }
         for (i, row) in w.chunks_exact(n).enumerate() {
-            let (a0, a1, a2, a3) = (a[i], a[k + i], a[2 * k + i], a[3 * k + i]);
-            for ((((o0, o1), o2), o3), &wj) in o0
-                .iter_mut()
-                .zip(&mut *o1)
-                .zip(&mut *o2)
-                .zip(&mut *o3)
-                .zip(row)
-            {
-                *o0 += a0 * wj;
-                *o1 += a1 * wj;
-                *o2 += a2 * wj;
-                *o3 += a3 * wj;
+            for (r, a) in a.iter().enumerate() {
+                axpy(a[i], &row[tiled..], &mut out[r * n + tiled..(r + 1) * n]);
             }
         }
     }
@@ -40,25 +53,50 @@ pub fn matmul_acc(a: &[f32], w: &[f32], out: &mut [f32], k: usize, n: usize) {
     }
 }
 
-/// `out (K x N) += aᵀ d` for `a` `B x K` and `d` `B x N`: the weight gradient.
+/// `out (K x N) += aᵀ d` for `a` `B x K` and `d` `B x N`: the weight gradient. Each output
+/// element adds the examples four at a time, `((a0 d0 + a1 d1) + a2 d2) + a3 d3`, in their
+/// order, then the rest one by one; four rows of `out` share each load of `d`.
 #[inline(always)]
 pub fn matmul_tn_acc(a: &[f32], d: &[f32], out: &mut [f32], k: usize, n: usize) {
     let b = a.len() / k;
     let full = b / 4 * 4;
-    for (i, row) in out.chunks_exact_mut(n).enumerate() {
+    let mut quads = out.chunks_exact_mut(4 * n);
+    for (quad, out) in (&mut quads).enumerate() {
+        let i = 4 * quad;
+        let (o0, rest) = out.split_at_mut(n);
+        let (o1, rest) = rest.split_at_mut(n);
+        let (o2, o3) = rest.split_at_mut(n);
         for e in (0..full).step_by(4) {
-            let (a0, a1, a2, a3) = (
-                a[e * k + i],
-                a[(e + 1) * k + i],
-                a[(e + 2) * k + i],
-                a[(e + 3) * k + i],
-            );
-            let d = &d[e * n..(e + 4) * n];
-            let (d0, rest) = d.split_at(n);
-            let (d1, rest) = rest.split_at(n);
-            let (d2, d3) = rest.split_at(n);
-            for ((((o, &x0), &x1), &x2), &x3) in row.iter_mut().zip(d0).zip(d1).zip(d2).zip(d3) {
-                *o += a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3;
+            let c: [[f32; 4]; 4] =
+                std::array::from_fn(|r| std::array::from_fn(|q| a[(e + q) * k + i + r]));
+            let x: [&[f32]; 4] = std::array::from_fn(|q| &d[(e + q) * n..(e + q + 1) * n]);
+            for j in 0..n {
+                let x = [x[0][j], x[1][j], x[2][j], x[3][j]];
+                let term = |c: [f32; 4]| c[0] * x[0] + c[1] * x[1] + c[2] * x[2] + c[3] * x[3];
+                o0[j] += term(c[0]);
+                o1[j] += term(c[1]);
+                o2[j] += term(c[2]);
+                o3[j] += term(c[3]);
+            }
+        }
+        for e in full..b {
+            let x = &d[e * n..(e + 1) * n];
+            for (r, o) in [&mut *o0, &mut *o1, &mut *o2, &mut *o3]
+                .into_iter()
+                .enumerate()
+            {
+                axpy(a[e * k + i + r], x, o);
+            }
+        }
+    }
+    let done = k / 4 * 4;
+    for (i, row) in quads.into_remainder().chunks_exact_mut(n).enumerate() {
+        let i = done + i;
+        for e in (0..full).step_by(4) {
+            let c: [f32; 4] = std::array::from_fn(|q| a[(e + q) * k + i]);
+            let x: [&[f32]; 4] = std::array::from_fn(|q| &d[(e + q) * n..(e + q + 1) * n]);
+            for (j, o) in row.iter_mut().enumerate() {
+                *o += c[0] * x[0][j] + c[1] * x[1][j] + c[2] * x[2][j] + c[3] * x[3][j];
             }
         }
         for e in full..b {
