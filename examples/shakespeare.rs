@@ -19,8 +19,9 @@
 //! forward and backward pass computes in `f32` from a working copy widened from it. Both start
 //! from the `f32` initialisation rounded to bf16.
 //!
-//! Every validation loss it prints, writes or draws is the mean over the whole validation text,
-//! the measure of the final table. Writes `shakespeare.csv` (every progress point, with each
+//! Each phase's last validation loss is the mean over the whole validation text, the measure of
+//! the final table; the points before it measure an evenly spaced subset of at least
+//! `--eval-positions` positions (all of The Tempest's). Writes `shakespeare.csv` (every progress point, with each
 //! optimizer's state and weight bytes; no timings, so that a rerun with the same settings and
 //! thread count writes the same bytes) and `shakespeare.svg` (the loss curves, the unigram
 //! baseline, each optimizer's state and weight bytes), and ends with one line per optimizer and
@@ -67,8 +68,10 @@ Options (defaults in brackets):
   --embed N              embedding width [24]
   --hidden N             hidden units [512]
   --threads N            threads for forward and backward [all cores]
-  --eval-every N         steps between progress lines (fine-tuning: a quarter) [500];
-                         each measures the whole validation text, as the table does
+  --eval-every N         steps between progress lines (fine-tuning: a quarter) [500]
+  --eval-positions N     validation positions a progress point measures, evenly spaced
+                         (at least N; 0 for all) [17000]; the last point of each phase
+                         measures the whole validation text, as the table does
   --seed N               initialisation, batch order and stochastic rounding [1]
   --csv PATH             progress points: step, training and validation loss, state and
                          weight bytes, no timings (the same bytes on every run with the same
@@ -93,6 +96,7 @@ struct Args {
     model: Config,
     threads: usize,
     eval_every: usize,
+    eval_positions: usize,
     seed: u64,
     csv: PathBuf,
     times: Option<PathBuf>,
@@ -122,6 +126,7 @@ impl Args {
             },
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             eval_every: 500,
+            eval_positions: 17_000,
             seed: 1,
             csv: "shakespeare.csv".into(),
             times: None,
@@ -187,6 +192,12 @@ impl Args {
                 "--hidden" => a.model.hidden = int()?.max(1),
                 "--threads" => a.threads = int()?.max(1),
                 "--eval-every" => a.eval_every = int()?.max(1),
+                "--eval-positions" => {
+                    a.eval_positions = match int()? {
+                        0 => usize::MAX,
+                        n => n,
+                    }
+                }
                 "--seed" => a.seed = value.parse().map_err(|e| bad(&e))?,
                 "--csv" => a.csv = value.into(),
                 "--times" => a.times = Some(value.into()),
@@ -346,9 +357,10 @@ fn main() {
     );
     println!(
         "progress lines: train = mean loss of the training batches since the previous line; \
-         val = loss over the whole validation text ({} positions; {} {}), as in the table; \
-         time left estimated from the rate so far",
-        val_positions.0, FINETUNE.0, val_positions.1
+         val = loss over the validation text ({} positions; {} {}; before a phase's last \
+         line an evenly spaced subset of at least {}), the last as in the table; time left estimated from \
+         the rate so far",
+        val_positions.0, FINETUNE.0, val_positions.1, args.eval_positions
     );
 
     let mut trainer = Trainer::new(config, args.threads, args.batch);
@@ -437,13 +449,15 @@ fn main() {
         thousands(config.numel())
     );
     let val_note = format!(
-        "Validation loss: over the whole validation text ({} positions; {} {}), the table's \
-         measure; the dot at the end of each curve is the table's value, and fine-tuning\nstarts \
-         at step 0 from its 'before fine-tuning' value. Lower row: the validation curves over \
-         the second half of each phase, magnified, with the table's values.",
+        "Validation loss: the dot at the end of each curve is the table's value, over the \
+         whole validation text ({} positions; {} {}); the points before it measure an evenly \
+         spaced subset\nof at least {} positions. Fine-tuning starts at step 0 from its 'before \
+         fine-tuning' value. Lower row: the validation curves over the second half of each \
+         phase, magnified.",
         thousands(val_positions.0),
         FINETUNE.0,
-        thousands(val_positions.1)
+        thousands(val_positions.1),
+        thousands(args.eval_positions.min(val_positions.0)),
     );
     let baseline = format!(
         "unigram baseline (validation): {:.3} pretraining, {:.3} {}",
@@ -533,8 +547,8 @@ fn train<P: Element<Compute = f32>, O: Optimizer<Param = [P], Grad = [f32]>>(
         lr,
         warmup: (args.pretrain_steps / 20).max(1),
         eval_every: args.eval_every,
-        // every progress point measures the whole validation text, as the table does
-        eval_positions: usize::MAX,
+        // the last point measures the whole validation text, as the table does
+        eval_positions: args.eval_positions,
         seed: args.seed + 100 + i as u64,
     };
     let full = corpus.pretrain.val.len().saturating_sub(config.context);
