@@ -21,9 +21,9 @@
 //!
 //! Each phase's last validation loss is the mean over the whole validation text, the measure of
 //! the final table; the points before it measure an evenly spaced subset of at least
-//! `--eval-positions` positions (all of The Tempest's). Writes `shakespeare.csv` (every progress point, with each
-//! optimizer's state and weight bytes; no timings, so that a rerun with the same settings and
-//! thread count writes the same bytes) and `shakespeare.svg` (the loss curves, the unigram
+//! `--eval-positions` positions (all of The Tempest's). Writes `shakespeare.csv` (every progress
+//! point, with each optimizer's state and weight bytes; no timings, so that a rerun with the
+//! same settings and thread count writes the same bytes) and `shakespeare.svg` (the loss curves, the unigram
 //! baseline, each optimizer's state and weight bytes), and ends with one line per optimizer and
 //! phase for scripts:
 //! `result optimizer=came phase=pretrain val_loss=... state_bytes=... weight_bytes=... seconds=...`.
@@ -355,12 +355,13 @@ fn main() {
         positions(&corpus.pretrain.val),
         positions(&corpus.finetune.val),
     );
+    let subset = args.eval_positions.min(val_positions.0);
     println!(
         "progress lines: train = mean loss of the training batches since the previous line; \
          val = loss over the validation text ({} positions; {} {}; before a phase's last \
-         line an evenly spaced subset of at least {}), the last as in the table; time left estimated from \
-         the rate so far",
-        val_positions.0, FINETUNE.0, val_positions.1, args.eval_positions
+         line an evenly spaced subset of at least {subset}), the last as in the table; time \
+         left estimated from the rate so far",
+        val_positions.0, FINETUNE.0, val_positions.1
     );
 
     let mut trainer = Trainer::new(config, args.threads, args.batch);
@@ -457,7 +458,7 @@ fn main() {
         thousands(val_positions.0),
         FINETUNE.0,
         thousands(val_positions.1),
-        thousands(args.eval_positions.min(val_positions.0)),
+        thousands(subset),
     );
     let baseline = format!(
         "unigram baseline (validation): {:.3} pretraining, {:.3} {}",

@@ -34,12 +34,12 @@ fn grouped<T>(cols: usize, rows: usize) -> usize {
     }
 }
 
-/// The rows of group `group` (of `R` rows of `cols`) of `data`, or nothing where `data` ends
-/// first: what follows the rows of the group before in their streams.
+/// The rows of group `group` (of `R` rows of `cols`) of `data`, or empty rows where `data`
+/// ends first (group `g + 1`: what follows group `g`'s rows in their streams).
 #[inline(always)]
-fn following<T, const R: usize>(data: &[T], group: usize, cols: usize) -> [&[T]; R] {
+fn group_rows<T, const R: usize>(data: &[T], group: usize, cols: usize) -> [&[T]; R] {
     match data.get(group * R * cols..(group + 1) * R * cols) {
-        Some(rows) => super::sweeps::rows(rows, cols),
+        Some(group) => rows(group, cols),
         None => [&[]; R],
     }
 }
@@ -100,20 +100,19 @@ fn sq_stats_by<S: Simd, T: Float, G: Element<Compute = T>, const R: usize>(
     k: &Coefficients<T>,
 ) {
     let n = T::from_f64(cols as f64);
-    let g_all = g;
-    let groups = g.chunks_exact(R * cols).zip(old.chunks_exact(R));
-    for (group, ((g, old), next)) in groups.zip(next.chunks_exact_mut(R)).enumerate() {
-        let g = rows::<G, R>(g, cols);
-        let g_next = following::<G, R>(g_all, group + 1, cols);
+    let stats = old.chunks_exact(R).zip(next.chunks_exact_mut(R));
+    for (group, (old, next)) in stats.enumerate() {
+        let g_rows = group_rows::<G, R>(g, group, cols);
+        let after = group_rows::<G, R>(g, group + 1, cols);
         let mut s = [T::zero(); R];
         for r in 0..R {
-            s[r] = row_sq_sum(o, (g[r], g_next[r]), k.eps1);
+            s[r] = row_sq_sum(o, (g_rows[r], after[r]), k.eps1);
         }
         for r in 0..R {
             next[r] = average(old[r], s[r], n, k.beta2, k.one_minus_beta2);
         }
         let w: [T; R] = core::array::from_fn(|r| T::one() / next[r]);
-        col_sq_terms::<S, T, G, R>(o, g, k.eps1, w, (&mut *sums, &mut *weighted));
+        col_sq_terms::<S, T, G, R>(o, g_rows, k.eps1, w, (&mut *sums, &mut *weighted));
     }
 }
 
@@ -184,9 +183,8 @@ fn momentum_by<S: Simd, T: Float, G: Element<Compute = T>, const R: usize>(
         // the clip divisor divides the row factor (exactly 1 when the update is not clipped)
         let rf_d: [T; R] = core::array::from_fn(|r| rf[r] / f.d);
         let (m, m_after) = core::mem::take(&mut m_rest).split_at_mut(R * cols);
-        let g_group = &g[group * R * cols..(group + 1) * R * cols];
-        let data = (rows(g_group, cols), rows_mut(m, cols));
-        let after = (following(g, group + 1, cols), following(m_after, 0, cols));
+        let data = (group_rows(g, group, cols), rows_mut(m, cols));
+        let after = (group_rows(g, group + 1, cols), group_rows(m_after, 0, cols));
         let s = momentum_rows::<S, T, G, R, true>(o, data, after, rf_d, f.cf, k, sums);
         for r in 0..R {
             next[r] = average(old[r], s[r], n, k.beta3, k.one_minus_beta3);
@@ -234,9 +232,8 @@ fn apply_by<S: Simd, T: Float, P: Element<Compute = T>, const R: usize>(
         let rf: [T; R] = core::array::from_fn(|r| rf[r]);
         let at = start + group * R * cols;
         let (p, p_after) = core::mem::take(&mut p_rest).split_at_mut(R * cols);
-        let m_group = &m[group * R * cols..(group + 1) * R * cols];
-        let data = (rows_mut(p, cols), rows(m_group, cols));
-        let after = (following(p_after, 0, cols), following(m, group + 1, cols));
+        let data = (rows_mut(p, cols), group_rows(m, group, cols));
+        let after = (group_rows(p_after, 0, cols), group_rows(m, group + 1, cols));
         apply_rows::<S, T, P, R, true>(o, data, after, (rf, cf), at, k);
         p_rest = p_after;
     }

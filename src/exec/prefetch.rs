@@ -49,10 +49,7 @@ const fn ahead_of<T>() -> usize {
 /// [`AHEAD`] bytes further on, at the steps where `data[k]` begins a line (once per line).
 #[inline(always)]
 pub(crate) fn ahead<T>(data: &[T], k: usize) {
-    let size = size_of::<T>();
-    if size == 0 || (k * size) % LINE < size {
-        line(data, k + ahead_of::<T>());
-    }
+    ahead_in_row::<T, T>(data, 1, (data.len(), &[]), k);
 }
 
 /// For a loop that reads element `k` of a row at step `k`, the row held in `row` as elements
