@@ -134,13 +134,14 @@ struct Apply<'a, T, P> {
 }
 
 impl<'a, T: Float, P: Element<Compute = T>> LaneKernel for Apply<'a, T, P> {
-    /// parameter rows, momentum rows, row factors, flat index of the lane's first parameter
-    type Item = (&'a mut [P], Moments<'a, T>, &'a [T], usize);
+    /// parameter rows, momentum rows, row factors, flat index of the lane's first parameter,
+    /// whether every parameter written is finite ([`rows::apply_checked`])
+    type Item = (&'a mut [P], Moments<'a, T>, &'a [T], usize, bool);
 
     #[inline(always)]
-    fn run<S: Simd>(&self, simd: S, (p, m, rf, start): &mut Self::Item) {
+    fn run<S: Simd>(&self, simd: S, (p, m, rf, start, finite): &mut Self::Item) {
         let o = Ops::new(simd);
-        rows::apply(
+        *finite = rows::apply_checked(
             o,
             (p, m.reborrow()),
             self.cols,
@@ -242,7 +243,8 @@ pub(super) fn sq_finish<T: Float>(
     Some(norm_from_quotients(next_row, q))
 }
 
-/// Sweeps 2 and 3 of one matrix, after the squared-gradient statistics were committed.
+/// Sweeps 2 and 3 of one matrix, after the squared-gradient statistics were committed;
+/// returns whether every parameter written is finite ([`apply_lanes`]).
 pub(super) fn update<T: Float, P: Element<Compute = T>, G: Element<Compute = T>, E: Executor>(
     exec: &E,
     k: &Coefficients<T>,
@@ -251,7 +253,7 @@ pub(super) fn update<T: Float, P: Element<Compute = T>, G: Element<Compute = T>,
     param: &mut [P],
     grad: &[G],
     parts: &mut Parts<'_, T>,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let stats = &mut parts.stats;
     let work = &mut parts.work;
     let row_factors = &*work.row_factors;
@@ -278,8 +280,14 @@ pub(super) fn update<T: Float, P: Element<Compute = T>, G: Element<Compute = T>,
         (work.row_factors, work.col_factors),
     );
     let f = (&*work.row_factors, &*work.col_factors);
-    apply_lanes(exec, k, dims, (param, parts.m.reborrow()), f, 0);
-    Ok(())
+    Ok(apply_lanes(
+        exec,
+        k,
+        dims,
+        (param, parts.m.reborrow()),
+        f,
+        0,
+    ))
 }
 
 /// Sweep 2 over the lanes: the momentum of the lanes' rows with the update's factors and clip
@@ -346,7 +354,8 @@ pub(super) fn res_factors<T: Float>(
 }
 
 /// Sweep 3 over the lanes: the parameters of the lanes' rows with factors `(rf, cf)`;
-/// `offset` is the flat index of `param[0]` in its tensor (for stochastic rounding).
+/// `offset` is the flat index of `param[0]` in its tensor (for stochastic rounding). Returns
+/// whether every parameter written is finite: a 16-bit parameter can round to an infinity.
 pub(super) fn apply_lanes<T: Float, P: Element<Compute = T>, E: Executor>(
     exec: &E,
     k: &Coefficients<T>,
@@ -354,7 +363,7 @@ pub(super) fn apply_lanes<T: Float, P: Element<Compute = T>, E: Executor>(
     (param, m): (&mut [P], Moments<'_, T>),
     (rf, cf): (&[T], &[T]),
     offset: usize,
-) {
+) -> bool {
     let Dims {
         rows, cols, lanes, ..
     } = dims;
@@ -362,8 +371,12 @@ pub(super) fn apply_lanes<T: Float, P: Element<Compute = T>, E: Executor>(
         .zip(m.lanes((rows, lanes), 1, cols))
         .zip(split(rf, 1, rows, lanes))
         .enumerate()
-        .map(|(lane, ((p, m), f))| (p, m, f, offset + lane_range(rows, lanes, lane).0 * cols))
+        .map(|(lane, ((p, m), f))| {
+            let start = offset + lane_range(rows, lanes, lane).0 * cols;
+            (p, m, f, start, false)
+        })
         .collect();
     let p = core::marker::PhantomData;
     exec.run(&Apply { cols, cf, k, p }, &mut items);
+    items.iter().all(|item| item.4)
 }

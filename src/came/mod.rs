@@ -186,17 +186,20 @@ pub(crate) fn finish<T: Float, P: Element<Compute = T>, G: Element<Compute = T>,
         return Ok(());
     }
     let k = Coefficients::new(config, steps).for_tensor(config, steps, tensor);
-    if let Some((dims, mut parts)) = parts::factored(shape, state) {
+    // whether the step itself found every parameter it wrote finite
+    let finite = if let Some((dims, mut parts)) = parts::factored(shape, state) {
         parts.commit_sq();
         if dims.batch == 1 {
-            factored::update(exec, &k, dims, clip.d, param, grad, &mut parts)?;
+            factored::update(exec, &k, dims, clip.d, param, grad, &mut parts)?
         } else {
             batch::update(exec, &k, dims, clip.d, param, grad, &mut parts)?;
+            false
         }
     } else {
         vector::finish(exec, &k, shape, clip, param, grad, state);
-    }
-    check_range(param)
+        false
+    };
+    if finite { Ok(()) } else { check_range(param) }
 }
 
 /// [`Error::ParameterOverflow`] if a 16-bit parameter was rounded to an infinity (the

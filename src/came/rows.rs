@@ -104,9 +104,11 @@ fn sq_stats_by<S: Simd, T: Float, G: Element<Compute = T>, const R: usize>(
     for (group, (old, next)) in stats.enumerate() {
         let g_rows = group_rows::<G, R>(g, group, cols);
         let after = group_rows::<G, R>(g, group + 1, cols);
+        // the rows are summed one after another: each is followed in its stream by the next
         let mut s = [T::zero(); R];
         for r in 0..R {
-            s[r] = row_sq_sum(o, (g_rows[r], after[r]), k.eps1);
+            let next = if r + 1 < R { g_rows[r + 1] } else { after[0] };
+            s[r] = row_sq_sum(o, (g_rows[r], next), k.eps1);
         }
         for r in 0..R {
             next[r] = average(old[r], s[r], n, k.beta2, k.one_minus_beta2);
@@ -191,6 +193,42 @@ fn momentum_by<S: Simd, T: Float, G: Element<Compute = T>, const R: usize>(
         }
         m_rest = m_after;
     }
+}
+
+/// Parameter bytes written between two checks of 16-bit parameters in [`apply_checked`]: few
+/// enough that they are still in the L2 cache when checked.
+const CHECKED_BYTES: usize = 64 * 1024;
+
+/// [`apply`], and whether every parameter written is finite. A 16-bit parameter can round to
+/// an infinity ([`crate::Error::ParameterOverflow`]): these are checked a few rows at a time,
+/// right after they are written, instead of in another sweep over the tensor. `f32` and `f64`
+/// parameters are finite whenever the statistics are (checked before sweep 3).
+#[inline(always)]
+pub(super) fn apply_checked<S: Simd, T: Float, P: Element<Compute = T>>(
+    o: Ops<S, T>,
+    (p, m): (&mut [P], Moments<'_, T>),
+    cols: usize,
+    (rf, cf): (&[T], &[T]),
+    start: usize,
+    k: &Coefficients<T>,
+) -> bool {
+    if !P::ROUNDS {
+        apply(o, (p, m), cols, (rf, cf), start, k);
+        return true;
+    }
+    let row_bytes = (cols * size_of::<P>()).max(1);
+    let chunk = (CHECKED_BYTES / row_bytes).max(1).next_multiple_of(GROUP);
+    let (mut p_rest, mut m_rest, mut at) = (p, m, start);
+    let mut finite = true;
+    for rf in rf.chunks(chunk) {
+        let rows = rf.len();
+        let (p, p_after) = core::mem::take(&mut p_rest).split_at_mut(rows * cols);
+        let (m, m_after) = m_rest.split_rows(rows, cols);
+        apply(o, (&mut *p, m), cols, (rf, cf), at, k);
+        finite &= P::all_finite(p);
+        (p_rest, m_rest, at) = (p_after, m_after, at + rows * cols);
+    }
+    finite
 }
 
 /// Sweep 3 on some rows: the parameters (`start`: the flat index of `p[0]` in its tensor).

@@ -305,3 +305,42 @@ fn f16_parameters_that_overflow_are_reported() {
     .unwrap();
     assert!(p.iter().all(|x| x.to_f32().is_finite()));
 }
+
+/// Parameters that overflow far into a large matrix (past the first rows the step checks
+/// together, on any thread count, with the momentum in full precision or in 8 bits): the step
+/// reports the first of them and leaves its infinity in place.
+#[test]
+fn overflows_deep_in_large_matrices_are_reported_with_their_index() {
+    let (rows, cols) = (96, 512);
+    let (first, second) = (70 * cols + 300, 90 * cols + 5);
+    let pools: Vec<Pool> = [2, 3].map(|t| Pool::new(t).unwrap()).into();
+    for momentum in [came::Momentum::Full, came::Momentum::INT8] {
+        let shape = Shape::new(&[rows, cols]).unwrap();
+        let shape = shape.with_momentum(momentum).unwrap();
+        for pool in [None].into_iter().chain(pools.iter().map(Some)) {
+            let mut p = vec![f16::ONE; rows * cols];
+            let mut g = vec![f16::from_f32(0.01); rows * cols];
+            for at in [first, second] {
+                p[at] = f16::MAX;
+                g[at] = f16::from_f32(-1.0);
+            }
+            let mut buf = vec![0.0f32; shape.state_len()];
+            let mut state = CameState::new(&mut buf);
+            let config = CameConfig::new(1000.0);
+            let result = match pool {
+                Some(pool) => pool.step(&config, &shape, &mut p, &g, &mut state),
+                None => came::step(&config, &shape, &mut p, &g, &mut state),
+            };
+            let threads = pool.map_or(1, Pool::threads);
+            let what = format!("{momentum:?} on {threads} threads");
+            assert_eq!(
+                result,
+                Err(came::Error::ParameterOverflow { index: first }),
+                "{what}"
+            );
+            assert_eq!(p[first].to_f32(), f32::INFINITY, "{what}");
+            assert_eq!(p[second].to_f32(), f32::INFINITY, "{what}");
+            assert!(p[first + 1].to_f32().is_finite(), "{what}");
+        }
+    }
+}
