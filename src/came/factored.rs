@@ -135,13 +135,13 @@ struct Apply<'a, T, P> {
 
 impl<'a, T: Float, P: Element<Compute = T>> LaneKernel for Apply<'a, T, P> {
     /// parameter rows, momentum rows, row factors, flat index of the lane's first parameter,
-    /// whether every parameter written is finite ([`rows::apply_checked`])
+    /// whether every parameter written is finite ([`rows::apply`])
     type Item = (&'a mut [P], Moments<'a, T>, &'a [T], usize, bool);
 
     #[inline(always)]
     fn run<S: Simd>(&self, simd: S, (p, m, rf, start, finite): &mut Self::Item) {
         let o = Ops::new(simd);
-        *finite = rows::apply_checked(
+        *finite = rows::apply(
             o,
             (p, m.reborrow()),
             self.cols,

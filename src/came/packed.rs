@@ -306,7 +306,9 @@ fn momentum_with<S: Simd, T: Float, G: Element<Compute = T>>(
 }
 
 /// Sweep 3 of some whole rows with packed momentum: the parameters (`start`: the flat index of
-/// `p[0]` in its tensor). Runs with AVX-512 where the CPU has it ([`widest`]).
+/// `p[0]` in its tensor). Runs with AVX-512 where the CPU has it ([`widest`]). Returns whether
+/// every parameter written is finite (16-bit ones checked a row at a time, as `rows::apply`
+/// does).
 #[inline(always)]
 pub(super) fn apply<S: Simd, T: Float, P: Element<Compute = T>>(
     o: Ops<S, T>,
@@ -315,7 +317,7 @@ pub(super) fn apply<S: Simd, T: Float, P: Element<Compute = T>>(
     (rf, cf): (&[T], &[T]),
     start: usize,
     k: &Coefficients<T>,
-) {
+) -> bool {
     struct Sweep<'a, 's, T, P> {
         data: (&'a mut [P], Moments<'s, T>),
         cols: usize,
@@ -325,10 +327,10 @@ pub(super) fn apply<S: Simd, T: Float, P: Element<Compute = T>>(
     }
 
     impl<T: Float, P: Element<Compute = T>> WithSimd for Sweep<'_, '_, T, P> {
-        type Output = ();
+        type Output = bool;
 
         #[inline(always)]
-        fn with_simd<S: Simd>(self, simd: S) {
+        fn with_simd<S: Simd>(self, simd: S) -> bool {
             let Sweep {
                 data,
                 cols,
@@ -336,7 +338,7 @@ pub(super) fn apply<S: Simd, T: Float, P: Element<Compute = T>>(
                 start,
                 k,
             } = self;
-            apply_with(Ops::new(simd), data, cols, factors, start, k);
+            apply_with(Ops::new(simd), data, cols, factors, start, k)
         }
     }
 
@@ -347,7 +349,7 @@ pub(super) fn apply<S: Simd, T: Float, P: Element<Compute = T>>(
         start,
         k,
     };
-    widest(o.simd(), sweep);
+    widest(o.simd(), sweep)
 }
 
 /// [`apply`] with the instruction set of `o`.
@@ -359,9 +361,10 @@ fn apply_with<S: Simd, T: Float, P: Element<Compute = T>>(
     (rf, cf): (&[T], &[T]),
     start: usize,
     k: &Coefficients<T>,
-) {
+) -> bool {
     let block = m.block();
     let mut stash = [T::zero(); MAX_BLOCK];
+    let mut finite = true;
     for (r, &rf) in rf.iter().enumerate().take(p.len() / cols.max(1)) {
         for (b, at) in (0..cols).step_by(block).enumerate() {
             let end = cols.min(at + block);
@@ -374,7 +377,11 @@ fn apply_with<S: Simd, T: Float, P: Element<Compute = T>>(
             let f = ([rf], &cf[at..end]);
             apply_rows::<S, T, P, 1, false>(o, rows, nothing_follows(), f, start + flat, k);
         }
+        if P::ROUNDS {
+            finite &= P::all_finite(&p[r * cols..(r + 1) * cols]);
+        }
     }
+    finite
 }
 
 #[cfg(test)]

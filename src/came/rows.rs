@@ -195,43 +195,12 @@ fn momentum_by<S: Simd, T: Float, G: Element<Compute = T>, const R: usize>(
     }
 }
 
-/// Parameter bytes written between two checks of 16-bit parameters in [`apply_checked`]: few
-/// enough that they are still in the L2 cache when checked.
-const CHECKED_BYTES: usize = 64 * 1024;
-
-/// [`apply`], and whether every parameter written is finite. A 16-bit parameter can round to
-/// an infinity ([`crate::Error::ParameterOverflow`]): these are checked a few rows at a time,
-/// right after they are written, instead of in another sweep over the tensor. `f32` and `f64`
-/// parameters are finite whenever the statistics are (checked before sweep 3).
-#[inline(always)]
-pub(super) fn apply_checked<S: Simd, T: Float, P: Element<Compute = T>>(
-    o: Ops<S, T>,
-    (p, m): (&mut [P], Moments<'_, T>),
-    cols: usize,
-    (rf, cf): (&[T], &[T]),
-    start: usize,
-    k: &Coefficients<T>,
-) -> bool {
-    if !P::ROUNDS {
-        apply(o, (p, m), cols, (rf, cf), start, k);
-        return true;
-    }
-    let row_bytes = (cols * size_of::<P>()).max(1);
-    let chunk = (CHECKED_BYTES / row_bytes).max(1).next_multiple_of(GROUP);
-    let (mut p_rest, mut m_rest, mut at) = (p, m, start);
-    let mut finite = true;
-    for rf in rf.chunks(chunk) {
-        let rows = rf.len();
-        let (p, p_after) = core::mem::take(&mut p_rest).split_at_mut(rows * cols);
-        let (m, m_after) = m_rest.split_rows(rows, cols);
-        apply(o, (&mut *p, m), cols, (rf, cf), at, k);
-        finite &= P::all_finite(p);
-        (p_rest, m_rest, at) = (p_after, m_after, at + rows * cols);
-    }
-    finite
-}
-
 /// Sweep 3 on some rows: the parameters (`start`: the flat index of `p[0]` in its tensor).
+/// Returns whether every parameter written is known to be finite. A 16-bit parameter can round
+/// to an infinity ([`crate::Error::ParameterOverflow`]): wide rows are checked a group at a
+/// time right after they are written, while in cache, instead of in another sweep over the
+/// tensor; rows too short for vectors are not checked here (`false`). `f32` and `f64`
+/// parameters are finite whenever the statistics are (checked before sweep 3).
 #[inline(always)]
 pub(super) fn apply<S: Simd, T: Float, P: Element<Compute = T>>(
     o: Ops<S, T>,
@@ -240,22 +209,24 @@ pub(super) fn apply<S: Simd, T: Float, P: Element<Compute = T>>(
     (rf, cf): (&[T], &[T]),
     start: usize,
     k: &Coefficients<T>,
-) {
+) -> bool {
     let m = match m {
         Moments::Full(m) => &*m,
         packed => return packed::apply(o, (p, packed), cols, (rf, cf), start, k),
     };
     if cols < SMALL_COLS {
-        return small::apply((p, m), cols, (rf, cf), start, k);
+        small::apply((p, m), cols, (rf, cf), start, k);
+        return !P::ROUNDS;
     }
     let split = grouped::<T>(cols, rf.len());
     let (p4, p1) = p.split_at_mut(split * cols);
     let (m4, m1) = m.split_at(split * cols);
     let (rf4, rf1) = rf.split_at(split);
-    apply_by::<S, T, P, GROUP>(o, (p4, m4), cols, (rf4, cf), start, k);
-    apply_by::<S, T, P, 1>(o, (p1, m1), cols, (rf1, cf), start + split * cols, k);
+    let finite = apply_by::<S, T, P, GROUP>(o, (p4, m4), cols, (rf4, cf), start, k);
+    finite & apply_by::<S, T, P, 1>(o, (p1, m1), cols, (rf1, cf), start + split * cols, k)
 }
 
+/// [`apply`] on rows `R` at a time; whether every parameter written is finite.
 #[inline(always)]
 fn apply_by<S: Simd, T: Float, P: Element<Compute = T>, const R: usize>(
     o: Ops<S, T>,
@@ -264,17 +235,22 @@ fn apply_by<S: Simd, T: Float, P: Element<Compute = T>, const R: usize>(
     (rf, cf): (&[T], &[T]),
     start: usize,
     k: &Coefficients<T>,
-) {
+) -> bool {
     let mut p_rest = p;
+    let mut finite = true;
     for (group, rf) in rf.chunks_exact(R).enumerate() {
         let rf: [T; R] = core::array::from_fn(|r| rf[r]);
         let at = start + group * R * cols;
         let (p, p_after) = core::mem::take(&mut p_rest).split_at_mut(R * cols);
-        let data = (rows_mut(p, cols), group_rows(m, group, cols));
+        let data = (rows_mut(&mut *p, cols), group_rows(m, group, cols));
         let after = (group_rows(p_after, 0, cols), group_rows(m, group + 1, cols));
         apply_rows::<S, T, P, R, true>(o, data, after, (rf, cf), at, k);
+        if P::ROUNDS {
+            finite &= P::all_finite(p);
+        }
         p_rest = p_after;
     }
+    finite
 }
 
 /// Column statistics from column sums over `rows` rows.
