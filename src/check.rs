@@ -116,7 +116,7 @@ fn every_chunk_vectorised<E>(values: &[E], check: impl Fn(&[E]) -> bool) -> bool
         }
     }
 
-    pulp::Arch::new().dispatch(Every(values, check))
+    simd::dispatch(Every(values, check))
 }
 
 /// Whether every value is finite (any [`Element`]), in the caller's instruction set.

@@ -123,6 +123,11 @@ impl<'a, T: Float, G: Element<Compute = T>> LaneKernel for Momentum<'a, T, G> {
             self.k,
         );
     }
+
+    #[inline(always)]
+    fn widest(&self, (_, m, ..): &Self::Item) -> bool {
+        m.is_packed()
+    }
 }
 
 /// Sweep 3 of one matrix: the parameter update of a lane's rows.
@@ -149,6 +154,11 @@ impl<'a, T: Float, P: Element<Compute = T>> LaneKernel for Apply<'a, T, P> {
             *start,
             self.k,
         );
+    }
+
+    #[inline(always)]
+    fn widest(&self, (_, m, ..): &Self::Item) -> bool {
+        m.is_packed()
     }
 }
 

@@ -10,7 +10,7 @@
 use core::ops::Range;
 
 use half::bf16;
-use pulp::{Simd, WithSimd};
+use pulp::Simd;
 
 use super::formula::average;
 use super::sweeps::{Factors, apply_rows, momentum_rows, nothing_follows};
@@ -19,7 +19,7 @@ use crate::Float;
 use crate::config::Coefficients;
 use crate::exec::lanes::lane_range;
 use crate::exec::prefetch;
-use crate::exec::simd::{Ops, widest};
+use crate::exec::simd::Ops;
 use crate::momentum::{Code8, MAX_BLOCK, decode, encode};
 
 /// Elements of a bf16 row decoded at a time.
@@ -128,6 +128,12 @@ impl<T> Moments<'_, T> {
         })
     }
 
+    /// Whether the momentum is stored packed (bf16 or 8 bits): its sweeps run with the widest
+    /// vectors the CPU has ([`crate::exec::LaneKernel::widest`]).
+    pub(crate) fn is_packed(&self) -> bool {
+        !matches!(self, Moments::Full(_))
+    }
+
     /// Elements of momentum.
     fn len(&self) -> usize {
         match self {
@@ -214,59 +220,9 @@ fn scale_range(code: Code8, block: usize, cols: usize, (r, b): (usize, usize)) -
 }
 
 /// Sweep 2 of some whole rows with packed momentum: each row's momentum and instability sum,
-/// block by block, `next` row statistics, column terms added to `sums`. Runs with AVX-512
-/// where the CPU has it ([`widest`]).
+/// block by block, `next` row statistics, column terms added to `sums`.
 #[inline(always)]
 pub(super) fn momentum<S: Simd, T: Float, G: Element<Compute = T>>(
-    o: Ops<S, T>,
-    (g, m): (&[G], Moments<'_, T>),
-    cols: usize,
-    f: Factors<'_, T>,
-    (old, next): (&[T], &mut [T]),
-    sums: &mut [T],
-    k: &Coefficients<T>,
-) {
-    struct Sweep<'a, 's, T, G> {
-        data: (&'a [G], Moments<'s, T>),
-        cols: usize,
-        f: Factors<'a, T>,
-        stats: (&'a [T], &'a mut [T]),
-        sums: &'a mut [T],
-        k: &'a Coefficients<T>,
-    }
-
-    impl<T: Float, G: Element<Compute = T>> WithSimd for Sweep<'_, '_, T, G> {
-        type Output = ();
-
-        #[inline(always)]
-        fn with_simd<S: Simd>(self, simd: S) {
-            let Sweep {
-                data,
-                cols,
-                f,
-                stats,
-                sums,
-                k,
-            } = self;
-            momentum_with(Ops::new(simd), data, cols, f, stats, sums, k);
-        }
-    }
-
-    let stats = (old, next);
-    let sweep = Sweep {
-        data: (g, m),
-        cols,
-        f,
-        stats,
-        sums,
-        k,
-    };
-    widest(o.simd(), sweep);
-}
-
-/// [`momentum`] with the instruction set of `o`.
-#[inline(always)]
-fn momentum_with<S: Simd, T: Float, G: Element<Compute = T>>(
     o: Ops<S, T>,
     (g, mut m): (&[G], Moments<'_, T>),
     cols: usize,
@@ -306,55 +262,10 @@ fn momentum_with<S: Simd, T: Float, G: Element<Compute = T>>(
 }
 
 /// Sweep 3 of some whole rows with packed momentum: the parameters (`start`: the flat index of
-/// `p[0]` in its tensor). Runs with AVX-512 where the CPU has it ([`widest`]). Returns whether
-/// every parameter written is finite (16-bit ones checked a row at a time, as `rows::apply`
-/// does).
+/// `p[0]` in its tensor). Returns whether every parameter written is finite (16-bit ones
+/// checked a row at a time, as `rows::apply` does).
 #[inline(always)]
 pub(super) fn apply<S: Simd, T: Float, P: Element<Compute = T>>(
-    o: Ops<S, T>,
-    (p, m): (&mut [P], Moments<'_, T>),
-    cols: usize,
-    (rf, cf): (&[T], &[T]),
-    start: usize,
-    k: &Coefficients<T>,
-) -> bool {
-    struct Sweep<'a, 's, T, P> {
-        data: (&'a mut [P], Moments<'s, T>),
-        cols: usize,
-        factors: (&'a [T], &'a [T]),
-        start: usize,
-        k: &'a Coefficients<T>,
-    }
-
-    impl<T: Float, P: Element<Compute = T>> WithSimd for Sweep<'_, '_, T, P> {
-        type Output = bool;
-
-        #[inline(always)]
-        fn with_simd<S: Simd>(self, simd: S) -> bool {
-            let Sweep {
-                data,
-                cols,
-                factors,
-                start,
-                k,
-            } = self;
-            apply_with(Ops::new(simd), data, cols, factors, start, k)
-        }
-    }
-
-    let sweep = Sweep {
-        data: (p, m),
-        cols,
-        factors: (rf, cf),
-        start,
-        k,
-    };
-    widest(o.simd(), sweep)
-}
-
-/// [`apply`] with the instruction set of `o`.
-#[inline(always)]
-fn apply_with<S: Simd, T: Float, P: Element<Compute = T>>(
     o: Ops<S, T>,
     (p, m): (&mut [P], Moments<'_, T>),
     cols: usize,

@@ -9,14 +9,18 @@
 //! best auto-vectorised kernels ran 1.25-1.35x the traffic floor and fell to 1.7-2.3x whenever
 //! LLVM's SLP vectoriser gave up on a variation of them (other unroll widths, other row groups).
 //!
-//! AVX-512 (`pulp`'s `x86-v4`) is dispatched to only by the sweeps over packed momentum (bf16
-//! or 8 bits, `came::packed`, through [`widest`]): dispatching every kernel to it stepped a
+//! AVX-512 (`pulp`'s `x86-v4`) is opt-in, with the crate's `avx512` feature, and even then
+//! only the sweeps over packed momentum (bf16 or 8 bits, `came::packed`) run with it: the
+//! kernels ask for it through [`LaneKernel::widest`]. Dispatching every kernel to it stepped a
 //! 4096 x 4096 `f32` matrix 6-10% faster and a bf16 one with 8-bit momentum 23% faster on the
 //! AMD EPYC the benchmarks ran on, but GPT-2 small 8-12% slower, its 768-column matrices
 //! (50257 x 768, 3072 x 768) 30% slower and 768 x 3072 12% slower (`bench`, both builds side by
 //! side); on an Intel Xeon it stepped bf16 with 8-bit momentum 20% faster, `f32` as fast and the
 //! 3x3 batch 8-17% slower. The packed sweeps alone on AVX-512 step bf16 weights with 8-bit
-//! momentum 11-12% faster on that Xeon at 4096 x 4096 and 15-17% faster on GPT-2 small.
+//! momentum 11-17% faster on that Xeon (README, "Performance"). The feature is off by default
+//! because it turns on `pulp`'s `x86-v4` for the whole build, which changes what
+//! `pulp::Arch::new()` picks in every other crate that uses `pulp`, and because with it the
+//! last bits of a packed step depend on whether the CPU has AVX-512.
 //!
 //! Every operation is an IEEE-754 correctly rounded lane-wise add, subtract, multiply, divide or
 //! square root; nothing is fused. Sums are formed one accumulator vector per row and reduced in
@@ -39,19 +43,34 @@ pub trait LaneKernel: Sync {
 
     /// Does one lane's work with the instruction set `simd`.
     fn run<S: Simd>(&self, simd: S, item: &mut Self::Item);
+
+    /// Whether `item` runs with the widest vectors the CPU has: AVX-512 where an x86-64 CPU
+    /// has it and the crate's `avx512` feature is on, otherwise the usual instruction set.
+    /// Only the sweeps over packed momentum ask for it (see the module's notes).
+    #[inline(always)]
+    fn widest(&self, item: &Self::Item) -> bool {
+        let _ = item;
+        false
+    }
 }
 
 /// Runs `kernel` on `item`, compiled for the best instruction set this CPU supports (up to
-/// AVX2 on x86-64, see the module's notes).
+/// AVX2 on x86-64, or AVX-512 where [`LaneKernel::widest`] asks for it; see the module's notes).
 #[inline(always)]
 pub(crate) fn run<K: LaneKernel>(kernel: &K, item: &mut K::Item) {
+    let widest = kernel.widest(item);
+    #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
+    if widest && let Some(simd) = pulp::x86::V4::try_new() {
+        return Simd::vectorize(simd, Lane { kernel, item });
+    }
+    let _ = widest;
     dispatch(Lane { kernel, item });
 }
 
 /// Runs `op` with the instruction set the kernels use on this CPU: AVX2 where an x86-64 CPU
 /// has it (also where it has AVX-512), NEON on AArch64, else one element at a time.
 #[inline(always)]
-fn dispatch<Op: pulp::WithSimd>(op: Op) -> Op::Output {
+pub(crate) fn dispatch<Op: pulp::WithSimd>(op: Op) -> Op::Output {
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     {
         match pulp::x86::V3::try_new() {
@@ -63,25 +82,12 @@ fn dispatch<Op: pulp::WithSimd>(op: Op) -> Op::Output {
     pulp::Arch::new().dispatch(op)
 }
 
-/// Runs `op` with AVX-512 (`pulp`'s `x86-v4`) where the CPU has it, else with `simd`, the
-/// instruction set the caller runs with. For the sweeps over packed momentum only, which it
-/// steps 15-20% faster on an Intel Xeon (README, "Performance"); the kernels at large are
-/// slower with it on some shapes and CPUs (see the module's notes).
-#[inline(always)]
-pub(crate) fn widest<S: Simd, Op: pulp::WithSimd>(simd: S, op: Op) -> Op::Output {
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    if let Some(simd) = pulp::x86::V4::try_new() {
-        return Simd::vectorize(simd, op);
-    }
-    Simd::vectorize(simd, op)
-}
-
 /// The vector instruction set the kernels run with on this CPU, as `pulp` names it: for
 /// example `pulp::x86::v3::V3` (AVX2), `pulp::aarch64::Neon` (NEON) or `pulp::Scalar` (one
 /// element at a time, as on a Cortex-M). Every step asks the CPU the same way, so this is the
-/// instruction set steps run with, except that the sweeps over packed momentum
-/// ([`crate::Momentum::Bf16`], [`crate::Momentum::Int8`]) run with AVX-512 where an x86-64
-/// CPU has it.
+/// instruction set steps run with, except that with the `avx512` feature the sweeps over
+/// packed momentum ([`crate::Momentum::Bf16`], [`crate::Momentum::Int8`]) run with AVX-512
+/// where an x86-64 CPU has it.
 ///
 /// ```
 /// let isa = came::instruction_set();
@@ -139,12 +145,6 @@ impl<S: Simd, T: Float> Ops<S, T> {
             simd,
             t: PhantomData,
         }
-    }
-
-    /// The instruction set.
-    #[inline(always)]
-    pub(crate) fn simd(self) -> S {
-        self.simd
     }
 
     #[inline(always)]
