@@ -311,8 +311,10 @@ pub(crate) fn time_interleaved(steps: usize, cases: &mut [&mut dyn FnMut()]) -> 
 /// `sum(g)`, `m = m / 2 + g`, `p = p - m / 1000`, over `p` and `g` stored in `P` and `m` in its
 /// compute type, as the optimizer stores them. (The crate's step makes three: it takes the
 /// update's norm, for which a direct step reads `g` a second time, from the first sweep.)
-/// Compiled for the same instruction sets as the crate's kernels (picked at run time) and run
-/// on the same threads: the calling thread alone with one thread, like the optimizer.
+/// Compiled for the instruction sets `pulp` picks at run time, those of the crate's kernels
+/// (AVX2 on x86-64; AVX-512 where the CPU has it in a build with the `avx512` feature, which
+/// the crate's kernels use only for packed momentum), and run on the same threads: the calling
+/// thread alone with one thread, like the optimizer.
 fn floor_sweeps<P: Element>(
     pool: Option<&rayon::ThreadPool>,
     chunk: usize,

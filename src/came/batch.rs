@@ -278,6 +278,11 @@ impl<'a, T: Float, P: Element<Compute = T>, G: Element<Compute = T>> LaneKernel
             }
         }
     }
+
+    #[inline(always)]
+    fn widest(&self, lane: &Self::Item) -> bool {
+        !matches!(self.sweep, Sweep::Norm) && lane.m.is_packed()
+    }
 }
 
 /// Runs one sweep of a batch over all lanes, with clip divisor `d`, the first parameter at the

@@ -10,17 +10,18 @@
 //! LLVM's SLP vectoriser gave up on a variation of them (other unroll widths, other row groups).
 //!
 //! AVX-512 (`pulp`'s `x86-v4`) is opt-in, with the crate's `avx512` feature, and even then
-//! only the sweeps over packed momentum (bf16 or 8 bits, `came::packed`) run with it: the
-//! kernels ask for it through [`LaneKernel::widest`]. Dispatching every kernel to it stepped a
-//! 4096 x 4096 `f32` matrix 6-10% faster and a bf16 one with 8-bit momentum 23% faster on the
-//! AMD EPYC the benchmarks ran on, but GPT-2 small 8-12% slower, its 768-column matrices
-//! (50257 x 768, 3072 x 768) 30% slower and 768 x 3072 12% slower (`bench`, both builds side by
-//! side); on an Intel Xeon it stepped bf16 with 8-bit momentum 20% faster, `f32` as fast and the
-//! 3x3 batch 8-17% slower. The packed sweeps alone on AVX-512 step bf16 weights with 8-bit
-//! momentum 11-17% faster on that Xeon (README, "Performance"). The feature is off by default
-//! because it turns on `pulp`'s `x86-v4` for the whole build, which changes what
-//! `pulp::Arch::new()` picks in every other crate that uses `pulp`, and because with it the
-//! last bits of a packed step depend on whether the CPU has AVX-512.
+//! only sweeps 2 and 3 over packed momentum (bf16 or 8 bits, `came::packed`; single matrices
+//! and batches) run with it: their kernels ask for it through [`LaneKernel::widest`].
+//! Dispatching every kernel to it stepped a 4096 x 4096 `f32` matrix 6-10% faster and a bf16
+//! one with 8-bit momentum 23% faster on the AMD EPYC the benchmarks ran on, but GPT-2 small
+//! 8-12% slower, its 768-column matrices (50257 x 768, 3072 x 768) 30% slower and 768 x 3072
+//! 12% slower (`bench`, both builds side by side); on an Intel Xeon it stepped bf16 with 8-bit
+//! momentum 20% faster, `f32` as fast and the 3x3 batch 8-17% slower. The packed sweeps alone
+//! on AVX-512 step bf16 weights with 8-bit momentum 11-17% faster on that Xeon and 8-10%
+//! faster on an AMD EPYC (medians; README, "16-bit weights and 8-bit momentum"). The feature
+//! is off by default because it turns on `pulp`'s `x86-v4` for the whole build, which changes
+//! what `pulp::Arch::new()` picks in every other crate that uses `pulp`, and because with it
+//! the last bits of a packed step depend on whether the CPU has AVX-512.
 //!
 //! Every operation is an IEEE-754 correctly rounded lane-wise add, subtract, multiply, divide or
 //! square root; nothing is fused. Sums are formed one accumulator vector per row and reduced in
