@@ -513,7 +513,7 @@ mod tests {
                 (lanes::<S, T>(), finites[0].0 && finites[0].1)
             }
         }
-        pulp::Arch::new().dispatch(Both::<T, P> {
+        crate::exec::simd::dispatch(Both::<T, P> {
             batch,
             shape: (rows, cols),
             k,

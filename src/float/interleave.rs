@@ -189,7 +189,7 @@ mod tests {
                 l
             }
         }
-        pulp::Arch::new().dispatch(Check::<T>(core::marker::PhantomData))
+        crate::exec::simd::dispatch(Check::<T>(core::marker::PhantomData))
     }
 
     #[test]
