@@ -68,7 +68,8 @@ pub(super) fn sq_lanes<T: Float, P: Element<Compute = T>, G: Element<Compute = T
     )
 }
 
-/// Sweeps 2 and 3 of every matrix, after the squared-gradient statistics were committed.
+/// Sweeps 2 and 3 of every matrix, after the squared-gradient statistics were committed;
+/// returns whether every parameter written is known to be finite ([`apply_lanes`]).
 pub(super) fn update<T: Float, P: Element<Compute = T>, G: Element<Compute = T>, E: Executor>(
     exec: &E,
     k: &Coefficients<T>,
@@ -77,12 +78,11 @@ pub(super) fn update<T: Float, P: Element<Compute = T>, G: Element<Compute = T>,
     param: &mut [P],
     grad: &[G],
     parts: &mut Parts<'_, T>,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     if !momentum_lanes(exec, k, dims, d, param, grad, parts) {
         return Err(Error::NonFiniteState);
     }
-    apply_lanes(exec, k, dims, param, grad, parts, 0);
-    Ok(())
+    Ok(apply_lanes(exec, k, dims, param, grad, parts, 0))
 }
 
 /// Sweep 2 over the lanes with clip divisor `d`: the momentum and every matrix's new
@@ -106,6 +106,9 @@ pub(super) fn momentum_lanes<
 
 /// Commits the new instability statistics (with the confidence term), then sweep 3 over the
 /// lanes; `offset` is the flat index of `param[0]` in its tensor (for stochastic rounding).
+/// Returns whether every parameter written is known to be finite: 16-bit parameters of rows
+/// wide enough for `rows::apply` are checked as they are written, those of the small-matrix
+/// kernels are not (`false`).
 pub(super) fn apply_lanes<
     T: Float,
     P: Element<Compute = T>,
@@ -119,7 +122,7 @@ pub(super) fn apply_lanes<
     grad: &[G],
     parts: &mut Parts<'_, T>,
     offset: usize,
-) {
+) -> bool {
     if k.confidence {
         parts.commit_res();
     }
@@ -131,7 +134,8 @@ pub(super) fn apply_lanes<
         param,
         grad,
         parts,
-    );
+    )
+    .0
 }
 
 /// One lane of a batch: its share of the matrices' data and statistics.
@@ -153,7 +157,7 @@ struct Lane<'a, T, P, G> {
     factors: (&'a mut [T], &'a mut [T]),
     /// one matrix's column sums and weighted column sums (see [`ColSums`])
     sums: (&'a mut [T], &'a mut [T]),
-    /// all new statistics finite
+    /// all new statistics finite (sweep 3: every parameter written known to be finite)
     finite: bool,
     /// squared norm of the unclipped update
     sum_sq: f64,
@@ -260,20 +264,16 @@ impl<'a, T: Float, P: Element<Compute = T>, G: Element<Compute = T>> LaneKernel
             Sweep::Apply => {
                 if let (true, Moments::Full(m)) = (small, &lane.m) {
                     let pm = (&mut *lane.p, &**m);
-                    return small_batch::batch_apply(
-                        simd,
-                        pm,
-                        (rows, cols),
-                        (&*fr, &*fc),
-                        lane.start,
-                        k,
-                    );
+                    let f = (&*fr, &*fc);
+                    small_batch::batch_apply(simd, pm, (rows, cols), f, lane.start, k);
+                    lane.finite = !P::ROUNDS;
+                    return;
                 }
                 let m = lane.m.reborrow().chunks(rows, cols);
                 let mats = lane.p.chunks_exact_mut(size).zip(m);
                 let f = fr.chunks_exact(rows).zip(fc.chunks_exact(cols));
                 for (i, ((p, m), f)) in mats.zip(f).enumerate() {
-                    rows::apply(o, (p, m), cols, f, lane.start + i * size, k);
+                    lane.finite &= rows::apply(o, (p, m), cols, f, lane.start + i * size, k);
                 }
             }
         }
@@ -286,8 +286,8 @@ impl<'a, T: Float, P: Element<Compute = T>, G: Element<Compute = T>> LaneKernel
 }
 
 /// Runs one sweep of a batch over all lanes, with clip divisor `d`, the first parameter at the
-/// flat index `offset` of its tensor; returns whether all new statistics are finite and each
-/// lane's squared norm of the update (sweep [`Sweep::Norm`]).
+/// flat index `offset` of its tensor; returns whether all new statistics (sweep 3: parameters)
+/// are finite and each lane's squared norm of the update (sweep [`Sweep::Norm`]).
 fn run<T: Float, P: Element<Compute = T>, G: Element<Compute = T>, E: Executor>(
     exec: &E,
     k: &Coefficients<T>,

@@ -192,8 +192,7 @@ pub(crate) fn finish<T: Float, P: Element<Compute = T>, G: Element<Compute = T>,
         if dims.batch == 1 {
             factored::update(exec, &k, dims, clip.d, param, grad, &mut parts)?
         } else {
-            batch::update(exec, &k, dims, clip.d, param, grad, &mut parts)?;
-            false
+            batch::update(exec, &k, dims, clip.d, param, grad, &mut parts)?
         }
     } else {
         vector::finish(exec, &k, shape, clip, param, grad, state);

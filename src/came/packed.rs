@@ -13,7 +13,7 @@ use half::bf16;
 use pulp::Simd;
 
 use super::formula::average;
-use super::sweeps::{Factors, apply_rows, momentum_rows, nothing_follows};
+use super::sweeps::{Factors, apply_rows, momentum_rows, nothing_follows, written_finite};
 use crate::Element;
 use crate::Float;
 use crate::config::Coefficients;
@@ -288,9 +288,7 @@ pub(super) fn apply<S: Simd, T: Float, P: Element<Compute = T>>(
             let f = ([rf], &cf[at..end]);
             apply_rows::<S, T, P, 1, false>(o, rows, nothing_follows(), f, start + flat, k);
         }
-        if P::ROUNDS {
-            finite &= P::all_finite(&p[r * cols..(r + 1) * cols]);
-        }
+        finite &= written_finite(&p[r * cols..(r + 1) * cols]);
     }
     finite
 }

@@ -14,6 +14,7 @@ use super::small::{self, SMALL_COLS};
 use super::sum::{BLOCK_ROWS, ColSums};
 use super::sweeps::{
     Factors, GROUP, apply_rows, col_sq_terms, momentum_rows, row_sq_sum, rows, rows_mut,
+    written_finite,
 };
 use crate::Element;
 use crate::Float;
@@ -245,9 +246,7 @@ fn apply_by<S: Simd, T: Float, P: Element<Compute = T>, const R: usize>(
         let data = (rows_mut(&mut *p, cols), group_rows(m, group, cols));
         let after = (group_rows(p_after, 0, cols), group_rows(m, group + 1, cols));
         apply_rows::<S, T, P, R, true>(o, data, after, (rf, cf), at, k);
-        if P::ROUNDS {
-            finite &= P::all_finite(p);
-        }
+        finite &= written_finite(p);
         p_rest = p_after;
     }
     finite

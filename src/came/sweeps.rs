@@ -284,6 +284,13 @@ pub(crate) fn momentum_rows<
     sums
 }
 
+/// Whether parameters sweep 3 just wrote are finite: 16-bit ones can round to an infinity;
+/// `f32` and `f64` ones are finite whenever the statistics are (checked before sweep 3).
+#[inline(always)]
+pub(super) fn written_finite<P: Element>(p: &[P]) -> bool {
+    !P::ROUNDS || P::all_finite(p)
+}
+
 /// For `R` rows: decoupled weight decay `p -= (lr * wd) p` when on, then
 /// `p -= ((rf * cf_j) * m_j) * lr`, written back to `P` as `k.rounding` says (`start`: the flat
 /// index of the first row's first element, which stochastic rounding needs). `AHEAD` and `next`

@@ -314,8 +314,13 @@ fn overflows_deep_in_large_matrices_are_reported_with_their_index() {
     let (rows, cols) = (96, 512);
     let (first, second) = (70 * cols + 300, 90 * cols + 5);
     let pools: Vec<Pool> = [2, 3].map(|t| Pool::new(t).unwrap()).into();
-    for momentum in [came::Momentum::Full, came::Momentum::INT8] {
-        let shape = Shape::new(&[rows, cols]).unwrap();
+    // one matrix, and a batch of two (the same flat indices)
+    let shapes = [&[rows, cols][..], &[2, rows / 2, cols]];
+    let cases = shapes
+        .iter()
+        .flat_map(|s| [(s, came::Momentum::Full), (s, came::Momentum::INT8)]);
+    for (dims, momentum) in cases {
+        let shape = Shape::new(dims).unwrap();
         let shape = shape.with_momentum(momentum).unwrap();
         for pool in [None].into_iter().chain(pools.iter().map(Some)) {
             let mut p = vec![f16::ONE; rows * cols];
@@ -332,7 +337,7 @@ fn overflows_deep_in_large_matrices_are_reported_with_their_index() {
                 None => came::step(&config, &shape, &mut p, &g, &mut state),
             };
             let threads = pool.map_or(1, Pool::threads);
-            let what = format!("{momentum:?} on {threads} threads");
+            let what = format!("{dims:?}, {momentum:?} on {threads} threads");
             assert_eq!(
                 result,
                 Err(came::Error::ParameterOverflow { index: first }),
