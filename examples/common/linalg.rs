@@ -1,9 +1,12 @@
 //! The matrix products of a dense layer over a block of examples, written as plain loops over
-//! rows. Every function is `#[inline(always)]`: the model calls them inside a `pulp` dispatch,
-//! so the compiler vectorises them for the best instruction set of this CPU (AVX2 on most
-//! x86-64), picked at run time.
+//! rows (the input gradient in `pulp`'s vectors where they hold eight `f32`). Every function is
+//! `#[inline(always)]`: the model calls them inside a `pulp` dispatch, so the compiler
+//! vectorises them for the best instruction set of this CPU (AVX2 on most x86-64), picked at
+//! run time.
 //!
 //! Matrices are row-major; `a` is `B x K`, a layer's weight `w` is `K x N` (inputs x outputs).
+
+use pulp::Simd;
 
 /// Columns of `out` a tile keeps in registers while it runs over the whole inner dimension:
 /// two vectors of eight under AVX2, so that four rows of it take eight registers.
@@ -105,14 +108,47 @@ pub fn matmul_tn_acc(a: &[f32], d: &[f32], out: &mut [f32], k: usize, n: usize) 
     }
 }
 
-/// `out (B x K) = d wᵀ` for `d` `B x N` and `w` `K x N`: the input gradient.
+/// `out (B x K) = d wᵀ` for `d` `B x N` and `w` `K x N`: the input gradient, each output
+/// [`dot`] of a row of `d` and a row of `w`. Where `simd`'s vectors hold eight `f32` (AVX2),
+/// four rows of `w` go through a row of `d` together ([`dot4`]): four independent sums, so
+/// that none waits on its own previous addition, with the same results.
 #[inline(always)]
-pub fn matmul_nt(d: &[f32], w: &[f32], out: &mut [f32], k: usize, n: usize) {
+pub fn matmul_nt<S: Simd>(simd: S, d: &[f32], w: &[f32], out: &mut [f32], k: usize, n: usize) {
+    let grouped = if size_of::<S::f32s>() == size_of::<[f32; 8]>() {
+        k / 4 * 4
+    } else {
+        0
+    };
     for (d, out) in d.chunks_exact(n).zip(out.chunks_exact_mut(k)) {
-        for (o, row) in out.iter_mut().zip(w.chunks_exact(n)) {
+        let (head, tail) = out.split_at_mut(grouped);
+        for (o, w) in head.chunks_exact_mut(4).zip(w.chunks_exact(4 * n)) {
+            let rows = std::array::from_fn(|r| &w[r * n..(r + 1) * n]);
+            o.copy_from_slice(&dot4(simd, d, rows));
+        }
+        for (o, row) in tail.iter_mut().zip(w[grouped * n..].chunks_exact(n)) {
             *o = dot(d, row);
         }
     }
+}
+
+/// [`dot`] of `x` with each of four rows `y_r`, for vectors of eight `f32`: lane `l` of row
+/// `r`'s accumulator adds `x_i y_ri` for `i = l, l + 8, ...` in order, then the lanes are added
+/// in order and the products of the last `len % 8` elements after them.
+#[inline(always)]
+fn dot4<S: Simd>(simd: S, x: &[f32], y: [&[f32]; 4]) -> [f32; 4] {
+    let (xv, xt) = S::as_simd_f32s(x);
+    let yv = y.map(S::as_simd_f32s);
+    let mut acc = [simd.splat_f32s(0.0); 4];
+    for (i, &x) in xv.iter().enumerate() {
+        for (acc, (y, _)) in acc.iter_mut().zip(&yv) {
+            *acc = simd.add_f32s(*acc, simd.mul_f32s(x, y[i]));
+        }
+    }
+    std::array::from_fn(|r| {
+        let lanes: &[f32] = pulp::bytemuck::cast_slice(std::slice::from_ref(&acc[r]));
+        let tail: f32 = xt.iter().zip(yv[r].1).map(|(x, y)| x * y).sum();
+        lanes.iter().sum::<f32>() + tail
+    })
 }
 
 /// `y += a x`.

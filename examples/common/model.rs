@@ -148,7 +148,7 @@ impl pulp::WithSimd for Pass<'_> {
     type Output = f64;
 
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _: S) -> f64 {
+    fn with_simd<S: pulp::Simd>(self, simd: S) -> f64 {
         let Pass {
             config,
             params,
@@ -161,7 +161,7 @@ impl pulp::WithSimd for Pass<'_> {
         for chunk in positions.chunks(ws.capacity) {
             total += forward(config, params, data, chunk, ws);
             if let Some((grad, scale)) = &mut grad {
-                backward(config, params, data, chunk, ws, grad, *scale);
+                backward(simd, config, params, data, chunk, ws, (grad, *scale));
             }
         }
         total
@@ -222,16 +222,17 @@ fn forward(
     total
 }
 
-/// Adds `scale` times the gradient of the summed loss of the examples [`forward`] just saw.
+/// Adds `scale` times the gradient of the summed loss of the examples [`forward`] just saw
+/// to `grad`.
 #[inline(always)]
-fn backward(
+fn backward<S: pulp::Simd>(
+    simd: S,
     config: &Config,
     params: &[f32],
     data: &[u8],
     positions: &[usize],
     ws: &mut Workspace,
-    grad: &mut [f32],
-    scale: f32,
+    (grad, scale): (&mut [f32], f32),
 ) {
     let Config {
         vocab,
@@ -255,7 +256,7 @@ fn backward(
         g_b2.iter_mut().zip(&*dz).for_each(|(g, &d)| *g += d);
     }
     matmul_tn_acc(h, dz, g_w2, hidden, vocab);
-    matmul_nt(dz, w2, dh, hidden, vocab);
+    matmul_nt(simd, dz, w2, dh, hidden, vocab);
     // through tanh: dh (1 - h^2)
     for (d, &h) in dh.iter_mut().zip(h) {
         *d *= 1.0 - h * h;
@@ -264,7 +265,7 @@ fn backward(
         g_b1.iter_mut().zip(dh).for_each(|(g, &d)| *g += d);
     }
     matmul_tn_acc(x, dh, g_w1, inputs, hidden);
-    matmul_nt(dh, w1, dx, inputs, hidden);
+    matmul_nt(simd, dh, w1, dx, inputs, hidden);
     for (&t, dx) in positions.iter().zip(dx.chunks_exact(inputs)) {
         for (&token, dx) in data[t - context..t].iter().zip(dx.chunks_exact(embed)) {
             let row = usize::from(token) * embed;
