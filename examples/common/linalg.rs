@@ -146,8 +146,7 @@ fn dot4<S: Simd>(simd: S, x: &[f32], y: [&[f32]; 4]) -> [f32; 4] {
     }
     std::array::from_fn(|r| {
         let lanes: &[f32] = pulp::bytemuck::cast_slice(std::slice::from_ref(&acc[r]));
-        let tail: f32 = xt.iter().zip(yv[r].1).map(|(x, y)| x * y).sum();
-        lanes.iter().sum::<f32>() + tail
+        add_partial_sums(lanes, xt, yv[r].1)
     })
 }
 
@@ -170,6 +169,13 @@ pub fn dot(x: &[f32], y: &[f32]) -> f32 {
             *a += x * y;
         }
     }
-    let tail: f32 = xt.iter().zip(yt).map(|(x, y)| x * y).sum();
+    add_partial_sums(&acc, xt, yt)
+}
+
+/// The end of [`dot`] and [`dot4`]: the partial sums `acc` added in order, then the products of
+/// the elements `x_tail`, `y_tail` that filled no vector.
+#[inline(always)]
+fn add_partial_sums(acc: &[f32], x_tail: &[f32], y_tail: &[f32]) -> f32 {
+    let tail: f32 = x_tail.iter().zip(y_tail).map(|(x, y)| x * y).sum();
     acc.iter().sum::<f32>() + tail
 }
